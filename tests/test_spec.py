@@ -1,0 +1,116 @@
+"""Spec and seed loading: valid specs load, every bad input fails with one line naming file and field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from conftest import write_tiny_spec
+
+from synth_assets.seed import load_seed_data
+from synth_assets.spec import SpecError, load_spec
+
+SPECS = sorted((Path(__file__).parent.parent / "specs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", SPECS, ids=[p.stem for p in SPECS])
+def test_demo_specs_load_with_their_seed_data(path: Path) -> None:
+    spec = load_spec(path)
+    assert spec.name == path.stem
+    rows = load_seed_data(spec)
+    assert set(rows["label"]) <= set(spec.labels)
+    assert (rows["split"] == "train").sum() >= spec.seed.min_rows
+
+
+def test_default_demo_has_enough_varied_seed_and_a_holdout() -> None:
+    spec = load_spec(Path(__file__).parent.parent / "specs" / "product_reviews.yaml")
+    rows = load_seed_data(spec)
+    train = rows[rows["split"] == "train"]
+    holdout = rows[rows["split"] == "holdout"]
+    assert len(train) >= 60
+    assert set(train["label"]) == {"positive", "neutral", "negative"}
+    assert len(holdout) >= 30
+    assert not set(train["text"]) & set(holdout["text"])
+
+
+def test_tiny_spec_loads(tiny_spec_path: Path) -> None:
+    spec = load_spec(tiny_spec_path)
+    assert spec.num_samples == 6
+    assert spec.attributes[0].normalized_weights() == [0.5, 0.25, 0.25]
+    assert spec.seed_path == (tiny_spec_path.parent / "data" / "tiny_seed.csv").resolve()
+
+
+def _error_for(tmp_path: Path, replacements: dict[str, str]) -> str:
+    path = write_tiny_spec(tmp_path, replacements=replacements)
+    with pytest.raises(SpecError) as caught:
+        spec = load_spec(path)
+        load_seed_data(spec)
+    message = str(caught.value)
+    assert "\n" not in message
+    return message
+
+
+@pytest.mark.parametrize(
+    ("replacements", "expected"),
+    [
+        ({"num_samples: 6": "num_samples: -1"}, "num_samples: Input should be greater than or equal to 1"),
+        ({"random_seed: 7": "random_seed: 7\ncolour: blue"}, "colour: unknown field"),
+        ({"weights: [2, 1, 1]": "weights: [2, 1]"}, "attributes.0: attribute 'product' has 3 values but 2 weights"),
+        ({"name: tiny_reviews": "name: Tiny Reviews!"}, "name: must be lower-case"),
+        ({"labels: [positive, neutral, negative]": "labels: [positive, neutral]"}, "not in the spec's labels"),
+        ({"text_column: review": "text_column: body"}, "seed.text_column 'body' is not a column"),
+        ({"data/tiny_seed.csv": "data/missing.csv"}, "seed.path: file not found"),
+        ({"data/tiny_seed.csv": "data/tiny_seed.xlsx"}, "unsupported seed format '.xlsx'"),
+        ({"{{ product }}.": "{{ product }."}, "template: Jinja2 syntax error"),
+        ({"{{ product }}.": "{{ colour }}."}, "template: cannot render: 'colour' is undefined"),
+        ({"max_chars: 600": "max_chars: 5"}, "curation: min_chars must be smaller than max_chars"),
+    ],
+)
+def test_bad_spec_fails_with_one_line_naming_file_and_field(
+    tmp_path: Path, replacements: dict[str, str], expected: str
+) -> None:
+    message = _error_for(tmp_path, replacements)
+    assert "tiny_reviews.yaml" in message or ".csv" in message or ".xlsx" in message
+    assert expected in message
+
+
+def test_not_yaml_and_missing_file(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("name: [unclosed\n")
+    with pytest.raises(SpecError, match=r"broken.yaml: not valid YAML at line"):
+        load_spec(broken)
+    with pytest.raises(SpecError, match="spec file not found"):
+        load_spec(tmp_path / "nope.yaml")
+
+
+def test_seed_with_empty_text_names_the_row(tmp_path: Path) -> None:
+    path = write_tiny_spec(tmp_path)
+    seed = tmp_path / "data" / "tiny_seed.csv"
+    seed.write_text(seed.read_text() + '"",positive\n')
+    with pytest.raises(SpecError, match=r"tiny_seed.csv: row 10: empty text in column 'review'"):
+        load_seed_data(load_spec(path))
+
+
+def test_parquet_and_jsonl_seeds_load_the_same_rows(tmp_path: Path) -> None:
+    csv_spec = load_spec(write_tiny_spec(tmp_path / "csv"))
+    frame = pd.read_csv(csv_spec.seed_path)
+    for suffix in ("parquet", "jsonl"):
+        folder = tmp_path / suffix
+        path = write_tiny_spec(folder, replacements={"data/tiny_seed.csv": f"data/tiny_seed.{suffix}"})
+        target = folder / "data" / f"tiny_seed.{suffix}"
+        if suffix == "parquet":
+            frame.to_parquet(target)
+        else:
+            frame.to_json(target, orient="records", lines=True)
+        rows = load_seed_data(load_spec(path))
+        expected = load_seed_data(csv_spec)
+        assert rows[["seed_id", "text", "label"]].equals(expected[["seed_id", "text", "label"]])
+
+
+def test_holdout_that_leaks_into_training_is_refused(tmp_path: Path) -> None:
+    path = write_tiny_spec(tmp_path)
+    holdout = tmp_path / "data" / "tiny_holdout.csv"
+    holdout.write_text(holdout.read_text() + '"Average desk chair, fine for short sessions.",neutral\n')
+    with pytest.raises(SpecError, match="held-out texts also appear in the training seed"):
+        load_seed_data(load_spec(path))
