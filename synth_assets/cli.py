@@ -41,9 +41,9 @@ def command_run(args: argparse.Namespace) -> int:
     ensure_dagster_home()
     import dagster as dg
 
+    from synth_assets.definitions import build_definitions
     from synth_assets.defs.assets import spec_partitions
     from synth_assets.defs.resources import SPEC_PATH_TAG
-    from synth_assets.definitions import build_definitions
 
     store = _warehouse(args)
     definitions = build_definitions(database=str(store.path))
@@ -63,9 +63,7 @@ def command_run(args: argparse.Namespace) -> int:
         print(f"check {evaluation.asset_key.to_user_string()}:{evaluation.check_name} {verdict}")
     counts = []
     for stage in STAGES:
-        frame = store.read_only_query(
-            f'SELECT count(*) AS n FROM "{stage}" WHERE spec_name = ?', [spec.name]
-        )
+        frame = store.read_only_query(f'SELECT count(*) AS n FROM "{stage}" WHERE spec_name = ?', [spec.name])
         counts.append(f"{stage}={int(frame['n'].iloc[0])}")
     print("rows: " + " ".join(counts))
     report = store.read_only_query(
@@ -118,8 +116,10 @@ def command_diff(args: argparse.Namespace) -> int:
     added = after[~after["sample_id"].isin(before["sample_id"])]
     removed = before[~before["sample_id"].isin(after["sample_id"])]
     print(f"curated_set of '{spec_name}': {run_a} -> {run_b}")
-    print(f"rows {len(before)} -> {len(after)}: +{len(added)} added, -{len(removed)} removed, "
-          f"{len(after) - len(added)} unchanged")
+    print(
+        f"rows {len(before)} -> {len(after)}: +{len(added)} added, -{len(removed)} removed, "
+        f"{len(after) - len(added)} unchanged"
+    )
     for label, frame, sign in (("added", added, "+"), ("removed", removed, "-")):
         for row in frame.head(args.limit).itertuples(index=False):
             print(f"{sign} {row.sample_id} [{row.label}] {' '.join(str(row.text).split())[:100]}")

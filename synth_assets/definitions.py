@@ -9,9 +9,7 @@ from synth_assets.defs.automation import daily_refresh, spec_change_sensor, synt
 from synth_assets.defs.resources import LocalModelResource, SpecCatalog, WarehouseResource
 
 
-def build_definitions(
-    database: str = "", specs_dir: str = "", model_cache_dir: str = ""
-) -> dg.Definitions:
+def build_definitions(database: str = "", specs_dir: str = "", model_cache_dir: str = "") -> dg.Definitions:
     """Definitions with resources pointed at a DuckDB file, a specs folder and a model cache
     (empty strings: the defaults, `SYNTH_ASSETS_DB` and friends)."""
     return dg.Definitions(

@@ -54,7 +54,8 @@ def load_seed_rows(spec: GenerationSpec, path: Path, split: str) -> pd.DataFrame
     unknown = sorted(set(labels) - set(spec.labels))
     if unknown:
         raise SpecError(
-            f"{path}: labels {unknown} in column '{spec.seed.label_column}' are not in the spec's labels {spec.labels}"
+            f"{path}: labels {unknown} in column '{spec.seed.label_column}' "
+            f"are not in the spec's labels {spec.labels}"
         )
     if spec.seed.id_column:
         ids = frame[spec.seed.id_column].astype(str)

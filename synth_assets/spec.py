@@ -67,8 +67,7 @@ class AttributeSpec(_Strict):
         if self.weights is not None:
             if len(self.weights) != len(self.values):
                 raise ValueError(
-                    f"attribute '{self.name}' has {len(self.values)} values but "
-                    f"{len(self.weights)} weights"
+                    f"attribute '{self.name}' has {len(self.values)} values but {len(self.weights)} weights"
                 )
             if any(w < 0 for w in self.weights) or sum(self.weights) <= 0:
                 raise ValueError(f"attribute '{self.name}' weights must be >= 0 and not all 0")

@@ -214,9 +214,7 @@ class Warehouse:
 
     def read_current(self, stage: str, spec_name: str) -> pd.DataFrame:
         """The promoted version of a stage for a spec, in the stage's column order (empty if none)."""
-        return self.query(
-            f'SELECT * FROM "{stage}" WHERE spec_name = ? ORDER BY rowid', [spec_name]
-        )
+        return self.query(f'SELECT * FROM "{stage}" WHERE spec_name = ? ORDER BY rowid', [spec_name])
 
     def read_version(self, stage: str, spec_name: str, run_id: str) -> pd.DataFrame:
         return self.query(

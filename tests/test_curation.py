@@ -52,7 +52,9 @@ def test_curate_keeps_good_rows_and_gives_every_reason() -> None:
     )
     outcome = curate(samples, prompts, CurationSpec(min_chars=20, max_chars=600, echo_threshold=0.6))
     assert outcome.curated["sample_id"].tolist() == ["s0", "s6"]
-    reasons = dict(zip(outcome.rejected["sample_id"], outcome.rejected["reasons"].map(json.loads), strict=True))
+    reasons = dict(
+        zip(outcome.rejected["sample_id"], outcome.rejected["reasons"].map(json.loads), strict=True)
+    )
     assert reasons == {
         "s1": ["exact_duplicate"],
         "s2": ["too_short"],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -9,8 +10,8 @@ import dagster as dg
 import pytest
 from conftest import write_tiny_spec
 
-from synth_assets.defs.automation import scan_specs, spec_change_sensor
 from synth_assets.definitions import defs
+from synth_assets.defs.automation import scan_specs, spec_change_sensor
 
 STAGES = ["seed_data", "expanded_prompts", "generated_samples", "curated_set", "evaluation_report"]
 
@@ -18,7 +19,7 @@ STAGES = ["seed_data", "expanded_prompts", "generated_samples", "curated_set", "
 def test_five_assets_in_one_chain() -> None:
     graph = defs.resolve_asset_graph()
     assert sorted(k.to_user_string() for k in graph.get_all_asset_keys()) == sorted(STAGES)
-    for upstream, downstream in zip(STAGES, STAGES[1:], strict=False):
+    for upstream, downstream in itertools.pairwise(STAGES):
         parents = graph.get(dg.AssetKey(downstream)).parent_keys
         assert dg.AssetKey(upstream) in parents
     for key in STAGES:

@@ -56,9 +56,15 @@ def _error_for(tmp_path: Path, replacements: dict[str, str]) -> str:
     [
         ({"num_samples: 6": "num_samples: -1"}, "num_samples: Input should be greater than or equal to 1"),
         ({"random_seed: 7": "random_seed: 7\ncolour: blue"}, "colour: unknown field"),
-        ({"weights: [2, 1, 1]": "weights: [2, 1]"}, "attributes.0: attribute 'product' has 3 values but 2 weights"),
+        (
+            {"weights: [2, 1, 1]": "weights: [2, 1]"},
+            "attributes.0: attribute 'product' has 3 values but 2 weights",
+        ),
         ({"name: tiny_reviews": "name: Tiny Reviews!"}, "name: must be lower-case"),
-        ({"labels: [positive, neutral, negative]": "labels: [positive, neutral]"}, "not in the spec's labels"),
+        (
+            {"labels: [positive, neutral, negative]": "labels: [positive, neutral]"},
+            "not in the spec's labels",
+        ),
         ({"text_column: review": "text_column: body"}, "seed.text_column 'body' is not a column"),
         ({"data/tiny_seed.csv": "data/missing.csv"}, "seed.path: file not found"),
         ({"data/tiny_seed.csv": "data/tiny_seed.xlsx"}, "unsupported seed format '.xlsx'"),

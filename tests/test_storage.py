@@ -53,8 +53,10 @@ def test_failed_write_leaves_previous_version_intact(tmp_path: Path) -> None:
         {c: ["x"] for c in stage_columns("seed_data")} | {"source_row": ["not a number"]}
     )
     # curated_set is inserted first, then seed_data fails to cast: the transaction must roll back
-    with pytest.raises(Exception, match="source_row|Could not convert|Conversion"):
-        store.write_versions({"curated_set": _curated(["z"]), "seed_data": seed_rows}, "demo", "run3", promote=True)
+    with pytest.raises(Exception, match=r"source_row|Could not convert|Conversion"):
+        store.write_versions(
+            {"curated_set": _curated(["z"]), "seed_data": seed_rows}, "demo", "run3", promote=True
+        )
     assert store.read_current("curated_set", "demo")["sample_id"].tolist() == ["a"]
     assert store.query("SELECT count(*) AS n FROM curated_set_history")["n"].iloc[0] == 1
 

@@ -3,7 +3,6 @@
 Both start RUNNING (Dagster's default is STOPPED) so `make ui` refreshes without a click.
 """
 
-
 import json
 from pathlib import Path
 

@@ -1,6 +1,5 @@
 """Resources: where the DuckDB file and the specs are, and the local model."""
 
-
 from pathlib import Path
 
 import dagster as dg

@@ -137,7 +137,12 @@ def render_markdown(
         "truncated_share",
     ):
         lines.append(f"| {key} | {_fmt(metrics[key])} |")
-    lines += ["", "## Label balance (requested vs curated)", "", balance.to_markdown(index=False, floatfmt=".3f")]
+    lines += [
+        "",
+        "## Label balance (requested vs curated)",
+        "",
+        balance.to_markdown(index=False, floatfmt=".3f"),
+    ]
     lines += ["", "## Rejections by reason", ""]
     if reasons:
         lines += ["| reason | rows |", "|---|---|"]

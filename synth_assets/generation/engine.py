@@ -15,7 +15,9 @@ from synth_assets.storage import stage_columns
 
 # Small chat models often wrap the answer in quotes or repeat the template's lead-in; those bytes are
 # formatting, not content, so they are removed before curation judges the text.
-_LEAD_IN = re.compile(r"^\s*(?:new\s+)?(?:review|description|conversation|answer)\s*(?:\([^)]*\))?\s*:\s*", re.I)
+_LEAD_IN = re.compile(
+    r"^\s*(?:new\s+)?(?:review|description|conversation|answer)\s*(?:\([^)]*\))?\s*:\s*", re.I
+)
 
 
 def clean_completion(text: str) -> str:

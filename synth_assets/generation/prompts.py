@@ -128,9 +128,7 @@ def expand_prompts(spec: GenerationSpec, seed_rows: pd.DataFrame) -> pd.DataFram
         attributes = {
             a.name: rng.choices(a.values, weights=a.normalized_weights())[0] for a in spec.attributes
         }
-        demos = _pick_demos(
-            rng, rows_by_label, all_rows, label, spec.few_shot.k, spec.few_shot.strategy
-        )
+        demos = _pick_demos(rng, rows_by_label, all_rows, label, spec.few_shot.k, spec.few_shot.strategy)
         try:
             text = compiled.render(
                 _template_context(

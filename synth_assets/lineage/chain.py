@@ -80,9 +80,7 @@ def trace(warehouse: Warehouse, row_id: str) -> LineageChain:
         f"FROM {HISTORY_TABLE['rejected_samples']} WHERE sample_id = ? ORDER BY materialized_at",
         [sample_id, sample_id],
     )
-    promoted = warehouse.read_only_query(
-        "SELECT run_id FROM curated_set WHERE sample_id = ?", [sample_id]
-    )
+    promoted = warehouse.read_only_query("SELECT run_id FROM curated_set WHERE sample_id = ?", [sample_id])
     decision_records = _records(decisions)
     promoted_runs = set(promoted["run_id"])
     for decision in decision_records:
@@ -110,12 +108,14 @@ def format_chain(chain: LineageChain) -> str:
     lines += [
         "      |",
         "      v",
-        f"prompt {prompt.get('prompt_id')}  label={prompt.get('label')}  attributes={prompt.get('attributes')}",
+        f"prompt {prompt.get('prompt_id')}  label={prompt.get('label')}  "
+        f"attributes={prompt.get('attributes')}",
         f"      made in run {prompt.get('run_id', '?')}",
         f"      {_short(prompt.get('prompt_text', ''), 160)}",
         "      |",
         "      v",
-        f"generation by {generation['model']} ({generation['backend']}, fingerprint {generation['model_fingerprint']})",
+        f"generation by {generation['model']} ({generation['backend']}, "
+        f"fingerprint {generation['model_fingerprint']})",
         f"      params {generation['generation_params']}  seed {generation['generation_seed']}",
         f"      {generation['completion_tokens']} tokens, finish={generation['finish_reason']}, "
         f"first made in run {generation['first_run_id']}",
