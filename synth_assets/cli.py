@@ -10,7 +10,7 @@ from pathlib import Path
 
 from synth_assets.paths import ensure_dagster_home
 from synth_assets.seed import load_seed_data
-from synth_assets.spec import SpecError, load_spec
+from synth_assets.spec import GenerationSpec, SpecError, load_spec
 from synth_assets.storage import HISTORY_TABLE, Warehouse
 
 STAGES = ("seed_data", "expanded_prompts", "generated_samples", "curated_set", "rejected_samples")
@@ -83,81 +83,139 @@ def command_run(args: argparse.Namespace) -> int:
 
 def command_lineage(args: argparse.Namespace) -> int:
     from synth_assets.lineage.chain import LineageError, format_chain, trace
+    from synth_assets.lineage.dagster_runs import open_run_directory
 
-    try:
-        chain = trace(_warehouse(args), args.id)
-    except LineageError as exc:
-        raise CliError(str(exc)) from exc
+    store = _warehouse(args)
+    with open_run_directory() as runs:
+        try:
+            chain = trace(store, args.id, runs=None if args.no_dagster else runs)
+        except LineageError as exc:
+            raise CliError(str(exc)) from exc
+        if runs is None and not args.no_dagster:
+            chain.dagster_note = "no Dagster instance found (DAGSTER_HOME): run annotations left out"
     print(json.dumps(chain.as_dict(), indent=2, default=str) if args.json else format_chain(chain))
     return 0
 
 
+def _spec_fingerprints(spec_name: str, run_ids: list[str]) -> dict[str, str]:
+    """The spec fingerprint each run's curated_set materialization recorded, where Dagster has it."""
+    from synth_assets.lineage.dagster_runs import open_run_directory
+
+    found: dict[str, str] = {}
+    with open_run_directory() as runs:
+        if runs is None:
+            return found
+        for run_id in run_ids:
+            info = runs.describe(run_id, spec_name) or {}
+            materialization = (info.get("materializations") or {}).get("curated_set") or {}
+            if materialization.get("spec_fingerprint"):
+                found[run_id] = str(materialization["spec_fingerprint"])
+    return found
+
+
 def command_diff(args: argparse.Namespace) -> int:
+    from synth_assets.lineage.diff import (
+        DiffError,
+        curated_versions,
+        format_diff,
+        latest_spec,
+        load_diff,
+        pick_runs,
+        spec_of_run,
+    )
+
     store = _warehouse(args)
-    spec_name = _latest_spec(store, args.spec)
-    runs = store.read_only_query(
-        f"SELECT run_id, max(materialized_at) AS at FROM {HISTORY_TABLE['curated_set']} "
-        "WHERE spec_name = ? GROUP BY run_id ORDER BY at",
-        [spec_name],
-    )
-    if args.runs:
-        if len(args.runs) != 2:
-            raise CliError("diff takes two run ids (or none for the last two runs)")
-        run_a, run_b = args.runs
-        for run in (run_a, run_b):
-            if run not in set(runs["run_id"]):
-                raise CliError(f"run '{run}' has no curated_set version for spec '{spec_name}'")
+    try:
+        spec_name = args.spec or (spec_of_run(store, args.runs[0]) if args.runs else latest_spec(store))
+        run_a, run_b = pick_runs(curated_versions(store, spec_name), spec_name, list(args.runs))
+    except DiffError as exc:
+        raise CliError(str(exc)) from exc
+    fingerprints = {} if args.no_dagster else _spec_fingerprints(spec_name, [run_a, run_b])
+    result, before, after = load_diff(store, spec_name, run_a, run_b, fingerprints)
+    if args.json:
+        print(json.dumps(result.as_dict(), indent=2, default=str))
     else:
-        if len(runs) < 2:
-            raise CliError(f"spec '{spec_name}' has {len(runs)} curated_set version(s); diff needs two")
-        run_a, run_b = runs["run_id"].iloc[-2], runs["run_id"].iloc[-1]
-    before = store.read_version("curated_set", spec_name, run_a)
-    after = store.read_version("curated_set", spec_name, run_b)
-    added = after[~after["sample_id"].isin(before["sample_id"])]
-    removed = before[~before["sample_id"].isin(after["sample_id"])]
-    print(f"curated_set of '{spec_name}': {run_a} -> {run_b}")
-    print(
-        f"rows {len(before)} -> {len(after)}: +{len(added)} added, -{len(removed)} removed, "
-        f"{len(after) - len(added)} unchanged"
-    )
-    for label, frame, sign in (("added", added, "+"), ("removed", removed, "-")):
-        for row in frame.head(args.limit).itertuples(index=False):
-            print(f"{sign} {row.sample_id} [{row.label}] {' '.join(str(row.text).split())[:100]}")
-        if len(frame) > args.limit:
-            print(f"  ... {len(frame) - args.limit} more {label}")
+        print(format_diff(result, before, after, limit=args.limit))
     return 0
 
 
+def _export_spec(
+    store: Warehouse, spec_name: str, spec_file: str | None
+) -> tuple[GenerationSpec | None, str | None]:
+    """The spec to describe in the card (given, `specs/<name>.yaml`, or the path Dagster recorded),
+    and the spec fingerprint the exported version was curated with (from Dagster, when known)."""
+    from synth_assets.lineage.dagster_runs import open_run_directory
+    from synth_assets.paths import default_specs_dir
+
+    candidates = [Path(spec_file)] if spec_file else [default_specs_dir() / f"{spec_name}.yaml"]
+    fingerprint = None
+    with open_run_directory() as runs:
+        if runs is not None:
+            recorded = runs.latest_metadata("seed_data", spec_name).get("spec_path")
+            if recorded and not spec_file:
+                candidates.append(Path(str(recorded)))
+            run = store.read_only_query(
+                "SELECT run_id FROM curated_set WHERE spec_name = ? LIMIT 1", [spec_name]
+            )
+            if len(run):
+                info = runs.describe(str(run["run_id"].iloc[0]), spec_name) or {}
+                curated = (info.get("materializations") or {}).get("curated_set") or {}
+                fingerprint = curated.get("spec_fingerprint")
+    for path in candidates:
+        try:
+            spec = load_spec(path)
+        except SpecError:
+            if spec_file:
+                raise
+            continue
+        if spec.name == spec_name:
+            return spec, fingerprint
+        if spec_file:
+            raise CliError(f"{spec_file}: name: '{spec.name}' is not the exported spec '{spec_name}'")
+    return None, fingerprint
+
+
 def command_export(args: argparse.Namespace) -> int:
+    from synth_assets.export import ExportError, load_export_data, write_export
+
     store = _warehouse(args)
-    curated = store.read_only_query(
-        "SELECT sample_id, prompt_id, label, text, run_id FROM curated_set WHERE spec_name = ?",
-        [args.spec],
-    )
-    if curated.empty:
-        raise CliError(f"spec '{args.spec}' has no promoted curated_set to export")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    target = out / f"{args.spec}.{args.format}"
-    if args.format == "parquet":
-        curated.to_parquet(target, index=False)
-    else:
-        curated.to_json(target, orient="records", lines=True, force_ascii=False)
-    print(f"wrote {len(curated)} rows to {target}")
+    spec, fingerprint = _export_spec(store, args.spec, args.spec_file)
+    try:
+        data = load_export_data(store, args.spec, spec, fingerprint)
+        written = write_export(data, args.format, Path(args.out))
+    except ExportError as exc:
+        raise CliError(str(exc)) from exc
+    print(f"wrote {len(data.rows)} rows of '{args.spec}' (curated_set run {data.curated_run_id}):")
+    for path in written:
+        print(f"  {path}")
+    for note in data.notes:
+        print(f"note: {note}")
     return 0
 
 
 def command_report(args: argparse.Namespace) -> int:
+    """The newest evaluation report (of a spec, or of any spec), whether or not it passed its gate;
+    `--good` prints the last good (promoted) one instead."""
     store = _warehouse(args)
-    spec_name = args.spec
-    query = "SELECT spec_name, markdown FROM evaluation_report"
+    table = "evaluation_report" if args.good else HISTORY_TABLE["evaluation_report"]
+    where = " WHERE spec_name = ?" if args.spec else ""
     frame = store.read_only_query(
-        query + (" WHERE spec_name = ?" if spec_name else " ORDER BY materialized_at DESC LIMIT 1"),
-        [spec_name] if spec_name else [],
+        f'SELECT * FROM "{table}"{where} ORDER BY materialized_at DESC LIMIT 1',
+        [args.spec] if args.spec else [],
     )
     if frame.empty:
-        raise CliError(f"no evaluation report{' for ' + spec_name if spec_name else ''} yet")
-    print(frame["markdown"].iloc[0])
+        which = "good " if args.good else ""
+        raise CliError(f"no {which}evaluation report{' for ' + args.spec if args.spec else ''} yet")
+    row = frame.iloc[0]
+    print(row["markdown"])
+    if row.get("report_path"):
+        print(f"report file: {row['report_path']} (plot links are relative to its folder)")
+    # str(): the flag comes back as bool, numpy.bool_ or None (rows from before the gate existed)
+    if str(row.get("passed")) == "False":
+        print(
+            f"note: run {row['run_id']} FAILED its usefulness gate and was not promoted; "
+            f"the last good report: synth-assets report --spec {row['spec_name']} --good"
+        )
     return 0
 
 
@@ -173,25 +231,50 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--spec", required=True, help="path of a spec YAML file")
     run.set_defaults(handler=command_run)
 
-    lineage = commands.add_parser("lineage", help="where a curated or rejected row came from")
+    lineage = commands.add_parser(
+        "lineage",
+        help="where a curated or rejected row came from: seed demos, prompt, LLM calls, decisions, runs",
+    )
     lineage.add_argument("id", help="sample id (a unique prefix is enough)")
     lineage.add_argument("--json", action="store_true", help="machine-readable output")
+    lineage.add_argument(
+        "--no-dagster", action="store_true", help="skip the run lookup in the Dagster instance"
+    )
     lineage.set_defaults(handler=command_lineage)
 
-    diff = commands.add_parser("diff", help="rows added/removed in curated_set between two runs")
-    diff.add_argument("runs", nargs="*", help="RUN_A RUN_B (default: the last two runs)")
-    diff.add_argument("--spec", help="spec name (default: the most recently curated)")
-    diff.add_argument("--limit", type=int, default=10, help="rows to show per side")
+    diff = commands.add_parser(
+        "diff", help="rows added, removed and changed in curated_set between two versions, with causes"
+    )
+    diff.add_argument("runs", nargs="*", help="RUN_A RUN_B, ids or unique prefixes (default: the last two)")
+    diff.add_argument("--spec", help="spec name (default: of the runs given, else the most recently curated)")
+    diff.add_argument("--limit", type=int, default=10, help="rows to show per kind of change")
+    diff.add_argument("--json", action="store_true", help="every change as JSON")
+    diff.add_argument(
+        "--no-dagster", action="store_true", help="skip the spec-fingerprint lookup in the Dagster instance"
+    )
     diff.set_defaults(handler=command_diff)
 
-    export = commands.add_parser("export", help="write the promoted curated set to a file")
+    export = commands.add_parser(
+        "export", help="write the promoted curated set and a dataset card (README.md) to a folder"
+    )
     export.add_argument("--spec", required=True, help="spec name")
-    export.add_argument("--format", choices=["parquet", "jsonl"], default="jsonl")
+    export.add_argument(
+        "--format",
+        choices=["parquet", "jsonl", "hf"],
+        default="jsonl",
+        help="hf: a Hugging Face datasets folder (datasets.load_from_disk)",
+    )
     export.add_argument("--out", required=True, help="output folder")
+    export.add_argument("--spec-file", help="the spec YAML to describe in the card (default: found by name)")
     export.set_defaults(handler=command_export)
 
-    report = commands.add_parser("report", help="print the latest evaluation report")
-    report.add_argument("--spec", help="spec name (default: the latest report)")
+    report = commands.add_parser(
+        "report", help="print the latest evaluation report (Markdown; metrics, deltas, gate verdict)"
+    )
+    report.add_argument("--spec", help="spec name (default: the latest report of any spec)")
+    report.add_argument(
+        "--good", action="store_true", help="the last report that passed its usefulness gate instead"
+    )
     report.set_defaults(handler=command_report)
     return parser
 

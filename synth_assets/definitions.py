@@ -5,18 +5,49 @@ from __future__ import annotations
 import dagster as dg
 
 from synth_assets.defs.assets import stage_assets
-from synth_assets.defs.automation import daily_refresh, spec_change_sensor, synth_refresh_job
+from synth_assets.defs.automation import (
+    DOWNSTREAM_STAGES,
+    daily_refresh,
+    downstream_condition,
+    spec_change_sensor,
+    synth_automation,
+    synth_refresh_job,
+)
+from synth_assets.defs.common import column_schema
 from synth_assets.defs.resources import LocalModelResource, SpecCatalog, WarehouseResource
+from synth_assets.defs.seed_data import spec_inputs
+
+
+def _wire_stage(asset: dg.AssetsDefinition) -> dg.AssetsDefinition:
+    """Every stage reads the spec, so every stage depends on `spec_inputs` (that is what makes all
+    five go stale when a spec changes: Dagster 1.13 does not propagate staleness past a direct
+    dependency); the stages after `seed_data` also follow upstream updates declaratively."""
+    name = asset.key.to_user_string()
+    automated = name in DOWNSTREAM_STAGES
+
+    def wire(spec: dg.AssetSpec) -> dg.AssetSpec:
+        deps = [] if spec_inputs.key in {dep.asset_key for dep in spec.deps} else [spec_inputs]
+        # the Columns tab of every stage, also for a stage module that does not declare its schema
+        schema = (
+            {} if "dagster/column_schema" in spec.metadata else {"dagster/column_schema": column_schema(name)}
+        )
+        wired = spec.merge_attributes(deps=deps, metadata=schema)
+        return wired.replace_attributes(automation_condition=downstream_condition()) if automated else wired
+
+    return asset.map_asset_specs(wire)
+
+
+wired_stage_assets = [_wire_stage(asset) for asset in stage_assets]
 
 
 def build_definitions(database: str = "", specs_dir: str = "", model_cache_dir: str = "") -> dg.Definitions:
     """Definitions with resources pointed at a DuckDB file, a specs folder and a model cache
     (empty strings: the defaults, `SYNTH_ASSETS_DB` and friends)."""
     return dg.Definitions(
-        assets=stage_assets,
+        assets=[spec_inputs, *wired_stage_assets],
         jobs=[synth_refresh_job],
         schedules=[daily_refresh],
-        sensors=[spec_change_sensor],
+        sensors=[spec_change_sensor, synth_automation],
         resources={
             "warehouse": WarehouseResource(database=database),
             "specs": SpecCatalog(specs_dir=specs_dir),

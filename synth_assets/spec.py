@@ -18,7 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 SEED_SUFFIXES = {".csv": "csv", ".parquet": "parquet", ".jsonl": "jsonl", ".json": "json"}
 # template variables every prompt gets; an attribute with one of these names would shadow it
-RESERVED_TEMPLATE_NAMES = {"task", "label", "labels", "attributes", "demos"}
+RESERVED_TEMPLATE_NAMES = {"task", "label", "labels", "attributes", "demos", "steps", "prompt"}
+LOCAL_MODEL = "smollm2-135m-instruct"
 SPEC_NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_\-]{0,63}$")
 
 
@@ -81,6 +82,27 @@ class AttributeSpec(_Strict):
         return [w / total for w in raw]
 
 
+class PerCellSpec(_Strict):
+    """Exact-N: `n` accepted samples for every combination of these attributes (and/or `label`).
+
+    Generation runs in waves and stops a cell once it has `n` samples that pass the cheap curation
+    rules; cells whose samples keep failing get more of the budget, up to `budget_factor` x n each.
+    """
+
+    attributes: list[str] = Field(min_length=1, description="attribute names; 'label' is allowed")
+    n: int = Field(ge=1, le=10_000)
+    budget_factor: float = Field(default=3.0, ge=1.0, le=20.0)
+
+
+class SelfInstructSpec(_Strict):
+    """Self-Instruct bootstrapping: prompts run in rounds; demos mix seed rows with accepted machine
+    samples; a sample joins the pool only if its ROUGE-L to every pooled item is below `threshold`."""
+
+    per_round: int = Field(default=8, ge=1)
+    threshold: float = Field(default=0.7, gt=0.0, le=1.0)
+    machine_demos: int = Field(default=1, ge=0, description="demos per prompt taken from the machine pool")
+
+
 class FewShotSpec(_Strict):
     """How in-context demonstrations are drawn from the seed data."""
 
@@ -97,36 +119,197 @@ class FewShotSpec(_Strict):
 class GenerationParams(_Strict):
     """Which model answers the prompts, and how."""
 
-    backend: Literal["local"] = "local"
-    model: Literal["smollm2-135m-instruct"] = "smollm2-135m-instruct"
-    max_new_tokens: int = Field(default=96, ge=1, le=2048)
+    backend: Literal["local", "openai"] = Field(
+        default="local",
+        description="local: transformers on this machine; openai: any OpenAI-compatible server "
+        "(vLLM, llama.cpp server, Ollama, a hosted API)",
+    )
+    model: str = Field(
+        default=LOCAL_MODEL, description=f"'{LOCAL_MODEL}' for the local backend; the server's model name"
+    )
+    base_url: str | None = Field(default=None, description="e.g. http://127.0.0.1:8000/v1 (openai backend)")
+    api_key_env: str | None = Field(
+        default=None, description="name of the environment variable holding the API key (never the key)"
+    )
+    max_new_tokens: int = Field(default=96, ge=1, le=4096)
     temperature: float = Field(default=0.8, ge=0.0, le=2.0)
     top_p: float = Field(default=0.95, gt=0.0, le=1.0)
     repetition_penalty: float = Field(default=1.1, ge=1.0, le=2.0)
     batch_size: int = Field(default=16, ge=1, le=256)
+    max_concurrency: int = Field(default=8, ge=1, le=256, description="openai: requests in flight")
+    timeout_s: float = Field(default=120.0, gt=0, description="openai: per request")
+    max_retries: int = Field(default=4, ge=0, le=20, description="openai: on 429, 5xx, connection errors")
     system_prompt: str | None = None
 
+    @model_validator(mode="after")
+    def _backend_settings(self) -> GenerationParams:
+        if self.backend == "local" and self.model != LOCAL_MODEL:
+            raise ValueError(f"the local backend runs '{LOCAL_MODEL}' only (got '{self.model}')")
+        if self.backend == "openai" and not self.base_url:
+            raise ValueError("the openai backend needs base_url (e.g. http://127.0.0.1:8000/v1)")
+        return self
+
     def identity(self) -> dict[str, Any]:
-        """The parameters that change what the model writes (batch size does not)."""
-        return self.model_dump(exclude={"batch_size", "backend"})
+        """The parameters that change what the model writes (batching and transport do not)."""
+        return self.model_dump(
+            exclude={
+                "batch_size",
+                "backend",
+                "base_url",
+                "api_key_env",
+                "max_concurrency",
+                "timeout_s",
+                "max_retries",
+            }
+        )
+
+
+class StepSpec(_Strict):
+    """A follow-up generation step (multi-step and multi-turn generation).
+
+    The first step is always the expanded prompt, named `answer`. Each later step's template sees
+    every prompt variable plus `steps` (earlier outputs by name), e.g. draft -> critique -> rewrite,
+    or the alternating turns of a dialogue.
+    """
+
+    name: str = Field(pattern=r"^[a-z_][a-z0-9_]*$")
+    template: str = Field(min_length=1)
+    continue_conversation: bool = Field(
+        default=False,
+        description="send the earlier turns as chat history (true) or only this step's message (false)",
+    )
+
+
+class StructuredOutputSpec(_Strict):
+    """Ask for JSON matching a JSON schema; parse, repair, retry; one field becomes the sample text."""
+
+    json_schema: dict[str, Any]
+    text_field: str = Field(description="the schema property holding the sample text")
+    max_attempts: int = Field(default=3, ge=1, le=10, description="generations per prompt before giving up")
 
 
 class CurationSpec(_Strict):
-    """Rules that decide which generated samples reach `curated_set`."""
+    """Rules that decide which generated samples reach `curated_set` (reason codes in
+    `synth_assets.curation.reasons`). Every filter can be tuned or switched off here."""
 
+    # --- heuristics ---------------------------------------------------------------------------
     min_chars: int = Field(default=20, ge=0)
     max_chars: int = Field(default=800, ge=1)
     echo_threshold: float = Field(
         default=0.6,
         ge=0.0,
         le=1.0,
-        description="reject when this share of the sample's word 5-grams appears in its prompt",
+        description="reject when this share of the sample's word 5-grams appears in its prompt; a "
+        "sample that repeats a template line (variables as wildcards) is rejected too (1: off)",
     )
+    truncated: Literal["trim", "drop", "keep"] = Field(
+        default="trim",
+        description="a sample cut off mid-sentence: trim it to its last complete sentence (rejected "
+        "if none is left), drop it, or keep it",
+    )
+    max_repeated_ngram_share: float = Field(
+        default=0.3, ge=0.0, le=1.0, description="reject loops: share of word n-grams repeated (1: off)"
+    )
+    repeated_ngram_size: int = Field(default=3, ge=2, le=10)
+    max_repeated_line_share: float = Field(
+        default=0.3, ge=0.0, le=1.0, description="share of non-empty lines that repeat (1: off)"
+    )
+    reject_assistant_talk: bool = Field(
+        default=True, description="reject 'Sure! Here is...', 'As an AI...', refusals, placeholders"
+    )
+    strip_lead_in: bool = Field(
+        default=True,
+        description="cut a lead-in like 'Here is a positive review:' off and judge the rest on its own",
+    )
+    max_non_text_share: float = Field(
+        default=0.2,
+        ge=0.0,
+        le=1.0,
+        description="share of characters that are not letters, digits, spaces or punctuation (1: off); "
+        "markup, URLs and control characters are rejected as well",
+    )
+    language: str | None = Field(
+        default=None, description="ISO 639-1 code (en, de, fr, ...): reject text evidently in another"
+    )
+    # --- duplicates ---------------------------------------------------------------------------
+    near_duplicate_threshold: float | None = Field(
+        default=0.7, ge=0.0, le=1.0, description="MinHash Jaccard of character shingles (null: off)"
+    )
+    minhash_num_perm: int = Field(default=128, ge=16, le=1024)
+    shingle_size: int = Field(default=5, ge=2, le=32, description="characters per MinHash shingle")
+    semantic_duplicate_threshold: float | None = Field(
+        default=0.9, ge=0.0, le=1.0, description="embedding cosine (null: off)"
+    )
+    dedup_against_seed: bool = Field(default=True, description="reject samples that copy a seed row")
+    dedup_against_previous_versions: bool = Field(
+        default=True, description="reject new samples that duplicate rows of earlier curated versions"
+    )
+    # --- label consistency --------------------------------------------------------------------
+    label_check: Literal["off", "flag", "drop", "relabel"] = Field(
+        default="flag",
+        description="when a classifier trained on the seed confidently predicts another label: keep "
+        "and flag, drop, or relabel to the prediction",
+    )
+    label_min_confidence: float = Field(default=0.8, ge=0.0, le=1.0)
+    # --- relevance ----------------------------------------------------------------------------
+    min_relevance: float | None = Field(
+        default=0.1,
+        ge=-1.0,
+        le=1.0,
+        description="reject below this cosine between sample and its task/conditions (null: off)",
+    )
+    relevance_text: str | None = Field(
+        default=None,
+        description="Jinja text a sample is compared with (task, label, attributes and each attribute "
+        "by name); default: the task, the label and the attribute values",
+    )
+    # --- privacy ------------------------------------------------------------------------------
+    pii: Literal["scrub", "drop", "off"] = Field(
+        default="scrub", description="personal data: replace with [EMAIL], [PHONE]... or drop the row"
+    )
+    pii_types: list[Literal["EMAIL", "PHONE", "CARD", "IBAN", "ADDRESS", "NAME"]] = Field(
+        default_factory=lambda: ["EMAIL", "PHONE", "CARD", "IBAN", "ADDRESS", "NAME"]
+    )
+    # --- LLM as judge -------------------------------------------------------------------------
+    judge: bool = Field(default=False, description="score each sample 1-5 with the local chat model")
+    judge_rubric: str = Field(
+        default=(
+            "5: realistic, fluent, on-task, clearly expresses the intended label. "
+            "3: usable but generic, clumsy or only partly on-task. "
+            "1: off-topic, wrong label, talks to the user instead of being the data, or broken text."
+        ),
+        min_length=1,
+    )
+    judge_min_score: float | None = Field(default=None, ge=1.0, le=5.0, description="reject below")
+
+    @field_validator("language")
+    @classmethod
+    def _known_language(cls, value: str | None) -> str | None:
+        from synth_assets.curation.language import SUPPORTED_LANGUAGES
+
+        if value is not None and value not in SUPPORTED_LANGUAGES:
+            raise ValueError(f"language '{value}' is not one of {sorted(SUPPORTED_LANGUAGES)}")
+        return value
+
+    @field_validator("relevance_text")
+    @classmethod
+    def _relevance_template(cls, value: str | None) -> str | None:
+        if value is not None:
+            from jinja2 import TemplateSyntaxError
+            from jinja2.sandbox import SandboxedEnvironment
+
+            try:
+                SandboxedEnvironment().parse(value)
+            except TemplateSyntaxError as exc:
+                raise ValueError(f"not a valid Jinja template: {exc.message}") from exc
+        return value
 
     @model_validator(mode="after")
     def _bounds(self) -> CurationSpec:
         if self.min_chars >= self.max_chars:
             raise ValueError("min_chars must be smaller than max_chars")
+        if self.judge_min_score is not None and not self.judge:
+            raise ValueError("judge_min_score needs judge: true")
         return self
 
 
@@ -140,6 +323,69 @@ class GateSpec(_Strict):
         description="share of generated samples that must be within the length bounds",
     )
     curated_min_rows: int = Field(default=5, ge=0)
+    curated_min_yield: float = Field(default=0.0, ge=0.0, le=1.0, description="curated / generated")
+    curated_max_yield: float = Field(default=1.0, ge=0.0, le=1.0)
+    max_duplicate_rate: float = Field(
+        default=0.5, ge=0.0, le=1.0, description="share of generated samples that duplicate another"
+    )
+    label_balance_tolerance: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=1.0,
+        description="max |curated share - requested share| for any label (null: not checked)",
+    )
+    require_no_pii: bool = Field(default=True, description="no PII detector hit left in curated text")
+    min_mean_relevance: float | None = Field(default=None, ge=-1.0, le=1.0)
+    min_mean_judge_score: float | None = Field(default=None, ge=1.0, le=5.0)
+
+    @model_validator(mode="after")
+    def _yield_bounds(self) -> GateSpec:
+        if self.curated_min_yield > self.curated_max_yield:
+            raise ValueError("curated_min_yield must not exceed curated_max_yield")
+        return self
+
+
+class EvaluationSpec(_Strict):
+    """How `evaluation_report` measures a run, and how much worse than the last good run it may be."""
+
+    usefulness_tolerance: float = Field(
+        default=0.05,
+        ge=0.0,
+        le=1.0,
+        description=(
+            "blocking gate: fail when macro-F1 of real + curated (on the holdout) drops more than this "
+            "below the last good run"
+        ),
+    )
+    bootstrap_samples: int = Field(
+        default=1000, ge=0, le=100_000, description="resamples of the holdout for 95% CIs (0: no CIs)"
+    )
+    mauve_num_buckets: int | Literal["auto"] = Field(
+        default="auto",
+        description=(
+            "k-means buckets of MAUVE; auto: min(real, synthetic rows) / 10, at least 2 (MAUVE's own "
+            "heuristic); small sets need few buckets or every bucket holds one point"
+        ),
+    )
+    mauve_min_samples: int = Field(
+        default=10, ge=2, description="skip MAUVE (with a note) when either side has fewer rows"
+    )
+    max_pairwise_samples: int = Field(
+        default=300,
+        ge=10,
+        description="self-BLEU and pairwise distances use at most this many texts (a fixed random subset)",
+    )
+    embed_plots_in_ui: bool = Field(
+        default=True,
+        description="inline the PNG plots into the Markdown shown in the Dagster UI (data URIs)",
+    )
+
+    @field_validator("mauve_num_buckets")
+    @classmethod
+    def _enough_buckets(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and value < 2:
+            raise ValueError("must be 'auto' or at least 2")
+        return value
 
 
 class GenerationSpec(_Strict):
@@ -153,12 +399,22 @@ class GenerationSpec(_Strict):
     task: str = Field(min_length=1, description="the task specification shown to the model")
     attributes: list[AttributeSpec] = Field(default_factory=list)
     few_shot: FewShotSpec = Field(default_factory=FewShotSpec)
+    self_instruct: SelfInstructSpec | None = None
+    per_cell: PerCellSpec | None = Field(
+        default=None, description="exact-N accepted per attribute cell (replaces num_samples)"
+    )
     template: str = Field(min_length=1, description="Jinja2 template of the user message")
+    steps: list[StepSpec] = Field(default_factory=list, description="follow-up steps after `answer`")
+    output_template: str | None = Field(
+        default=None, description="Jinja2 assembling the sample text from `steps` (default: the last step)"
+    )
+    structured_output: StructuredOutputSpec | None = None
     num_samples: int = Field(ge=1, le=100_000)
     random_seed: int = Field(default=42, ge=0)
     generation: GenerationParams = Field(default_factory=GenerationParams)
     curation: CurationSpec = Field(default_factory=CurationSpec)
     gates: GateSpec = Field(default_factory=GateSpec)
+    evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
     source_path: Path | None = Field(default=None, exclude=True)
 
     @field_validator("name")
@@ -179,6 +435,24 @@ class GenerationSpec(_Strict):
         names = [a.name for a in self.attributes]
         if len(set(names)) != len(names):
             raise ValueError("attributes: repeated attribute name")
+        step_names = ["answer", *(step.name for step in self.steps)]
+        if len(set(step_names)) != len(step_names):
+            raise ValueError("steps: repeated step name (the first step is always 'answer')")
+        if self.structured_output is not None:
+            properties = self.structured_output.json_schema.get("properties", {})
+            if self.structured_output.text_field not in properties:
+                raise ValueError(
+                    f"structured_output: text_field '{self.structured_output.text_field}' is not a "
+                    "property of json_schema"
+                )
+        if self.self_instruct is not None and self.few_shot.k <= self.self_instruct.machine_demos:
+            raise ValueError("self_instruct: few_shot.k must be larger than machine_demos")
+        if self.self_instruct is not None and self.per_cell is not None:
+            raise ValueError("self_instruct and per_cell cannot be combined")
+        if self.per_cell is not None:
+            unknown = sorted(set(self.per_cell.attributes) - set(names) - {"label"})
+            if unknown:
+                raise ValueError(f"per_cell.attributes: {unknown} are not attributes of this spec")
         reserved = sorted(set(names) & RESERVED_TEMPLATE_NAMES)
         if reserved:
             raise ValueError(f"attributes: {reserved} are reserved template variable names")
@@ -254,4 +528,10 @@ def load_spec(path: str | Path) -> GenerationSpec:
     problem = check_template(spec.template, spec)
     if problem:
         raise SpecError(f"{path}: template: {problem}")
+    for index, step in enumerate(spec.steps):
+        problem = check_template(step.template)
+        if problem:
+            raise SpecError(f"{path}: steps.{index}.template: {problem}")
+    if spec.output_template and (problem := check_template(spec.output_template)):
+        raise SpecError(f"{path}: output_template: {problem}")
     return spec

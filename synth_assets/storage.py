@@ -43,6 +43,7 @@ STAGE_COLUMNS: dict[str, dict[str, str]] = {
         "system_prompt": "VARCHAR",
         "prompt_text": "VARCHAR",
         "generation_seed": "BIGINT",
+        "cell": "VARCHAR",
     },
     "generated_samples": {
         "sample_id": "VARCHAR",
@@ -57,26 +58,48 @@ STAGE_COLUMNS: dict[str, dict[str, str]] = {
         "prompt_tokens": "BIGINT",
         "completion_tokens": "BIGINT",
         "finish_reason": "VARCHAR",
+        "cache_key": "VARCHAR",
+        "generated_in_run": "VARCHAR",
+        "steps": "VARCHAR",
     },
     "curated_set": {
         "sample_id": "VARCHAR",
         "prompt_id": "VARCHAR",
-        "label": "VARCHAR",
-        "text": "VARCHAR",
+        "label": "VARCHAR",  # final label (differs from intended_label only when relabeled)
+        "text": "VARCHAR",  # PII scrubbed, truncated ending trimmed
         "normalized_hash": "VARCHAR",
+        "intended_label": "VARCHAR",  # the label the prompt asked for
+        "predicted_label": "VARCHAR",  # the seed-trained classifier's label (NULL: not checked)
+        "label_confidence": "DOUBLE",  # classifier probability of `label`
+        "relevance": "DOUBLE",  # cosine to the task/condition text
+        "nearest_similarity": "DOUBLE",  # highest cosine to another sample of the batch
+        "judge_score": "DOUBLE",  # LLM judge 1-5 (NULL: judge off)
+        "pii_hits": "BIGINT",  # personal-data spans found (and scrubbed)
+        "flags": "VARCHAR",  # JSON list: label_doubt, relabeled, pii_scrubbed, trimmed_truncated_ending
     },
     "rejected_samples": {
         "sample_id": "VARCHAR",
         "prompt_id": "VARCHAR",
         "label": "VARCHAR",
-        "text": "VARCHAR",
-        "reasons": "VARCHAR",
-        "details": "VARCHAR",
+        "text": "VARCHAR",  # PII scrubbed
+        "reasons": "VARCHAR",  # JSON list of every reason code the row failed
+        "details": "VARCHAR",  # JSON object: reason code -> what was measured
+        "predicted_label": "VARCHAR",
+        "label_confidence": "DOUBLE",
+        "relevance": "DOUBLE",
+        "nearest_similarity": "DOUBLE",
+        "judge_score": "DOUBLE",
+        "pii_hits": "BIGINT",
     },
     "evaluation_report": {
-        "metrics": "VARCHAR",
+        "metrics": "VARCHAR",  # JSON: every scalar metric of the run (key figures, usefulness, cost...)
         "markdown": "VARCHAR",
         "report_path": "VARCHAR",
+        "details": "VARCHAR",  # JSON: per-label / per-attribute tables, CIs, notes
+        "passed": "BOOLEAN",  # the usefulness gate; only passing versions are promoted ("last good")
+        "gate_summary": "VARCHAR",
+        "curated_run_id": "VARCHAR",  # which curated_set version was evaluated
+        "baseline_run_id": "VARCHAR",  # the last good run the deltas and the gate compare against
     },
 }
 COMMON_COLUMNS = {"spec_name": "VARCHAR", "run_id": "VARCHAR", "materialized_at": "TIMESTAMP"}
@@ -88,6 +111,34 @@ GATE_COLUMNS = {
     "passed": "BOOLEAN",
     "summary": "VARCHAR",
     "evaluated_at": "TIMESTAMP",
+}
+# Every LLM call, keyed by everything that decides its output (model fingerprint, messages, parameters,
+# seed). Written per batch as calls finish, so a killed run loses no finished call, and a re-run with
+# nothing changed makes no call at all.
+LLM_CACHE_COLUMNS = {
+    "cache_key": "VARCHAR PRIMARY KEY",
+    "backend": "VARCHAR",
+    "model_fingerprint": "VARCHAR",
+    "messages": "VARCHAR",
+    "generation_params": "VARCHAR",
+    "seed": "BIGINT",
+    "text": "VARCHAR",
+    "prompt_tokens": "BIGINT",
+    "completion_tokens": "BIGINT",
+    "finish_reason": "VARCHAR",
+    "seconds": "DOUBLE",
+    "run_id": "VARCHAR",
+    "created_at": "TIMESTAMP",
+}
+# Calls that failed (backend errors): kept with the reason, retried on the next materialization.
+GENERATION_FAILURE_COLUMNS = {
+    "spec_name": "VARCHAR",
+    "run_id": "VARCHAR",
+    "cache_key": "VARCHAR",
+    "prompt_id": "VARCHAR",
+    "step": "VARCHAR",
+    "error": "VARCHAR",
+    "failed_at": "TIMESTAMP",
 }
 HISTORY_TABLE = {stage: f"{stage}_history" for stage in STAGE_COLUMNS} | {
     "evaluation_report": "evaluation_history"
@@ -141,7 +192,11 @@ class Warehouse:
 
     @staticmethod
     def _ensure_schema(connection: duckdb.DuckDBPyConnection) -> None:
-        tables: dict[str, dict[str, str]] = {"gate_results": GATE_COLUMNS}
+        tables: dict[str, dict[str, str]] = {
+            "gate_results": GATE_COLUMNS,
+            "llm_cache": LLM_CACHE_COLUMNS,
+            "generation_failures": GENERATION_FAILURE_COLUMNS,
+        }
         for stage, columns in STAGE_COLUMNS.items():
             full = {"spec_name": "VARCHAR", **columns, "run_id": "VARCHAR", "materialized_at": "TIMESTAMP"}
             tables[stage] = full
@@ -211,6 +266,33 @@ class Warehouse:
                 "INSERT INTO gate_results VALUES (?, ?, ?, ?, ?, ?, ?)",
                 [spec_name, run_id, asset, check_name, passed, summary, _now()],
             )
+
+    def cached_calls(self, cache_keys: list[str]) -> pd.DataFrame:
+        """Rows of `llm_cache` for these keys (the ones never called are simply absent)."""
+        if not cache_keys:
+            return pd.DataFrame(columns=list(LLM_CACHE_COLUMNS))
+        with self.connect() as connection:
+            connection.register("wanted", pd.DataFrame({"cache_key": list(dict.fromkeys(cache_keys))}))
+            return connection.execute("SELECT c.* FROM llm_cache c JOIN wanted w USING (cache_key)").fetchdf()
+
+    def store_calls(self, calls: pd.DataFrame, failures: pd.DataFrame | None = None) -> None:
+        """Persist finished calls (first write of a key wins) and failed ones, in one transaction."""
+        calls = calls.assign(created_at=_now())
+        with self.connect() as connection:
+            connection.execute("BEGIN TRANSACTION")
+            try:
+                if len(calls):
+                    connection.register("incoming_calls", calls)
+                    connection.execute("INSERT OR IGNORE INTO llm_cache BY NAME SELECT * FROM incoming_calls")
+                if failures is not None and len(failures):
+                    connection.register("incoming_failures", failures.assign(failed_at=_now()))
+                    connection.execute(
+                        "INSERT INTO generation_failures BY NAME SELECT * FROM incoming_failures"
+                    )
+                connection.execute("COMMIT")
+            except Exception:
+                connection.execute("ROLLBACK")
+                raise
 
     def read_current(self, stage: str, spec_name: str) -> pd.DataFrame:
         """The promoted version of a stage for a spec, in the stage's column order (empty if none)."""

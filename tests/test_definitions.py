@@ -1,4 +1,5 @@
-"""Shape of the Dagster definitions: the five assets in one graph, blocking gates, automation on."""
+"""Shape of the Dagster definitions: the five assets in one graph fed by the observed spec, blocking
+gates, schedule/sensors/automation on."""
 
 from __future__ import annotations
 
@@ -10,15 +11,17 @@ import dagster as dg
 import pytest
 from conftest import write_tiny_spec
 
-from synth_assets.definitions import defs
+from synth_assets.definitions import build_definitions, defs
 from synth_assets.defs.automation import scan_specs, spec_change_sensor
+from synth_assets.seed import spec_inputs_digest
+from synth_assets.spec import load_spec
 
 STAGES = ["seed_data", "expanded_prompts", "generated_samples", "curated_set", "evaluation_report"]
 
 
-def test_five_assets_in_one_chain() -> None:
+def test_five_assets_in_one_chain_fed_by_the_spec() -> None:
     graph = defs.resolve_asset_graph()
-    assert sorted(k.to_user_string() for k in graph.get_all_asset_keys()) == sorted(STAGES)
+    assert sorted(k.to_user_string() for k in graph.get_all_asset_keys()) == sorted([*STAGES, "spec_inputs"])
     for upstream, downstream in itertools.pairwise(STAGES):
         parents = graph.get(dg.AssetKey(downstream)).parent_keys
         assert dg.AssetKey(upstream) in parents
@@ -27,21 +30,62 @@ def test_five_assets_in_one_chain() -> None:
         assert node.partitions_def is not None and node.partitions_def.name == "spec"
         assert node.group_name == "synthetic_data"
         assert node.code_version is not None
+        assert node.metadata.get("dagster/column_schema") is not None  # the UI's Columns tab
+        # every stage reads the spec: a changed spec makes each of them stale, not just seed_data
+        assert dg.AssetKey("spec_inputs") in node.parent_keys
+    source = graph.get(dg.AssetKey("spec_inputs"))
+    assert source.is_observable and source.partitions_def.name == "spec"
 
 
 def test_gates_are_blocking_checks_on_generated_and_curated() -> None:
     graph = defs.resolve_asset_graph()
     checks = {(k.asset_key.to_user_string(), k.name) for k in graph.asset_check_keys}
-    assert checks == {("generated_samples", "gx_gate"), ("curated_set", "gx_gate")}
+    assert {("generated_samples", "gx_gate"), ("curated_set", "gx_gate")} <= checks
     for key in graph.asset_check_keys:
         assert graph.get_check_spec(key).blocking
 
 
-def test_schedule_and_sensor_start_running() -> None:
+def test_schedule_sensors_and_automation_start_running() -> None:
     schedule = defs.resolve_schedule_def("daily_refresh")
     assert schedule.cron_schedule == "0 3 * * *"
     assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING
     assert defs.resolve_sensor_def("spec_change_sensor").default_status == dg.DefaultSensorStatus.RUNNING
+    automation = defs.resolve_sensor_def("synth_automation")
+    assert automation.default_status == dg.DefaultSensorStatus.RUNNING
+    graph = defs.resolve_asset_graph()
+    assert graph.get(dg.AssetKey("seed_data")).automation_condition is None  # roots refresh on schedule
+    for key in STAGES[1:]:
+        condition = graph.get(dg.AssetKey(key)).automation_condition
+        assert condition is not None and "all_deps_blocking_checks_passed" in str(condition.get_snapshot())
+
+
+def test_refresh_job_observes_the_spec_then_runs_all_five() -> None:
+    job = defs.resolve_job_def("synth_refresh_job")
+    keys = {
+        k.to_user_string()
+        for k in job.asset_layer.executable_asset_keys | job.asset_layer.selected_asset_keys
+    }
+    assert {*STAGES, "spec_inputs"} <= keys
+    assert job.partitions_def is not None and job.partitions_def.name == "spec"
+
+
+def test_spec_inputs_version_is_the_content_hash_of_spec_and_seed(tmp_path: Path) -> None:
+    spec_path = write_tiny_spec(tmp_path / "specs")
+    observe = dg.define_asset_job("observe", selection=dg.AssetSelection.assets("spec_inputs"))
+    definitions = dg.Definitions.merge(
+        build_definitions(database=str(tmp_path / "w.duckdb"), specs_dir=str(spec_path.parent)),
+        dg.Definitions(jobs=[observe]),
+    )
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions("spec", ["tiny_reviews"])
+        job = definitions.resolve_job_def("observe")
+        assert job.execute_in_process(instance=instance, partition_key="tiny_reviews").success
+        record = instance.fetch_observations(
+            dg.AssetRecordsFilter(asset_key=dg.AssetKey("spec_inputs"), asset_partitions=["tiny_reviews"]),
+            limit=1,
+        ).records[0]
+        expected = spec_inputs_digest(load_spec(spec_path))
+        assert record.asset_observation.tags["dagster/data_version"] == expected
 
 
 def test_workspace_and_instance_files() -> None:

@@ -11,15 +11,13 @@ from synth_assets.storage import Warehouse, stage_columns
 
 
 def _curated(ids: list[str]) -> pd.DataFrame:
-    return pd.DataFrame(
-        {
-            "sample_id": ids,
-            "prompt_id": "p",
-            "label": "positive",
-            "text": [f"text {i}" for i in ids],
-            "normalized_hash": ids,
-        }
-    )[stage_columns("curated_set")]
+    frame = pd.DataFrame({column: [None] * len(ids) for column in stage_columns("curated_set")})
+    frame["sample_id"] = ids
+    frame["prompt_id"] = "p"
+    frame["label"] = "positive"
+    frame["text"] = [f"text {i}" for i in ids]
+    frame["normalized_hash"] = ids
+    return frame
 
 
 def test_history_keeps_versions_and_promotion_is_gated(tmp_path: Path) -> None:

@@ -1,8 +1,10 @@
 """The `curated_set` asset: bad samples removed with reasons, promoted only past its GX gate."""
 
 import dagster as dg
+import numpy as np
+import pandas as pd
 
-from synth_assets.curation.rules import curate
+from synth_assets.curation.pipeline import CurationContext, CurationOutcome, curate
 from synth_assets.defs.common import (
     GATE_CHECK,
     GROUP,
@@ -16,55 +18,89 @@ from synth_assets.defs.common import (
     spec_partitions,
     stage_metadata,
 )
+from synth_assets.defs.expanded_prompts import expanded_prompts
 from synth_assets.defs.generated_samples import generated_samples
-from synth_assets.defs.resources import SpecCatalog, WarehouseResource
-from synth_assets.quality.gates import validate_curated_set
+from synth_assets.defs.resources import LocalModelResource, SpecCatalog, WarehouseResource
+from synth_assets.defs.seed_data import seed_data
+from synth_assets.embeddings import embed
+from synth_assets.quality.gates import curation_metrics, validate_curated_set
+from synth_assets.storage import HISTORY_TABLE, Warehouse
 
 
 @dg.asset(
     partitions_def=spec_partitions,
-    deps=[generated_samples],
+    # seed rows are read for the label classifier and for "copies a seed row" dedup
+    deps=[generated_samples, expanded_prompts, seed_data],
     group_name=GROUP,
     kinds={"duckdb", "pandas"},
     owners=OWNERS,
-    code_version="1",
+    code_version="2",
     check_specs=[
         gate_spec(
             "curated_set",
-            "GX suite: unique ids and texts, non-empty text, labels in the spec, minimum row count",
+            "GX suites: schema, unique ids and texts, labels in the spec, scores within the curation "
+            "rules and their distributions, zero PII left, yield and duplicate rate within bounds, "
+            "label balance within tolerance, minimum row count",
         )
     ],
     metadata={"dagster/column_schema": column_schema("curated_set")},
 )
 def curated_set(
-    context: dg.AssetExecutionContext, specs: SpecCatalog, warehouse: WarehouseResource
+    context: dg.AssetExecutionContext,
+    specs: SpecCatalog,
+    warehouse: WarehouseResource,
+    llm: LocalModelResource,
 ) -> dg.MaterializeResult:
-    """Generated samples minus exact duplicates, out-of-bounds lengths and prompt echoes; every
-    removed row goes to `rejected_samples` with its reasons. Promoted only if its GX gate passes."""
+    """Generated samples minus what heuristics, dedup (in the batch, against the seed and against
+    earlier versions), the label classifier, relevance, PII and the optional LLM judge reject; every
+    removed row goes to `rejected_samples` with all its reasons, every kept row keeps its scores.
+    Promoted only if its GX gate passes; otherwise the previous promoted version stays in place."""
     spec = specs.spec_for(context)
     store = warehouse.warehouse()
+    run_id = context.run.run_id
     samples = read_upstream(store, "generated_samples", spec)
     prompts = read_upstream(store, "expanded_prompts", spec)
-    outcome = curate(samples, prompts, spec.curation)
-    gate = validate_curated_set(outcome.curated, spec)
+    seed_rows = read_upstream(store, "seed_data", spec)
+    previous = (
+        _earlier_versions(store, spec.name, run_id) if spec.curation.dedup_against_previous_versions else None
+    )
+    judge_model = llm.model() if spec.curation.judge else None
+    outcome = curate(
+        samples,
+        prompts,
+        spec.curation,
+        CurationContext.for_spec(
+            spec, seed_rows=seed_rows, previous=previous, embed=embed, judge_model=judge_model
+        ),
+    )
+    for note in outcome.notes:
+        context.log.info(f"curation: {note}")
+    gate = validate_curated_set(outcome.curated, spec, rejected=outcome.rejected)
+    promoted_before = _promoted_run(store, spec.name)
     store.write_versions(
         {"curated_set": outcome.curated, "rejected_samples": outcome.rejected},
         spec.name,
-        context.run.run_id,
+        run_id,
         promote=gate.passed,
     )
-    store.record_gate(spec.name, context.run.run_id, "curated_set", GATE_CHECK, gate.passed, gate.summary())
-    if not gate.passed:
-        context.log.warning(f"curated_set for {spec.name} not promoted: {gate.summary()}")
+    store.record_gate(spec.name, run_id, "curated_set", GATE_CHECK, gate.passed, gate.summary())
+    promotion = _promotion_note(gate.passed, spec.name, promoted_before)
+    if gate.passed:
+        context.log.info(promotion)
+    else:
+        context.log.warning(f"{promotion}. Gate: {gate.summary()}")
+    context.log.info(
+        f"curated {len(outcome.curated)} of {len(samples)}; rejected by reason: "
+        f"{ {k: v for k, v in outcome.reason_counts().items() if v} }"
+    )
     return dg.MaterializeResult(
         metadata={
             **stage_metadata("curated_set", outcome.curated, spec),
-            "generated": len(samples),
-            "rejected": len(outcome.rejected),
-            "yield": round(len(outcome.curated) / len(samples), 4) if len(samples) else 0.0,
-            "rejections_by_reason": dg.MetadataValue.json(outcome.reason_counts()),
+            **_curation_metadata(outcome, len(samples)),
             "promoted": gate.passed,
-            "preview": preview(outcome.curated, ["sample_id", "label", "text"]),
+            "promotion": promotion,
+            "promoted_run_id": run_id if gate.passed else (promoted_before or ""),
+            "preview": preview(outcome.curated, ["sample_id", "label", "relevance", "flags", "text"]),
             "rejectedpreview": preview(outcome.rejected, ["sample_id", "reasons", "text"]),
             "dagster/column_lineage": dg.TableColumnLineage(
                 deps_by_column={
@@ -74,5 +110,62 @@ def curated_set(
             ),
         },
         check_results=[gate_result(gate)],
-        data_version=frame_version(outcome.curated, ["sample_id"]),
+        data_version=frame_version(outcome.curated, ["sample_id", "label", "text"]),
     )
+
+
+def _earlier_versions(store: Warehouse, spec_name: str, run_id: str) -> pd.DataFrame:
+    """Rows of every earlier curated version of this spec that passed its gate (a version that
+    failed was never published, so it does not make new samples redundant); this run excluded."""
+    history = HISTORY_TABLE["curated_set"]
+    return store.query(
+        f'SELECT sample_id, text, run_id FROM "{history}" WHERE spec_name = ? AND run_id <> ? AND run_id IN '
+        "(SELECT run_id FROM gate_results WHERE spec_name = ? AND asset = 'curated_set' AND passed)",
+        [spec_name, run_id, spec_name],
+    )
+
+
+def _promoted_run(store: Warehouse, spec_name: str) -> str | None:
+    runs = store.query("SELECT DISTINCT run_id FROM curated_set WHERE spec_name = ?", [spec_name])["run_id"]
+    return str(runs.iloc[0]) if len(runs) else None
+
+
+def _promotion_note(passed: bool, spec_name: str, promoted_before: str | None) -> str:
+    if passed:
+        return f"curated_set for {spec_name} promoted: downstream now reads this version"
+    if promoted_before:
+        return (
+            f"curated_set for {spec_name} NOT promoted (gate failed): kept in curated_set_history only; "
+            f"downstream keeps reading the last good version, from run {promoted_before}"
+        )
+    return (
+        f"curated_set for {spec_name} NOT promoted (gate failed): kept in curated_set_history only; "
+        "there is no good version yet, so downstream has nothing to read"
+    )
+
+
+def _mean(frame: pd.DataFrame, column: str) -> float:
+    values = frame[column].dropna()
+    return round(float(values.mean()), 4) if len(values) else float("nan")
+
+
+def _curation_metadata(outcome: CurationOutcome, generated: int) -> dict[str, object]:
+    metrics = curation_metrics(outcome.curated, outcome.rejected, generated)
+    means = {
+        f"mean_{column}": _mean(outcome.curated, column)
+        for column in ("relevance", "label_confidence", "judge_score", "nearest_similarity")
+    }
+    return {
+        "generated": generated,
+        "rejected": len(outcome.rejected),
+        "yield": round(metrics["yield"], 4),
+        "duplicate_rate": round(metrics["duplicate_rate"], 4),
+        "rejections_by_reason": dg.MetadataValue.json(
+            {reason: count for reason, count in outcome.reason_counts().items() if count}
+        ),
+        "flags_on_kept_rows": dg.MetadataValue.json(outcome.flag_counts()),
+        "pii_found_by_type": dg.MetadataValue.json(outcome.pii_by_type),
+        "pii_hits_total": int(sum(outcome.pii_by_type.values())),
+        **{key: value for key, value in means.items() if np.isfinite(value)},
+        "curation_notes": dg.MetadataValue.json(outcome.notes),
+    }

@@ -3,7 +3,11 @@
 import time
 
 import dagster as dg
+import numpy as np
+import pandas as pd
 
+from synth_assets.curation.heuristics import apply_heuristics
+from synth_assets.curation.reasons import Findings
 from synth_assets.defs.common import (
     GATE_CHECK,
     GROUP,
@@ -19,9 +23,30 @@ from synth_assets.defs.common import (
 )
 from synth_assets.defs.expanded_prompts import expanded_prompts
 from synth_assets.defs.resources import LocalModelResource, SpecCatalog, WarehouseResource
+from synth_assets.generation.backends import LocalBackend, build_backend
 from synth_assets.generation.engine import generate_samples
 from synth_assets.generation.local_llm import ProgressUpdate
 from synth_assets.quality.gates import validate_generated_samples
+from synth_assets.spec import GenerationSpec
+
+
+def cheap_acceptance(samples: pd.DataFrame, prompts: pd.DataFrame, spec: GenerationSpec) -> pd.Series:
+    """Which samples would pass curation's fast heuristics (lengths, echoes, assistant talk...):
+    what exact-N generation counts as accepted. The embedding filters run later, in curated_set."""
+    if samples.empty:
+        return pd.Series([], dtype=bool)
+    prompt_text = dict(zip(prompts["prompt_id"], prompts["prompt_text"], strict=True))
+    findings = Findings(len(samples))
+    apply_heuristics(
+        samples["text"].tolist(),
+        findings,
+        spec.curation,
+        prompt_texts=[prompt_text.get(p, "") for p in samples["prompt_id"]],
+        prompt_of_row=np.arange(len(samples)),
+        template=spec.template,
+        labels=spec.labels,
+    )
+    return pd.Series(~findings.any(), index=samples.index)
 
 
 @dg.asset(
@@ -51,21 +76,38 @@ def generated_samples(
     spec = specs.spec_for(context)
     store = warehouse.warehouse()
     prompts = read_upstream(store, "expanded_prompts", spec)
-    model = llm.model()
-    context.log.info(
-        f"model {spec.generation.model} ready in {model.load_seconds:.1f}s "
-        f"({'from weight cache' if model.loaded_from_cache else 'dequantized from GGUF'})"
-    )
+    backend = build_backend(spec.generation, model_cache_dir=llm.cache_dir or None)
+    if isinstance(backend, LocalBackend):
+        context.log.info(
+            f"model {spec.generation.model} ready in {backend.model.load_seconds:.1f}s "
+            f"({'from weight cache' if backend.model.loaded_from_cache else 'dequantized from GGUF'})"
+        )
 
     def log_progress(update: ProgressUpdate) -> None:
         context.log.info(
-            f"generated {update.done}/{update.total} prompts, "
+            f"generated {update.done}/{update.total} calls, "
             f"{update.completion_tokens} tokens, {update.tokens_per_s:.1f} tok/s"
         )
 
     started = time.perf_counter()
-    samples = generate_samples(spec, prompts, model, on_progress=log_progress)
+    generation = generate_samples(
+        spec,
+        prompts,
+        backend,
+        store,
+        context.run.run_id,
+        log=context.log.info,
+        on_progress=log_progress,
+        accept=lambda samples: cheap_acceptance(samples, prompts, spec),
+        seed_rows=read_upstream(store, "seed_data", spec) if spec.self_instruct else None,
+    )
     seconds = time.perf_counter() - started
+    samples = generation.samples
+    if len(generation.failures):
+        context.log.warning(
+            f"{len(generation.failures)} prompts failed and will be retried on the next materialization: "
+            + "; ".join(generation.failures["error"].head(3))
+        )
     outcome = validate_generated_samples(samples, spec)
     store.write_version("generated_samples", spec.name, context.run.run_id, samples, promote=outcome.passed)
     store.record_gate(
@@ -76,12 +118,13 @@ def generated_samples(
         metadata={
             **stage_metadata("generated_samples", samples, spec),
             "model": spec.generation.model,
-            "model_fingerprint": model.fingerprint,
-            "model_load_seconds": round(model.load_seconds, 2),
+            "backend": backend.name,
+            "model_fingerprint": backend.fingerprint,
             "generation_seconds": round(seconds, 2),
             "completion_tokens": tokens,
-            "tokens_per_second": round(tokens / seconds, 2) if seconds else 0.0,
-            "truncated_share": float((samples["finish_reason"] == "length").mean()),
+            **generation.stats.as_metadata(),
+            "failed_prompts": len(generation.failures),
+            "truncated_share": float((samples["finish_reason"] == "length").mean()) if len(samples) else 0.0,
             "promoted": outcome.passed,
             "preview": preview(samples, ["sample_id", "label", "text"]),
             "dagster/column_lineage": dg.TableColumnLineage(

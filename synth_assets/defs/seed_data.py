@@ -1,4 +1,14 @@
-"""The `seed_data` asset: the real labeled rows named by the spec."""
+"""`spec_inputs` (the spec and seed files, observed) and the `seed_data` asset (the real labeled rows).
+
+`spec_inputs` is an observable source asset: its data version per partition is the content hash of
+the spec YAML and its seed files (`spec_inputs_digest`). Every stage depends on it (see
+`definitions.py`), because every stage reads the spec. So when a spec or seed file changes and is
+observed (by the refresh job or by `spec_change_sensor`), the UI marks all five stages "Unsynced";
+when the content is unchanged, the data version is the same and nothing goes stale.
+"""
+
+import warnings
+from pathlib import Path
 
 import dagster as dg
 
@@ -11,12 +21,78 @@ from synth_assets.defs.common import (
     spec_partitions,
     stage_metadata,
 )
-from synth_assets.defs.resources import SpecCatalog, WarehouseResource
+from synth_assets.defs.resources import SPEC_PATH_TAG, SpecCatalog, WarehouseResource
 from synth_assets.seed import load_seed_data, spec_inputs_digest
+from synth_assets.spec import GenerationSpec, SpecError, load_spec
+
+SPEC_INPUTS = "spec_inputs"
+# seed_data records where the spec of a partition lives, so an observation outside a run can find a
+# spec that was run from outside specs/ (`synth-assets run --spec /elsewhere/x.yaml`)
+SPEC_PATH_METADATA = "spec_path"
+
+
+def last_spec_path(instance: dg.DagsterInstance, partition: str) -> Path | None:
+    """The spec file the latest `seed_data` materialization of a partition read, if recorded."""
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey("seed_data"), asset_partitions=[partition]), limit=1
+    ).records
+    if not records or records[0].asset_materialization is None:
+        return None
+    value = records[0].asset_materialization.metadata.get(SPEC_PATH_METADATA)
+    return Path(str(value.value)) if value is not None else None
+
+
+def spec_for_observation(
+    instance: dg.DagsterInstance, specs: SpecCatalog, partition: str, run_tags: dict[str, str]
+) -> GenerationSpec | None:
+    """The spec of a partition: the run's spec-path tag, `<specs_dir>/<partition>.yaml`, or the path
+    the last materialization used; None when none of them is a loadable spec of that name."""
+    candidates = [Path(run_tags[SPEC_PATH_TAG])] if SPEC_PATH_TAG in run_tags else []
+    candidates.append(specs.directory() / f"{partition}.yaml")
+    recorded = last_spec_path(instance, partition)
+    if recorded is not None:
+        candidates.append(recorded)
+    for path in candidates:
+        try:
+            spec = load_spec(path)
+        except SpecError:
+            continue
+        if spec.name == partition:
+            return spec
+    return None
+
+
+# observable_source_asset and DataVersionsByPartition are beta in Dagster 1.13; they are the
+# documented way to give a partitioned external input a data version, so the warning is noise here
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", dg.BetaWarning)
+
+    @dg.observable_source_asset(
+        name=SPEC_INPUTS,
+        partitions_def=spec_partitions,
+        group_name=GROUP,
+        description="The spec YAML and its seed files. Data version = content hash of all of them, "
+        "so downstream stages go stale only when one of these files really changed.",
+        tags={"dagster/kind/yaml": ""},
+    )
+    def spec_inputs(context: dg.OpExecutionContext, specs: SpecCatalog) -> dg.DataVersionsByPartition:
+        if context.has_partition_key:
+            partitions = [context.partition_key]
+        else:  # "Observe" from the UI without a partition: every registered spec
+            partitions = context.instance.get_dynamic_partitions(spec_partitions.name)
+        versions: dict[str, str] = {}
+        for partition in partitions:
+            spec = spec_for_observation(context.instance, specs, partition, dict(context.run.tags))
+            if spec is None:
+                context.log.warning(f"no loadable spec named '{partition}' found: not observed")
+                continue
+            versions[partition] = spec_inputs_digest(spec)
+        return dg.DataVersionsByPartition(versions)
 
 
 @dg.asset(
     partitions_def=spec_partitions,
+    deps=[spec_inputs],
     group_name=GROUP,
     kinds={"duckdb", "pandas"},
     owners=OWNERS,
@@ -36,6 +112,7 @@ def seed_data(
         metadata={
             **stage_metadata("seed_data", rows, spec),
             "seed_file": dg.MetadataValue.path(str(spec.seed_path)),
+            SPEC_PATH_METADATA: dg.MetadataValue.path(str(spec.source_path)),
             "spec_digest": spec_inputs_digest(spec),
             "rows_per_split_and_label": dg.MetadataValue.md(per_split_label.to_markdown()),
             "preview": preview(rows, ["seed_id", "split", "label", "text"]),

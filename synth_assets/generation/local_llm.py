@@ -379,8 +379,12 @@ class LocalChatModel:
         repetition_penalty: float,
         batch_size: int,
         on_progress: Callable[[ProgressUpdate], None] | None = None,
+        on_batch: Callable[[list[ChatResult]], None] | None = None,
     ) -> list[ChatResult]:
         """One completion per request, returned in the order of `requests`.
+
+        `on_batch` receives each batch's results as soon as they exist, so a caller can persist them
+        before the next batch starts (a killed process then loses at most one batch).
 
         Sampling is seeded per request (each row draws from its own generator seeded with
         `request.seed`), so a request's randomness does not depend on which batch it lands in.
@@ -431,6 +435,8 @@ class LocalChatModel:
                     results[index] = result
                     tokens += result.completion_tokens
                 done += len(batch)
+                if on_batch is not None:
+                    on_batch(batch_results)
                 if on_progress is not None:
                     on_progress(ProgressUpdate(done, len(requests), tokens, time.perf_counter() - started))
         return [result for result in results if result is not None]
@@ -556,21 +562,62 @@ class _SeededSampler:
         if self._temperature == 0:
             return scores
         scores = scores / self._temperature
+        # Sampling looks at the top-k tokens only: sorting and drawing noise over the whole 49k vocabulary
+        # for every row at every step cost more than the forward pass. It stays exact: when the top-k
+        # already hold top_p of the mass, every token outside them is outside the nucleus anyway; a row
+        # whose top-k do not cover top_p (a very flat distribution) falls back to the whole vocabulary.
+        k = min(_SAMPLING_CANDIDATES, scores.shape[-1])
+        top_scores, top_index = torch.topk(scores, k, dim=-1)
+        top_probs = (top_scores - torch.logsumexp(scores, dim=-1, keepdim=True)).exp()
+        # drop a token once the tokens ranked above it already cover top_p; the best one always stays
+        keep = (top_probs.cumsum(dim=-1) - top_probs) < self._top_p
+        covered = (
+            top_probs.sum(dim=-1) >= self._top_p if k < scores.shape[-1] else torch.ones_like(keep[:, 0])
+        )
+        choice = torch.empty(scores.shape[0], dtype=torch.long, device=scores.device)
+        uncovered = [row for row in range(scores.shape[0]) if not bool(covered[row])]
+        for row, generator in enumerate(self._generators):
+            if bool(covered[row]):
+                noise = _gumbel(torch.rand(k, generator=generator, device=scores.device))
+                candidate = torch.where(keep[row], top_scores[row] + noise, float("-inf")).argmax()
+                choice[row] = top_index[row, candidate]
+        if uncovered:
+            choice[uncovered] = self._full_vocabulary_sample(scores[uncovered], uncovered)
+        # the caller decodes greedily: make the drawn token the only finite score
+        out = torch.full_like(scores, float("-inf"))
+        out.scatter_(1, choice.unsqueeze(1), 0.0)
+        return out
+
+    def _full_vocabulary_sample(self, rows_scores: torch.Tensor, rows: list[int]) -> torch.Tensor:
+        import torch
+
         if self._top_p < 1.0:
-            sorted_scores, sorted_index = torch.sort(scores, descending=True, dim=-1)
+            sorted_scores, sorted_index = torch.sort(rows_scores, descending=True, dim=-1)
             probs = sorted_scores.softmax(dim=-1)
-            # Drop a token once the tokens ranked above it already cover top_p; the best one always stays.
             drop_sorted = (probs.cumsum(dim=-1) - probs) >= self._top_p
             drop = torch.zeros_like(drop_sorted).scatter(1, sorted_index, drop_sorted)
-            scores = scores.masked_fill(drop, float("-inf"))
-        uniform = torch.stack(
+            rows_scores = rows_scores.masked_fill(drop, float("-inf"))
+        noise = torch.stack(
             [
-                torch.rand(scores.shape[-1], generator=generator, device=scores.device)
-                for generator in self._generators
+                _gumbel(
+                    torch.rand(
+                        rows_scores.shape[-1], generator=self._generators[row], device=rows_scores.device
+                    )
+                )
+                for row in rows
             ]
         )
-        gumbel = -torch.log(-torch.log(uniform.clamp(min=1e-20, max=1.0 - 1e-7)))
-        return scores + gumbel
+        return (rows_scores + noise).argmax(dim=-1)
+
+
+# top-k candidates considered per sampling step (see _SeededSampler.__call__)
+_SAMPLING_CANDIDATES = 256
+
+
+def _gumbel(uniform: torch.Tensor) -> torch.Tensor:
+    import torch
+
+    return -torch.log(-torch.log(uniform.clamp(min=1e-20, max=1.0 - 1e-7)))
 
 
 @contextmanager

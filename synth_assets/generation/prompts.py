@@ -6,7 +6,9 @@ same prompts with the same ids.
 
 from __future__ import annotations
 
+import itertools
 import json
+import math
 import random
 from collections import Counter
 from collections.abc import Sequence
@@ -27,6 +29,7 @@ PROMPT_COLUMNS = [
     "system_prompt",
     "prompt_text",
     "generation_seed",
+    "cell",
 ]
 
 _ENVIRONMENT = SandboxedEnvironment(
@@ -62,6 +65,17 @@ def check_template(template: str, spec: GenerationSpec | None = None) -> str | N
     except TemplateError as exc:
         return f"cannot render: {exc}"
     return None
+
+
+def render_prompt(
+    spec: GenerationSpec, label: str, attributes: dict[str, str], demos: list[dict[str, str]]
+) -> str:
+    """The user message for one prompt (used again by self-instruct rounds with pooled demos)."""
+    return (
+        _ENVIRONMENT.from_string(spec.template)
+        .render(_template_context(spec, label, attributes, demos))
+        .strip()
+    )
 
 
 def allocate_counts(total: int, weights: Sequence[float]) -> list[int]:
@@ -101,6 +115,36 @@ def _pick_demos(
     return picked
 
 
+def cells_of(spec: GenerationSpec) -> list[dict[str, str]]:
+    """Every combination of the per-cell attributes' values (empty when the spec has no per_cell)."""
+    if spec.per_cell is None:
+        return []
+    values = {a.name: a.values for a in spec.attributes} | {"label": list(spec.labels)}
+    return [
+        dict(zip(spec.per_cell.attributes, combination, strict=True))
+        for combination in itertools.product(*(values[name] for name in spec.per_cell.attributes))
+    ]
+
+
+def _prompt_plan(spec: GenerationSpec, rng: random.Random) -> list[tuple[str, dict[str, str], str]]:
+    """(label, fixed attribute values, cell key) per prompt, in generation order."""
+    if spec.per_cell is None:
+        label_counts = allocate_counts(spec.num_samples, spec.normalized_label_weights())
+        labels = [lab for lab, n in zip(spec.labels, label_counts, strict=True) for _ in range(n)]
+        rng.shuffle(labels)
+        return [(label, {}, "") for label in labels]
+    # budget_factor x n prompts per cell, interleaved wave by wave: the engine takes a cell's prompts
+    # in this order and stops once the cell has n accepted samples
+    budget = math.ceil(spec.per_cell.n * spec.per_cell.budget_factor)
+    plan = []
+    for _wave in range(budget):
+        for cell in cells_of(spec):
+            label = cell.get("label") or rng.choices(spec.labels, weights=spec.normalized_label_weights())[0]
+            fixed = {name: value for name, value in cell.items() if name != "label"}
+            plan.append((label, fixed, json.dumps(cell, sort_keys=True)))
+    return plan
+
+
 def expand_prompts(spec: GenerationSpec, seed_rows: pd.DataFrame) -> pd.DataFrame:
     """One row per prompt in `PROMPT_COLUMNS` order; demos come only from the 'train' split."""
     train = seed_rows[seed_rows["split"] == "train"]
@@ -112,9 +156,7 @@ def expand_prompts(spec: GenerationSpec, seed_rows: pd.DataFrame) -> pd.DataFram
         rows_by_label.setdefault(row["label"], []).append(row)
 
     rng = random.Random(spec.random_seed)
-    label_counts = allocate_counts(spec.num_samples, spec.normalized_label_weights())
-    labels = [lab for lab, n in zip(spec.labels, label_counts, strict=True) for _ in range(n)]
-    rng.shuffle(labels)
+    plan = _prompt_plan(spec, rng)
 
     compiled = _ENVIRONMENT.from_string(spec.template)
     spec_identity = {
@@ -124,9 +166,10 @@ def expand_prompts(spec: GenerationSpec, seed_rows: pd.DataFrame) -> pd.DataFram
     }
     seen: Counter[str] = Counter()
     records: list[dict[str, Any]] = []
-    for index, label in enumerate(labels):
+    for index, (label, fixed, cell) in enumerate(plan):
         attributes = {
-            a.name: rng.choices(a.values, weights=a.normalized_weights())[0] for a in spec.attributes
+            a.name: fixed.get(a.name) or rng.choices(a.values, weights=a.normalized_weights())[0]
+            for a in spec.attributes
         }
         demos = _pick_demos(rng, rows_by_label, all_rows, label, spec.few_shot.k, spec.few_shot.strategy)
         try:
@@ -154,6 +197,7 @@ def expand_prompts(spec: GenerationSpec, seed_rows: pd.DataFrame) -> pd.DataFram
                 "system_prompt": spec.generation.system_prompt or "",
                 "prompt_text": text,
                 "generation_seed": int(content_hash([spec.random_seed, prompt_id]), 16) % (2**31),
+                "cell": cell,
             }
         )
     return pd.DataFrame.from_records(records, columns=PROMPT_COLUMNS)

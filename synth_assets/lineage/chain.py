@@ -1,18 +1,39 @@
-"""Row-level lineage: seed demos -> prompt -> generation -> curation decision, across runs."""
+"""Row-level lineage: seed demos -> prompt -> generation steps -> curation decisions, across runs.
+
+Everything here reads DuckDB only (ids are content hashes, every version of every stage is kept in
+`<stage>_history` with its run id). The Dagster side (which materialization a run id belongs to) is
+looked up through a `RunDirectory`, optional: without one, or when the instance has no record of a
+run, the chain is complete except for that annotation.
+
+Columns are read by name and optional ones (`steps`, `generated_in_run`, scores other stages add) are
+used when present, so older databases and newer columns both work.
+"""
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import pandas as pd
 
 from synth_assets.storage import HISTORY_TABLE, Warehouse
 
+# columns every decision row has; anything else on a curated/rejected row is a score or a note
+_DECISION_BASE = {"spec_name", "sample_id", "prompt_id", "label", "text", "run_id", "materialized_at"}
+_DECISION_SHOWN = {"reasons", "details", "normalized_hash"}
+
 
 class LineageError(LookupError):
-    """No row with that id (one-line message)."""
+    """No row with that id, or an ambiguous prefix (one-line message)."""
+
+
+class RunDirectory(Protocol):
+    """Where run ids are resolved to Dagster runs and materializations (see `dagster_runs.py`)."""
+
+    def describe(self, run_id: str, partition: str) -> dict[str, Any] | None:
+        """Run status, job, times, and {asset: materialization of `partition`}; None if unknown."""
+        ...
 
 
 @dataclass
@@ -21,17 +42,41 @@ class LineageChain:
     spec_name: str
     demos: list[dict[str, Any]]
     prompt: dict[str, Any]
-    generation: dict[str, Any]
+    generations: list[dict[str, Any]]
+    calls: list[dict[str, Any]]
     decisions: list[dict[str, Any]] = field(default_factory=list)
+    runs: list[dict[str, Any]] = field(default_factory=list)
+    dagster: dict[str, dict[str, Any] | None] = field(default_factory=dict)
+    dagster_note: str = ""
+
+    @property
+    def generation(self) -> dict[str, Any]:
+        """The newest version of the generated row (what the latest run curated)."""
+        return self.generations[-1]
+
+    @property
+    def status(self) -> str:
+        current = [d for d in self.decisions if d["in_promoted_curated_set"]]
+        if current:
+            return f"curated: in the promoted curated_set (run {current[-1]['run_id']})"
+        if not self.decisions:
+            return "generated, never curated"
+        last = self.decisions[-1]
+        return f"{last['decision']} in the latest run that judged it ({last['run_id']})"
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "sample_id": self.sample_id,
             "spec_name": self.spec_name,
+            "status": self.status,
             "seed_demos": self.demos,
             "prompt": self.prompt,
-            "generation": self.generation,
+            "generation_steps": self.calls,
+            "generated_versions": self.generations,
             "curation_decisions": self.decisions,
+            "runs": self.runs,
+            "dagster": self.dagster,
+            "dagster_note": self.dagster_note,
         }
 
 
@@ -39,32 +84,143 @@ def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
     return json.loads(frame.to_json(orient="records", date_format="iso"))
 
 
-def trace(warehouse: Warehouse, row_id: str) -> LineageChain:
-    """The whole chain for a curated or rejected sample id (an unambiguous prefix is enough)."""
-    generated_table = HISTORY_TABLE["generated_samples"]
-    matches = warehouse.read_only_query(
-        f"SELECT DISTINCT sample_id FROM {generated_table} WHERE sample_id LIKE ? || '%'", [row_id]
+def _json(value: Any, default: Any) -> Any:
+    if value is None or (isinstance(value, float) and pd.isna(value)) or value == "":
+        return default
+    if not isinstance(value, str):
+        return value
+    try:
+        return json.loads(value)
+    except ValueError:
+        return value
+
+
+class _Tables:
+    """Which tables and columns this database has (older files lack the newer ones)."""
+
+    def __init__(self, warehouse: Warehouse) -> None:
+        frame = warehouse.read_only_query(
+            "SELECT table_name, column_name FROM information_schema.columns WHERE table_schema = 'main'"
+        )
+        self.columns: dict[str, set[str]] = {}
+        for table, column in frame.itertuples(index=False):
+            self.columns.setdefault(str(table), set()).add(str(column))
+
+    def has(self, table: str, column: str | None = None) -> bool:
+        return table in self.columns and (column is None or column in self.columns[table])
+
+
+def resolve_sample_id(warehouse: Warehouse, row_id: str) -> str:
+    """The full sample id for an id or an unambiguous prefix (curated, rejected or generated)."""
+    tables = [HISTORY_TABLE[stage] for stage in ("generated_samples", "curated_set", "rejected_samples")]
+    union = " UNION ".join(
+        f"SELECT sample_id FROM {table} WHERE starts_with(sample_id, ?)" for table in tables
     )
+    matches = warehouse.read_only_query(f"SELECT DISTINCT sample_id FROM ({union})", [row_id] * 3)
     if matches.empty:
         raise LineageError(f"no generated sample with id '{row_id}'")
     if len(matches) > 1:
         raise LineageError(f"id '{row_id}' is ambiguous: {len(matches)} samples start with it")
-    sample_id = str(matches["sample_id"].iloc[0])
-    generations = warehouse.read_only_query(
-        f"SELECT * FROM {generated_table} WHERE sample_id = ? ORDER BY materialized_at", [sample_id]
+    return str(matches["sample_id"].iloc[0])
+
+
+def _calls_of(generations: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The LLM calls behind the sample, once each: from the `steps` column when the generation stage
+    records them (multi-step, cached, retried), else one call described by the row itself."""
+    calls: dict[str, dict[str, Any]] = {}
+    for version in generations:
+        steps = _json(version.get("steps"), {})
+        recorded = steps.get("calls", []) if isinstance(steps, dict) else []
+        if not recorded:
+            recorded = [
+                {
+                    "step": "answer",
+                    "attempt": 0,
+                    "cache_key": version.get("cache_key") or f"{version['sample_id']}@{version['run_id']}",
+                    "run_id": version.get("generated_in_run") or version["run_id"],
+                    "prompt_tokens": version.get("prompt_tokens"),
+                    "completion_tokens": version.get("completion_tokens"),
+                    "finish_reason": version.get("finish_reason"),
+                    "text": version.get("text"),
+                }
+            ]
+        for call in recorded:
+            key = str(call.get("cache_key"))
+            if key not in calls:
+                calls[key] = {
+                    **call,
+                    "model": version.get("model"),
+                    "model_fingerprint": version.get("model_fingerprint"),
+                    "backend": version.get("backend"),
+                    "generation_params": _json(version.get("generation_params"), {}),
+                    "seed": version.get("generation_seed"),
+                }
+    return list(calls.values())
+
+
+def _enrich_calls_from_cache(warehouse: Warehouse, tables: _Tables, calls: list[dict[str, Any]]) -> None:
+    """Per-call facts the llm_cache knows exactly (the seed of a step, its seconds, its backend)."""
+    keys = [str(c["cache_key"]) for c in calls if c.get("cache_key")]
+    if not keys or not tables.has("llm_cache"):
+        return
+    wanted = [
+        c
+        for c in ("backend", "model_fingerprint", "generation_params", "seed", "seconds", "run_id")
+        if tables.has("llm_cache", c)
+    ]
+    frame = warehouse.read_only_query(
+        f"SELECT cache_key, {', '.join(wanted)} FROM llm_cache WHERE cache_key IN "
+        f"({', '.join('?' for _ in keys)})",
+        keys,
     )
-    generation = _records(generations.tail(1))[0]
-    generation["first_run_id"] = str(generations["run_id"].iloc[0])
-    spec_name = generation["spec_name"]
+    by_key = {row["cache_key"]: row for row in _records(frame)}
+    for call in calls:
+        row = by_key.get(str(call.get("cache_key")))
+        if row is None:
+            continue
+        for column in wanted:
+            if row.get(column) is not None:
+                call[column] = _json(row[column], {}) if column == "generation_params" else row[column]
+
+
+def trace(warehouse: Warehouse, row_id: str, runs: RunDirectory | None = None) -> LineageChain:
+    """The whole chain for a curated or rejected sample id (an unambiguous prefix is enough)."""
+    tables = _Tables(warehouse)
+    sample_id = resolve_sample_id(warehouse, row_id)
+    generated_table = HISTORY_TABLE["generated_samples"]
+    generations = _records(
+        warehouse.read_only_query(
+            f"SELECT * FROM {generated_table} WHERE sample_id = ? ORDER BY materialized_at", [sample_id]
+        )
+    )
+    curated = warehouse.read_only_query(
+        f"SELECT * FROM {HISTORY_TABLE['curated_set']} WHERE sample_id = ? ORDER BY materialized_at",
+        [sample_id],
+    )
+    rejected = warehouse.read_only_query(
+        f"SELECT * FROM {HISTORY_TABLE['rejected_samples']} WHERE sample_id = ? ORDER BY materialized_at",
+        [sample_id],
+    )
+    anchor = generations[-1] if generations else _records(pd.concat([curated, rejected]).tail(1))[0]
+    spec_name = str(anchor["spec_name"])
+    prompt_id = str(anchor["prompt_id"])
+
     prompt_rows = warehouse.read_only_query(
         f"SELECT * FROM {HISTORY_TABLE['expanded_prompts']} WHERE spec_name = ? AND prompt_id = ? "
-        "ORDER BY materialized_at DESC LIMIT 1",
-        [spec_name, generation["prompt_id"]],
+        "ORDER BY materialized_at",
+        [spec_name, prompt_id],
     )
-    prompt = _records(prompt_rows)[0] if len(prompt_rows) else {"prompt_id": generation["prompt_id"]}
-    demo_ids = json.loads(prompt.get("demo_ids") or "[]")
+    if len(prompt_rows):
+        prompt = _records(prompt_rows.tail(1))[0]
+        prompt["attributes"] = _json(prompt.get("attributes"), {})
+        prompt["demo_ids"] = _json(prompt.get("demo_ids"), [])
+        prompt["runs"] = list(dict.fromkeys(prompt_rows["run_id"]))
+    else:
+        prompt = {"prompt_id": prompt_id, "attributes": {}, "demo_ids": [], "runs": []}
+
     demos: list[dict[str, Any]] = []
-    if demo_ids:
+    if prompt["demo_ids"]:
+        demo_ids = [str(d) for d in prompt["demo_ids"]]
         demo_rows = warehouse.read_only_query(
             f"SELECT * FROM {HISTORY_TABLE['seed_data']} WHERE spec_name = ? AND seed_id IN "
             f"({', '.join('?' for _ in demo_ids)}) QUALIFY row_number() OVER "
@@ -72,62 +228,176 @@ def trace(warehouse: Warehouse, row_id: str) -> LineageChain:
             [spec_name, *demo_ids],
         )
         by_id = {row["seed_id"]: row for row in _records(demo_rows)}
-        demos = [by_id.get(seed_id, {"seed_id": seed_id}) for seed_id in demo_ids]
-    decisions = warehouse.read_only_query(
-        f"SELECT 'curated' AS decision, run_id, materialized_at, NULL AS reasons, NULL AS details "
-        f"FROM {HISTORY_TABLE['curated_set']} WHERE sample_id = ? "
-        f"UNION ALL SELECT 'rejected', run_id, materialized_at, reasons, details "
-        f"FROM {HISTORY_TABLE['rejected_samples']} WHERE sample_id = ? ORDER BY materialized_at",
-        [sample_id, sample_id],
+        demos = [by_id.get(seed_id, {"seed_id": seed_id, "missing": True}) for seed_id in demo_ids]
+
+    calls = _calls_of(generations)
+    _enrich_calls_from_cache(warehouse, tables, calls)
+
+    gates = warehouse.read_only_query(
+        "SELECT run_id, asset, check_name, passed, summary FROM gate_results WHERE spec_name = ?",
+        [spec_name],
     )
-    promoted = warehouse.read_only_query("SELECT run_id FROM curated_set WHERE sample_id = ?", [sample_id])
-    decision_records = _records(decisions)
+    verdicts: dict[tuple[str, str], bool] = {}
+    for row in gates.itertuples(index=False):
+        verdicts[(str(row.run_id), str(row.asset))] = bool(
+            verdicts.get((str(row.run_id), str(row.asset)), True) and row.passed
+        )
+    promoted = warehouse.read_only_query(
+        "SELECT run_id FROM curated_set WHERE spec_name = ? AND sample_id = ?", [spec_name, sample_id]
+    )
     promoted_runs = set(promoted["run_id"])
-    for decision in decision_records:
-        decision["in_promoted_curated_set"] = decision["run_id"] in promoted_runs
-    return LineageChain(sample_id, spec_name, demos, prompt, generation, decision_records)
+
+    decisions: list[dict[str, Any]] = []
+    for decision, frame in (("curated", curated), ("rejected", rejected)):
+        for row in _records(frame):
+            scores = {k: v for k, v in row.items() if k not in _DECISION_BASE | _DECISION_SHOWN}
+            decisions.append(
+                {
+                    "decision": decision,
+                    "run_id": row["run_id"],
+                    "materialized_at": row["materialized_at"],
+                    "reasons": _json(row.get("reasons"), []),
+                    "details": _json(row.get("details"), {}),
+                    "scores": {k: v for k, v in scores.items() if v not in (None, "", "[]", "{}")},
+                    "curated_set_gate_passed": verdicts.get((row["run_id"], "curated_set")),
+                    "in_promoted_curated_set": decision == "curated" and row["run_id"] in promoted_runs,
+                }
+            )
+    decisions.sort(key=lambda d: str(d["materialized_at"]))
+
+    runs_seen: dict[str, dict[str, Any]] = {}
+    for version in generations:
+        entry = runs_seen.setdefault(version["run_id"], {"run_id": version["run_id"]})
+        entry["materialized_at"] = version["materialized_at"]
+        entry["generated"] = True
+        entry["generated_samples_gate_passed"] = verdicts.get((version["run_id"], "generated_samples"))
+    for decision in decisions:
+        entry = runs_seen.setdefault(decision["run_id"], {"run_id": decision["run_id"]})
+        entry.setdefault("materialized_at", decision["materialized_at"])
+        entry["decision"] = decision["decision"]
+        entry["curated_set_gate_passed"] = decision["curated_set_gate_passed"]
+        entry["promoted"] = decision["in_promoted_curated_set"]
+    run_list = sorted(runs_seen.values(), key=lambda r: str(r.get("materialized_at")))
+
+    chain = LineageChain(sample_id, spec_name, demos, prompt, generations, calls, decisions, run_list)
+    if runs is not None:
+        wanted_runs = list(
+            dict.fromkeys([*(str(c["run_id"]) for c in calls), *(r["run_id"] for r in run_list)])
+        )
+        for run_id in wanted_runs:
+            try:
+                chain.dagster[run_id] = runs.describe(run_id, spec_name)
+            except Exception as exc:  # the instance is an annotation: lineage must not fail with it
+                chain.dagster_note = f"Dagster instance not readable: {type(exc).__name__}: {exc}"
+                break
+        if not chain.dagster_note and not any(chain.dagster.values()):
+            chain.dagster_note = "the Dagster instance has no record of these runs"
+    return chain
 
 
-def _short(text: str, width: int = 100) -> str:
-    flat = " ".join(str(text).split())
+def _short(text: Any, width: int = 100) -> str:
+    flat = " ".join(str("" if text is None else text).split())
     return flat if len(flat) <= width else flat[: width - 1] + "…"
+
+
+def _verdict(passed: bool | None) -> str:
+    return "gate n/a" if passed is None else ("gate passed" if passed else "gate FAILED")
+
+
+def _describe_dagster(info: dict[str, Any] | None, asset: str) -> str:
+    if not info:
+        return "no record of this run in the Dagster instance"
+    run = f"Dagster run {info.get('status', '?')}"
+    if info.get("job_name"):
+        run += f" ({info['job_name']})"
+    materialization = (info.get("materializations") or {}).get(asset)
+    if not materialization:
+        return f"{run}; no materialization of {asset} recorded in it"
+    return (
+        f"{run}; {asset}[{materialization.get('partition')}] materialized "
+        f"{materialization.get('timestamp', '?')}, data version "
+        f"{str(materialization.get('data_version') or '?')[:12]} (UI: /runs/{info.get('run_id')})"
+    )
 
 
 def format_chain(chain: LineageChain) -> str:
     """A readable, top-to-bottom account of where a row came from."""
-    prompt, generation = chain.prompt, chain.generation
-    lines = [f"sample {chain.sample_id}  (spec {chain.spec_name})", "", "seed demos:"]
+    prompt = chain.prompt
+    lines = [f"sample {chain.sample_id}  (spec {chain.spec_name})", f"status: {chain.status}", ""]
+    lines.append(f"seed demos: {len(chain.demos)} real row(s) shown to the model")
     if not chain.demos:
         lines.append("  (none: zero-shot prompt)")
     for demo in chain.demos:
+        if demo.get("missing"):
+            lines.append(f"  {demo['seed_id']}  (no longer in seed_data_history)")
+            continue
         lines.append(
-            f"  {demo.get('seed_id')}  [{demo.get('label', '?')}] row {demo.get('source_row', '?')} "
-            f"of {demo.get('source_file', '?')}"
+            f"  {demo.get('seed_id')}  {demo.get('split', '?')} [{demo.get('label', '?')}] "
+            f"row {demo.get('source_row', '?')} of {demo.get('source_file', '?')}"
         )
         lines.append(f"      {_short(demo.get('text', ''))}")
+    attributes = ", ".join(f"{k}={v}" for k, v in (prompt.get("attributes") or {}).items()) or "none"
     lines += [
         "      |",
         "      v",
-        f"prompt {prompt.get('prompt_id')}  label={prompt.get('label')}  "
-        f"attributes={prompt.get('attributes')}",
-        f"      made in run {prompt.get('run_id', '?')}",
-        f"      {_short(prompt.get('prompt_text', ''), 160)}",
-        "      |",
-        "      v",
-        f"generation by {generation['model']} ({generation['backend']}, "
-        f"fingerprint {generation['model_fingerprint']})",
-        f"      params {generation['generation_params']}  seed {generation['generation_seed']}",
-        f"      {generation['completion_tokens']} tokens, finish={generation['finish_reason']}, "
-        f"first made in run {generation['first_run_id']}",
-        f"      text: {_short(generation['text'], 160)}",
-        "      |",
-        "      v",
-        "curation decisions:",
+        f"prompt {prompt.get('prompt_id')}  label={prompt.get('label', '?')}  attributes: {attributes}",
+        f"      generation seed {prompt.get('generation_seed', '?')}; in {len(prompt.get('runs', []))} "
+        f"run(s), first {prompt['runs'][0] if prompt.get('runs') else '?'}",
     ]
+    if prompt.get("system_prompt"):
+        lines.append(f"      system: {_short(prompt['system_prompt'], 150)}")
+    rendered = str(prompt.get("prompt_text") or "").strip().splitlines()
+    lines.append("      rendered:")
+    lines += [f"        | {line}" for line in rendered[:14]]
+    if len(rendered) > 14:
+        lines.append(f"        | ... {len(rendered) - 14} more lines")
+    lines += ["      |", "      v", f"generation steps ({len(chain.calls)} LLM call(s)):"]
+    for call in chain.calls:
+        params = json.dumps(call.get("generation_params") or {}, sort_keys=True)
+        attempt = f" attempt {call['attempt']}" if call.get("attempt") else ""
+        lines += [
+            f"  step {call.get('step', 'answer')}{attempt}: {call.get('model')} via {call.get('backend')} "
+            f"(fingerprint {call.get('model_fingerprint')})",
+            f"      params {params}  seed {call.get('seed')}",
+            f"      {call.get('completion_tokens', '?')} tokens, finish={call.get('finish_reason', '?')}"
+            + (f", {float(call['seconds']):.2f}s" if call.get("seconds") is not None else "")
+            + f"; made in run {call.get('run_id')}",
+        ]
+        if chain.dagster or chain.dagster_note:
+            info = chain.dagster.get(str(call.get("run_id")))
+            lines.append(f"      -> {_describe_dagster(info, 'generated_samples')}")
+        lines.append(f"      output: {_short(call.get('text'), 150)}")
+    if chain.generations:
+        lines.append(f"  sample text: {_short(chain.generation.get('text'), 150)}")
+    lines += ["      |", "      v", "curation decisions:"]
     if not chain.decisions:
         lines.append("  (not curated yet)")
     for decision in chain.decisions:
-        reasons = f" reasons={decision['reasons']} {decision['details']}" if decision["reasons"] else ""
-        current = "  <- in the current curated_set" if decision["in_promoted_curated_set"] else ""
-        lines.append(f"  run {decision['run_id']}: {decision['decision']}{reasons}{current}")
+        current = "  <- in the promoted curated_set" if decision["in_promoted_curated_set"] else ""
+        gate = _verdict(decision["curated_set_gate_passed"])
+        lines.append(f"  run {decision['run_id']}: {decision['decision'].upper()} ({gate}){current}")
+        details = decision["details"] if isinstance(decision["details"], dict) else {}
+        for reason in decision["reasons"] or []:
+            lines.append(f"      reason {reason}: {details.get(reason, '')}".rstrip(": "))
+        for name, value in decision["scores"].items():
+            lines.append(f"      {name}: {_short(value, 120)}")
+    lines += ["", "present in runs:"]
+    for run in chain.runs:
+        generated = (
+            f"generated ({_verdict(run.get('generated_samples_gate_passed'))})"
+            if run.get("generated")
+            else "not regenerated"
+        )
+        decision = run.get("decision", "not curated")
+        promoted = "  <- promoted" if run.get("promoted") else ""
+        lines.append(
+            f"  {run['run_id']}  {str(run.get('materialized_at', ''))[:19]}  {generated}, "
+            f"{decision}{promoted}"
+        )
+        if run["run_id"] in chain.dagster:
+            info = chain.dagster[run["run_id"]]
+            asset = "curated_set" if run.get("decision") else "generated_samples"
+            lines.append(f"      {_describe_dagster(info, asset)}")
+    if chain.dagster_note:
+        lines.append(f"(Dagster: {chain.dagster_note})")
     return "\n".join(lines)

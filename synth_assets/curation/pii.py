@@ -1,0 +1,223 @@
+"""Personal data in generated text: detect, count, and scrub (replace with [EMAIL], [PHONE], ...).
+
+Offline and rule based: e-mail addresses; phone numbers (9-15 digits in phone-like groups); payment
+card numbers (13-19 digits passing the Luhn check); IBANs (passing the ISO 13616 mod-97 check);
+street addresses (house number + name + street suffix, "Hauptstraße 5", PO boxes); person names
+after a cue ("my name is", "Mr.", "Dr.", ...) or a known first name followed by a capitalised
+surname. Checksums keep order numbers and prices from being taken for cards or IBANs.
+
+A cheap Arrow regex pre-filter picks the texts that could hold anything at all; only those are
+scanned in Python, so a clean corpus costs one vectorised pass.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+EMAIL = "EMAIL"
+PHONE = "PHONE"
+CARD = "CARD"
+IBAN = "IBAN"
+ADDRESS = "ADDRESS"
+NAME = "NAME"
+PII_TYPES = (EMAIL, IBAN, CARD, PHONE, ADDRESS, NAME)
+
+_EMAIL = re.compile(r"(?<![\w.+-])[\w.+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b")
+_IBAN = re.compile(r"\b[A-Z]{2}\d{2}(?:[ -]?[A-Z0-9]){11,30}\b")
+_CARD = re.compile(r"(?<![\d-])(?:\d[ -]?){12,18}\d(?![\d-])")
+_PHONE = re.compile(
+    r"(?<![\w+])(?:\+\d{1,3}[\s.-]?)?(?:\(\d{1,4}\)[\s.-]?)?\d{2,4}(?:[\s.-]?\d{2,4}){1,4}(?![\w])"
+)
+_STREET_SUFFIX = (
+    r"Street|St|Avenue|Ave|Road|Rd|Boulevard|Blvd|Lane|Ln|Drive|Dr|Court|Ct|Way|Place|Pl|Terrace|"
+    r"Parkway|Pkwy|Circle|Cir|Square|Sq|Highway|Hwy|Close|Crescent|Row|Alley"
+)
+_ADDRESS = re.compile(
+    rf"\b\d{{1,5}}[A-Za-z]?\s+(?:[A-Z][a-z]+\.?\s+){{1,3}}(?:{_STREET_SUFFIX})\b\.?"
+    r"(?:,?\s*(?:Apt|Apartment|Suite|Unit)\.?\s*\w+)?"
+    r"|\b[A-ZÄÖÜ][a-zäöüß]+(?:straße|strasse|weg|gasse|platz|allee)\s+\d{1,4}[a-z]?\b"
+    r"|\b(?:rue|avenue|boulevard|calle|via|avenida)\s+(?:de\s+la\s+|de\s+|del\s+|des\s+|du\s+)?"
+    r"[A-Z][\w'-]+(?:\s+[A-Z][\w'-]+)?\s*,?\s*\d{1,4}\b"
+    r"|\b\d{1,4},?\s+(?:rue|avenue|boulevard)\s+(?:de\s+la\s+|de\s+|des\s+|du\s+)?[A-Z][\w'-]+"
+    r"|\bP\.?\s?O\.?\s+Box\s+\d+\b",
+)
+# Common first names that are not also everyday words or brands (no "Will", "Grace", "Mark", "Jordan").
+_FIRST_NAMES_TEXT = (
+    "james john robert michael david richard joseph thomas charles christopher daniel matthew anthony "
+    "donald steven paul andrew joshua kenneth kevin brian george timothy ronald jason edward jeffrey "
+    "ryan jacob gary nicholas eric jonathan stephen larry justin scott brandon benjamin samuel "
+    "gregory alexander patrick jack dennis jerry tyler aaron henry douglas peter adam nathan zachary "
+    "walter kyle harold carl jeremy keith roger gerald ethan arthur terry sean lawrence joe noah "
+    "jesse albert bryan billy bruce willie dylan alan ralph gabriel roy juan wayne eugene randy louis "
+    "russell vincent philip bobby johnny bradley mary patricia jennifer linda elizabeth barbara susan "
+    "jessica sarah karen lisa nancy betty sandra margaret ashley kimberly emily donna michelle carol "
+    "amanda melissa deborah stephanie rebecca sharon laura cynthia kathleen amy angela shirley anna "
+    "brenda pamela emma nicole helen samantha katherine christine debra rachel carolyn janet "
+    "catherine maria heather diane julie olivia joyce kelly christina lauren joan evelyn judith megan "
+    "andrea cheryl hannah jacqueline martha gloria teresa ann sara frances kathryn janice jean "
+    "abigail alice judy sophia denise doris marilyn danielle beverly isabella theresa diana natalie "
+    "brittany marie kayla alexis lori sophie liam lucas oliver elijah mia ava amelia harper luca "
+    "matteo giulia francesca hans klaus jürgen stefan andreas thomas wolfgang sabine ursula petra "
+    "monika pierre jean-pierre françois nicolas julien camille manon chloé léa carlos jose josé luis "
+    "miguel javier alejandro sofia lucía valentina mohammed ahmed fatima wei li yuki hiroshi priya "
+    "rahul ananya arjun olga ivan dmitri sergei natasha"
+)
+_FIRST_NAMES = frozenset(_FIRST_NAMES_TEXT.split())
+_CAPITALISED = r"[A-Z][a-zà-ÿ'’-]+"
+_NAME_AFTER_CUE = re.compile(
+    # no "this is", "contact", "call me": followed by brands or adjectives as often as by people
+    rf"(?i:\b(?:my name is|my name's|i am called|i'm called|name:|signed,?|regards,?|"
+    rf"sincerely,?|yours truly,?))\s+({_CAPITALISED}(?:\s+{_CAPITALISED})?)"
+)
+_NAME_AFTER_TITLE = re.compile(
+    r"\b(?:Mr|Mrs|Ms|Miss|Dr|Prof|Sir|Madam|Herr|Frau|Mme|Mlle|Sr|Sra)\.?\s+"
+    rf"({_CAPITALISED}(?:\s+{_CAPITALISED})?)"
+)
+# a look-ahead, so "Contact Sarah Connor" yields "Contact Sarah" and "Sarah Connor" (overlapping)
+_FULL_NAME = re.compile(rf"(?=\b({_CAPITALISED})\s+({_CAPITALISED})\b)")
+# what a cue may be followed by that is not a name ("This is Great", "Contact Support")
+_NOT_NAMES_TEXT = (
+    "the a an it this that my our your their his her its great good bad amazing awesome terrible "
+    "customer support service team manager agent sales billing help us me him them i we you they not "
+    "very so really just also absolutely definitely"
+)
+_NOT_NAMES = frozenset(_NOT_NAMES_TEXT.split())
+# anything that could start a hit: '@', a digit run, a title, a cue, or a known first name
+_PREFILTER = (
+    r"@|\d{3}|\b[A-Z]{2}\d{2}|(?i:\b(mr|mrs|ms|miss|dr|prof|sir|madam|herr|frau|mme|name|signed|"
+    r"regards|sincerely|yours truly|p\.?\s?o\.?\s+box|straße|strasse|rue|calle|via|avenida))\b"
+    r"|\b[A-Z][a-z]+\s+[A-Z][a-z]+"
+)
+
+
+@dataclass(frozen=True)
+class PiiHit:
+    kind: str
+    start: int
+    end: int
+    value: str
+
+
+def luhn_valid(digits: str) -> bool:
+    if not 13 <= len(digits) <= 19 or not digits.isdigit():
+        return False
+    total = 0
+    for index, char in enumerate(reversed(digits)):
+        value = int(char)
+        if index % 2 == 1:
+            value = value * 2 - 9 if value > 4 else value * 2
+        total += value
+    return total % 10 == 0
+
+
+def iban_valid(candidate: str) -> bool:
+    compact = re.sub(r"[ -]", "", candidate).upper()
+    if not 15 <= len(compact) <= 34 or not compact[:2].isalpha() or not compact[2:4].isdigit():
+        return False
+    rearranged = compact[4:] + compact[:4]
+    number = "".join(str(int(ch, 36)) for ch in rearranged)
+    return int(number) % 97 == 1
+
+
+def _phone_like(value: str) -> bool:
+    digits = re.sub(r"\D", "", value)
+    if not 9 <= len(digits) <= 15:
+        return False
+    # a bare run of digits without a plus, brackets or separators is more likely an id or amount
+    has_form = value.lstrip().startswith("+") or "(" in value or bool(re.search(r"\d[\s.-]\d", value))
+    # dates (2024-01-15, 15.01.2024) and version-like strings are not phone numbers
+    is_date = bool(re.fullmatch(r"\d{1,4}[./-]\d{1,2}[./-]\d{1,4}", value.strip()))
+    return has_form and not is_date
+
+
+def _is_name(words: str) -> bool:
+    parts = words.split()
+    return bool(parts) and all(p.lower() not in _NOT_NAMES for p in parts)
+
+
+def detect(text: str, kinds: Sequence[str] = PII_TYPES) -> list[PiiHit]:
+    """Every PII span in `text`, longest-first on overlaps, in text order."""
+    found: list[PiiHit] = []
+    wanted = set(kinds)
+    if EMAIL in wanted:
+        found += [PiiHit(EMAIL, m.start(), m.end(), m.group()) for m in _EMAIL.finditer(text)]
+    if IBAN in wanted:
+        found += [
+            PiiHit(IBAN, m.start(), m.end(), m.group()) for m in _IBAN.finditer(text) if iban_valid(m.group())
+        ]
+    if CARD in wanted:
+        found += [
+            PiiHit(CARD, m.start(), m.end(), m.group())
+            for m in _CARD.finditer(text)
+            if luhn_valid(re.sub(r"\D", "", m.group()))
+        ]
+    if PHONE in wanted:
+        found += [
+            PiiHit(PHONE, m.start(), m.end(), m.group())
+            for m in _PHONE.finditer(text)
+            if _phone_like(m.group())
+        ]
+    if ADDRESS in wanted:
+        found += [PiiHit(ADDRESS, m.start(), m.end(), m.group()) for m in _ADDRESS.finditer(text)]
+    if NAME in wanted:
+        for pattern in (_NAME_AFTER_CUE, _NAME_AFTER_TITLE):
+            for m in pattern.finditer(text):
+                if _is_name(m.group(1)):
+                    found.append(PiiHit(NAME, m.start(1), m.end(1), m.group(1)))
+        for m in _FULL_NAME.finditer(text):
+            if m.group(1).lower() in _FIRST_NAMES and m.group(2).lower() not in _NOT_NAMES:
+                found.append(PiiHit(NAME, m.start(1), m.end(2), text[m.start(1) : m.end(2)]))
+    # keep the longest of overlapping spans (a card number also looks like a phone number)
+    found.sort(key=lambda hit: (hit.start, -(hit.end - hit.start)))
+    kept: list[PiiHit] = []
+    for hit in found:
+        if kept and hit.start < kept[-1].end:
+            if hit.end - hit.start > kept[-1].end - kept[-1].start:
+                kept[-1] = hit
+            continue
+        kept.append(hit)
+    return kept
+
+
+def scrub(text: str, hits: Sequence[PiiHit]) -> str:
+    """`text` with each hit replaced by its placeholder, e.g. [EMAIL]."""
+    out = text
+    for hit in sorted(hits, key=lambda h: h.start, reverse=True):
+        out = out[: hit.start] + f"[{hit.kind}]" + out[hit.end :]
+    return out
+
+
+@dataclass(frozen=True)
+class PiiScan:
+    hits: list[list[PiiHit]]  # per text
+
+    @property
+    def counts(self) -> np.ndarray:
+        return np.asarray([len(h) for h in self.hits], dtype=np.int64)
+
+    def by_type(self) -> dict[str, int]:
+        total: Counter[str] = Counter()
+        for hits in self.hits:
+            total.update(hit.kind for hit in hits)
+        return {kind: total.get(kind, 0) for kind in PII_TYPES}
+
+    def types_of(self, row: int) -> dict[str, int]:
+        return dict(Counter(hit.kind for hit in self.hits[row]))
+
+
+def scan(texts: Sequence[str], kinds: Sequence[str] = PII_TYPES) -> PiiScan:
+    """Detect PII in many texts; only texts passing the vectorised pre-filter are scanned."""
+    hits: list[list[PiiHit]] = [[] for _ in texts]
+    if not texts:
+        return PiiScan(hits)
+    candidates = pc.match_substring_regex(pa.array(list(texts), type=pa.large_string()), _PREFILTER)
+    for row in np.flatnonzero(candidates.fill_null(False).to_numpy(zero_copy_only=False)).tolist():
+        hits[row] = detect(texts[row], kinds)
+    return PiiScan(hits)

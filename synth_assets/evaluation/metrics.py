@@ -1,0 +1,323 @@
+"""Diversity, fidelity, relevance and bias metrics: pure functions of texts, labels and embeddings.
+
+Embeddings are L2-normalized rows (see `synth_assets.embeddings.embed`), so a dot product is a cosine.
+Library choices: sacrebleu for BLEU, scipy for the KS test, mauve-text for MAUVE, scikit-learn for
+the label classifier; distinct-n, vocabulary size and gzip compression ratio are a few lines each.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from synth_assets.curation.rules import normalize_text
+from synth_assets.generation.prompts import allocate_counts
+from synth_assets.spec import GenerationSpec
+
+UNKNOWN_VALUE = "(unknown)"
+
+
+# ---------------------------------------------------------------------------------------- diversity
+
+
+def _words(text: str) -> list[str]:
+    return normalize_text(text).split()
+
+
+def distinct_n(texts: Iterable[str], n: int) -> float:
+    """Unique word n-grams / all word n-grams over a corpus (Li et al., 2016); 0 for no n-grams."""
+    total = 0
+    unique: set[tuple[str, ...]] = set()
+    for text in texts:
+        words = _words(text)
+        grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
+        total += len(grams)
+        unique.update(grams)
+    return len(unique) / total if total else 0.0
+
+
+def vocabulary_size(texts: Iterable[str]) -> int:
+    """Distinct normalized words (case and punctuation folded)."""
+    return len({word for text in texts for word in _words(text)})
+
+
+def compression_ratio(texts: Sequence[str]) -> float:
+    """Bytes of the texts (one per line) over their gzip size: higher = more repetitive corpus.
+
+    Shaib et al. (2024) found this cheap ratio tracks the costlier diversity scores. It grows with
+    corpus size (gzip has more to find), so compare it only between sets of similar size."""
+    raw = "\n".join(texts).encode("utf-8")
+    if not raw:
+        return 0.0
+    return len(raw) / len(gzip.compress(raw, mtime=0))
+
+
+def self_bleu(texts: Sequence[str]) -> float | None:
+    """Mean sentence BLEU (0..1) of each text against all the others as references (Zhu et al.,
+    2018, Texygen): higher = texts resemble each other. sacrebleu with effective order, so short
+    texts without 4-gram matches are not all zero. None for fewer than two non-empty texts."""
+    kept = [text for text in texts if text.strip()]
+    if len(kept) < 2:
+        return None
+    from sacrebleu.metrics import BLEU
+
+    bleu = BLEU(effective_order=True)
+    scores = [
+        bleu.sentence_score(hypothesis, kept[:i] + kept[i + 1 :]).score for i, hypothesis in enumerate(kept)
+    ]
+    return float(np.mean(scores)) / 100.0
+
+
+def mean_pairwise_distance(embeddings: np.ndarray) -> float | None:
+    """Mean cosine distance (1 - cosine) over all unordered pairs; None for fewer than two rows."""
+    n = len(embeddings)
+    if n < 2:
+        return None
+    similarities = embeddings @ embeddings.T
+    upper = similarities[np.triu_indices(n, k=1)]
+    return float(1.0 - upper.mean())
+
+
+def subsample_indices(n: int, limit: int, seed: int) -> np.ndarray:
+    """All indices when n <= limit, else a fixed random subset (sorted) of `limit` of them."""
+    if n <= limit:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, size=limit, replace=False))
+
+
+def diversity(
+    texts: Sequence[str], embeddings: np.ndarray, *, max_pairwise: int, seed: int
+) -> dict[str, Any]:
+    """distinct-1/2/3, vocabulary size and compression ratio on all texts; self-BLEU and pairwise
+    embedding distance (quadratic in n) on at most `max_pairwise` of them."""
+    texts = list(texts)
+    pick = subsample_indices(len(texts), max_pairwise, seed)
+    return {
+        "rows": len(texts),
+        "distinct_1": distinct_n(texts, 1),
+        "distinct_2": distinct_n(texts, 2),
+        "distinct_3": distinct_n(texts, 3),
+        "self_bleu": self_bleu([texts[i] for i in pick]),
+        "embedding_distance": mean_pairwise_distance(embeddings[pick]) if len(texts) else None,
+        "vocab_size": vocabulary_size(texts),
+        "compression_ratio": compression_ratio(texts),
+    }
+
+
+# ----------------------------------------------------------------------------------------- fidelity
+
+
+def word_counts(texts: Iterable[str]) -> np.ndarray:
+    return np.array([len(str(text).split()) for text in texts], dtype=float)
+
+
+def length_ks(real: Sequence[str], synthetic: Sequence[str]) -> tuple[float, float] | None:
+    """Two-sample Kolmogorov-Smirnov statistic and p-value of word counts (scipy); None if a side is
+    empty. The statistic is the largest gap between the two length CDFs (0 = same distribution)."""
+    if not len(real) or not len(synthetic):
+        return None
+    from scipy.stats import ks_2samp
+
+    result = ks_2samp(word_counts(real), word_counts(synthetic))
+    return float(result.statistic), float(result.pvalue)
+
+
+def centroid_distance(real: np.ndarray, synthetic: np.ndarray) -> float | None:
+    """Cosine distance between the mean embeddings of the two sets (0 = same centre)."""
+    if not len(real) or not len(synthetic):
+        return None
+    a, b = real.mean(axis=0), synthetic.mean(axis=0)
+    denominator = float(np.linalg.norm(a) * np.linalg.norm(b))
+    return float(1.0 - (a @ b) / denominator) if denominator else None
+
+
+@dataclass(frozen=True)
+class MauveResult:
+    score: float | None
+    num_buckets: int | None
+    note: str | None = None
+
+
+def mauve_buckets(n_real: int, n_synthetic: int, setting: int | str) -> int:
+    """MAUVE's own 'auto' rule (a tenth of the smaller side, at least 2), or the spec's number capped
+    so that each bucket can hold a few points of the smaller side."""
+    smaller = min(n_real, n_synthetic)
+    if setting == "auto":
+        return max(2, round(smaller / 10))
+    return max(2, min(int(setting), smaller // 2))
+
+
+def mauve_score(
+    real: np.ndarray, synthetic: np.ndarray, *, num_buckets: int | str, min_samples: int, seed: int
+) -> MauveResult:
+    """MAUVE (Pillutla et al., 2021; mauve-text) between real and synthetic sentence embeddings.
+
+    We pass MiniLM features (`p_features`/`q_features`), so mauve-text never loads GPT-2 or reaches
+    the hub; it quantizes both sets with faiss k-means (faiss-cpu) and compares the histograms. It
+    was designed for thousands of samples; on tens, few buckets keep it from scoring noise."""
+    if len(real) < min_samples or len(synthetic) < min_samples:
+        return MauveResult(
+            None,
+            None,
+            f"MAUVE skipped: needs at least {min_samples} real and synthetic rows "
+            f"(have {len(real)} and {len(synthetic)})",
+        )
+    import faiss
+    import mauve
+
+    buckets = mauve_buckets(len(real), len(synthetic), num_buckets)
+    threads = faiss.omp_get_max_threads()
+    # OpenMP threads spin-wait; on a busy 2-core box k-means of 150 points took seconds instead of
+    # 0.1 s, and one thread is plenty for a few hundred points
+    faiss.omp_set_num_threads(1)
+    try:
+        out = mauve.compute_mauve(
+            p_features=real.astype(np.float32),
+            q_features=synthetic.astype(np.float32),
+            num_buckets=buckets,
+            device_id=-1,
+            verbose=False,
+            seed=seed % (2**31),
+        )
+    finally:
+        faiss.omp_set_num_threads(threads)
+    return MauveResult(float(out.mauve), buckets)
+
+
+# ---------------------------------------------------------------------------------------- relevance
+
+
+def condition_text(task: str, label: str, attributes: Mapping[str, Any]) -> str:
+    """What a sample was asked to be about: the task, its label and its attribute values, as text."""
+    parts = [task.strip(), f"Label: {label}."]
+    parts += [f"{name.replace('_', ' ')}: {value}." for name, value in attributes.items()]
+    return " ".join(parts)
+
+
+def rowwise_cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Cosine of each row of `a` with the same row of `b` (both normalized)."""
+    return np.einsum("ij,ij->i", a, b) if len(a) else np.zeros(0)
+
+
+def fit_label_judge(embeddings: np.ndarray, labels: Sequence[str], seed: int) -> Any | None:
+    """Logistic regression on MiniLM embeddings of the real training seed: the judge of whether a
+    synthetic sample reads like its intended label. None when the seed has fewer than two labels."""
+    if len(set(labels)) < 2:
+        return None
+    from sklearn.linear_model import LogisticRegression
+
+    judge = LogisticRegression(max_iter=2000, random_state=seed, class_weight="balanced")
+    return judge.fit(embeddings, list(labels))
+
+
+# --------------------------------------------------------------------------------------------- bias
+
+
+def shares(values: Iterable[str], categories: Sequence[str]) -> dict[str, float]:
+    """Share of each category (categories outside the list are counted under their own name)."""
+    counts = Counter(values)
+    total = sum(counts.values())
+    keys = list(categories) + sorted(set(counts) - set(categories))
+    return {key: (counts.get(key, 0) / total if total else 0.0) for key in keys}
+
+
+def total_variation(p: Mapping[str, float], q: Mapping[str, float]) -> float:
+    """Total variation distance: half the L1 distance between two distributions (0 = same, 1 = disjoint)."""
+    keys = set(p) | set(q)
+    return 0.5 * float(sum(abs(p.get(k, 0.0) - q.get(k, 0.0)) for k in keys))
+
+
+def prompt_attributes(prompts: pd.DataFrame) -> dict[str, dict[str, Any]]:
+    """prompt_id -> attribute dict (the `attributes` JSON column of expanded_prompts)."""
+    return {
+        str(pid): (json.loads(raw) if isinstance(raw, str) and raw else {})
+        for pid, raw in zip(prompts["prompt_id"], prompts["attributes"], strict=True)
+    }
+
+
+def attribute_column(frame: pd.DataFrame, attributes: Mapping[str, dict[str, Any]], name: str) -> list[str]:
+    """The value of attribute `name` for each row of a frame with a prompt_id column."""
+    return [str(attributes.get(str(pid), {}).get(name, UNKNOWN_VALUE)) for pid in frame["prompt_id"]]
+
+
+def _yield(curated: int, generated: int) -> float | None:
+    return curated / generated if generated else None
+
+
+def label_balance(spec: GenerationSpec, samples: pd.DataFrame, curated: pd.DataFrame) -> pd.DataFrame:
+    """Per label: requested count and share, generated and curated counts, curated share, yield."""
+    requested = allocate_counts(spec.num_samples, spec.normalized_label_weights())
+    generated = Counter(samples["label"])
+    realized = Counter(curated["label"])
+    total = max(len(curated), 1)
+    labels = list(spec.labels) + sorted((set(generated) | set(realized)) - set(spec.labels))
+    wanted = dict(zip(spec.labels, requested, strict=True))
+    rows = [
+        {
+            "label": label,
+            "requested": wanted.get(label, 0),
+            "requested_share": wanted.get(label, 0) / spec.num_samples,
+            "generated": generated.get(label, 0),
+            "curated": realized.get(label, 0),
+            "curated_share": realized.get(label, 0) / total,
+            "yield": _yield(realized.get(label, 0), generated.get(label, 0)),
+        }
+        for label in labels
+    ]
+    return pd.DataFrame(rows)
+
+
+def attribute_balance(
+    spec: GenerationSpec, prompts: pd.DataFrame, samples: pd.DataFrame, curated: pd.DataFrame
+) -> dict[str, pd.DataFrame]:
+    """Per attribute, per value: requested share (spec weights), share among prompts, generated and
+    curated counts, curated share and yield, so a user sees which conditions the model fails at."""
+    attributes = prompt_attributes(prompts)
+    tables: dict[str, pd.DataFrame] = {}
+    for attribute in spec.attributes:
+        requested = dict(zip(attribute.values, attribute.normalized_weights(), strict=True))
+        prompted = shares(attribute_column(prompts, attributes, attribute.name), attribute.values)
+        generated = Counter(attribute_column(samples, attributes, attribute.name))
+        realized = Counter(attribute_column(curated, attributes, attribute.name))
+        total = max(len(curated), 1)
+        values = list(attribute.values) + sorted((set(generated) | set(realized)) - set(attribute.values))
+        tables[attribute.name] = pd.DataFrame(
+            [
+                {
+                    "value": value,
+                    "requested_share": requested.get(value, 0.0),
+                    "prompted_share": prompted.get(value, 0.0),
+                    "generated": generated.get(value, 0),
+                    "curated": realized.get(value, 0),
+                    "curated_share": realized.get(value, 0) / total,
+                    "yield": _yield(realized.get(value, 0), generated.get(value, 0)),
+                }
+                for value in values
+            ]
+        )
+    return tables
+
+
+def table_tvd(
+    table: pd.DataFrame, requested: str = "requested_share", realized: str = "curated_share"
+) -> float:
+    key = "label" if "label" in table.columns else "value"
+    return total_variation(
+        dict(zip(table[key], table[requested], strict=True)),
+        dict(zip(table[key], table[realized], strict=True)),
+    )
+
+
+def finite_or_none(value: Any) -> Any:
+    """NaN and infinities become None, so metrics stay valid JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value

@@ -1,0 +1,430 @@
+"""Export the promoted curated set of a spec as Parquet, JSONL or a Hugging Face `datasets` folder, with
+a dataset card (README.md).
+
+"Promoted" = the `curated_set` table: per spec, the last version that passed its blocking gate (a
+version that failed is only in `curated_set_history`). Rows carry their lineage ids and the facts a
+user of the data needs (model, parameters, conditions), so `synth-assets lineage <sample_id>` still
+answers "where did this row come from" after the export.
+
+Pure with respect to Dagster: DuckDB in, files out. `datasets` is imported only for the `hf` format.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from synth_assets.spec import GenerationSpec
+from synth_assets.storage import HISTORY_TABLE, Warehouse
+
+FORMATS = ("parquet", "jsonl", "hf")
+# lineage and provenance columns joined onto each exported row (generated_samples / expanded_prompts)
+GENERATION_COLUMNS = ["model", "model_fingerprint", "backend", "generation_params", "generation_seed"]
+PROMPT_COLUMNS = ["attributes", "demo_ids"]
+# figures shown first in the card when the report has them; the other scalar metrics follow
+PREFERRED_FIGURES = (
+    "usefulness_real_plus_curated_macro_f1",
+    "usefulness_real_macro_f1",
+    "usefulness_synthetic_macro_f1",
+    "curated",
+    "generated",
+    "yield",
+    "distinct_1",
+    "distinct_2",
+    "self_bleu",
+    "mauve",
+    "relevance",
+    "label_agreement",
+    "label_tvd",
+)
+LOCAL_MODEL_LICENSES = {"smollm2-135m-instruct": "Apache-2.0 (HuggingFaceTB/SmolLM2-135M-Instruct)"}
+
+
+class ExportError(LookupError):
+    """Nothing to export, or an unusable target (one-line message)."""
+
+
+@dataclass
+class ExportData:
+    spec_name: str
+    rows: pd.DataFrame
+    curated_run_id: str
+    curated_at: str
+    versions: int
+    counts: dict[str, int]
+    seed_splits: dict[str, int]
+    labels: dict[str, int]
+    rejections: dict[str, int]
+    generation: list[dict[str, Any]]
+    gates: list[dict[str, Any]]
+    evaluation: dict[str, Any] | None = None
+    spec: GenerationSpec | None = None
+    spec_text: str | None = None
+    spec_fingerprint_at_curation: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def _first(frame: pd.DataFrame, column: str) -> Any:
+    return frame[column].iloc[0] if len(frame) and column in frame else None
+
+
+def _reason_counts(rejected: pd.DataFrame) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for value in rejected.get("reasons", pd.Series(dtype=str)):
+        try:
+            reasons = json.loads(value) if isinstance(value, str) else []
+        except ValueError:
+            reasons = [value]
+        for reason in reasons:
+            counts[str(reason)] = counts.get(str(reason), 0) + 1
+    return dict(sorted(counts.items(), key=lambda item: -item[1]))
+
+
+def load_export_data(
+    store: Warehouse,
+    spec_name: str,
+    spec: GenerationSpec | None = None,
+    spec_fingerprint_at_curation: str | None = None,
+) -> ExportData:
+    """The promoted curated set of a spec with its lineage columns, and what the card reports."""
+    curated = store.read_only_query(
+        'SELECT * FROM "curated_set" WHERE spec_name = ? ORDER BY rowid', [spec_name]
+    )
+    if curated.empty:
+        raise ExportError(f"spec '{spec_name}' has no promoted curated_set to export")
+    run_id = str(curated["run_id"].iloc[0])
+    ids = curated["sample_id"].astype(str).tolist()
+    marks = ", ".join("?" for _ in ids)
+    generated = store.read_only_query(
+        f"SELECT * FROM {HISTORY_TABLE['generated_samples']} WHERE spec_name = ? AND sample_id IN ({marks}) "
+        "QUALIFY row_number() OVER (PARTITION BY sample_id ORDER BY materialized_at DESC) = 1",
+        [spec_name, *ids],
+    )
+    prompt_ids = sorted(set(curated["prompt_id"].astype(str)))
+    prompts = store.read_only_query(
+        f"SELECT * FROM {HISTORY_TABLE['expanded_prompts']} WHERE spec_name = ? AND prompt_id IN "
+        f"({', '.join('?' for _ in prompt_ids)}) QUALIFY row_number() OVER "
+        "(PARTITION BY prompt_id ORDER BY materialized_at DESC) = 1",
+        [spec_name, *prompt_ids],
+    )
+    # text and label first: what a user of the dataset reads; then every curated column by name
+    lead = [c for c in ("text", "label", "sample_id", "prompt_id") if c in curated]
+    rows = curated[lead + [c for c in curated.columns if c not in lead]].copy()
+    rows = rows.merge(
+        generated[["sample_id", *[c for c in GENERATION_COLUMNS if c in generated]]],
+        on="sample_id",
+        how="left",
+    )
+    rows = rows.merge(
+        prompts[["prompt_id", *[c for c in PROMPT_COLUMNS if c in prompts]]], on="prompt_id", how="left"
+    )
+    rows = rows.rename(columns={"run_id": "curated_run_id"})
+    rows["materialized_at"] = rows["materialized_at"].astype(str)
+
+    counts: dict[str, int] = {}
+    for stage in ("seed_data", "expanded_prompts", "generated_samples", "curated_set", "rejected_samples"):
+        frame = store.read_only_query(f'SELECT count(*) AS n FROM "{stage}" WHERE spec_name = ?', [spec_name])
+        counts[stage] = int(frame["n"].iloc[0])
+    splits = store.read_only_query(
+        'SELECT split, count(*) AS n FROM "seed_data" WHERE spec_name = ? GROUP BY split ORDER BY split',
+        [spec_name],
+    )
+    rejected = store.read_only_query(
+        f"SELECT reasons FROM {HISTORY_TABLE['rejected_samples']} WHERE spec_name = ? AND run_id = ?",
+        [spec_name, run_id],
+    )
+    versions = store.read_only_query(
+        f"SELECT count(DISTINCT run_id) AS n FROM {HISTORY_TABLE['curated_set']} WHERE spec_name = ?",
+        [spec_name],
+    )
+    gates = store.read_only_query(
+        "SELECT asset, check_name, passed, summary FROM gate_results WHERE spec_name = ? AND run_id = ? "
+        "ORDER BY evaluated_at",
+        [spec_name, run_id],
+    )
+    generation = (
+        generated[
+            [c for c in ("model", "backend", "model_fingerprint", "generation_params") if c in generated]
+        ]
+        .drop_duplicates()
+        .to_dict("records")
+    )
+    data = ExportData(
+        spec_name=spec_name,
+        rows=rows,
+        curated_run_id=run_id,
+        curated_at=str(curated["materialized_at"].max())[:19],
+        versions=int(versions["n"].iloc[0]),
+        counts=counts,
+        seed_splits={str(s): int(n) for s, n in splits.itertuples(index=False)},
+        labels={str(k): int(v) for k, v in curated["label"].value_counts().items()},
+        rejections=_reason_counts(rejected),
+        generation=generation,
+        gates=gates.to_dict("records"),
+        evaluation=_evaluation(store, spec_name, run_id),
+        spec=spec,
+        spec_text=spec.source_path.read_text(encoding="utf-8")
+        if spec is not None and spec.source_path is not None and spec.source_path.is_file()
+        else None,
+        spec_fingerprint_at_curation=spec_fingerprint_at_curation,
+    )
+    if data.evaluation is None:
+        data.notes.append("no evaluation report for this spec yet")
+    elif data.evaluation.get("curated_run_id") not in (None, run_id):
+        data.notes.append(
+            f"the promoted evaluation report evaluated curated_set run {data.evaluation['curated_run_id']}, "
+            f"not the exported version ({run_id})"
+        )
+    if (
+        spec is not None
+        and spec_fingerprint_at_curation
+        and spec.fingerprint() != spec_fingerprint_at_curation
+    ):
+        data.notes.append(
+            f"the spec now has fingerprint {spec.fingerprint()}, this version was curated with "
+            f"{spec_fingerprint_at_curation}: the spec file (or the defaults of the spec model) changed "
+            "since; the card shows the spec as it is now"
+        )
+    return data
+
+
+def _evaluation(store: Warehouse, spec_name: str, run_id: str) -> dict[str, Any] | None:
+    """The report of this curated version if one was made, else the promoted one."""
+    history = store.read_only_query(
+        f"SELECT * FROM {HISTORY_TABLE['evaluation_report']} WHERE spec_name = ? "
+        "ORDER BY materialized_at DESC",
+        [spec_name],
+    )
+    if history.empty:
+        return None
+    if "curated_run_id" in history:
+        same = history[history["curated_run_id"] == run_id]
+    else:  # older reports: the report of the same run evaluated the curated set of that run
+        same = history[history["run_id"] == run_id]
+    promoted = store.read_only_query('SELECT * FROM "evaluation_report" WHERE spec_name = ?', [spec_name])
+    chosen = same.head(1) if len(same) else promoted.head(1)
+    if chosen.empty:
+        return None
+    row = chosen.iloc[0].to_dict()
+    try:
+        metrics = json.loads(row.get("metrics") or "{}")
+    except ValueError:
+        metrics = {}
+    passed = row.get("passed")
+    return {
+        "run_id": str(row["run_id"]),
+        "materialized_at": str(row.get("materialized_at"))[:19],
+        "curated_run_id": row.get("curated_run_id") or row["run_id"],
+        "passed": None if passed is None or pd.isna(passed) else bool(passed),
+        "gate_summary": row.get("gate_summary"),
+        "metrics": metrics if isinstance(metrics, dict) else {},
+    }
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, bool) or value is None:
+        return str(value)
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _figures(metrics: dict[str, Any], limit: int = 30) -> tuple[list[tuple[str, Any]], int]:
+    """The scalar figures to show (preferred ones first, confidence bounds left to the report), and
+    how many more the report has."""
+    scalar = {
+        k: v
+        for k, v in metrics.items()
+        if (isinstance(v, int | float | str | bool) or v is None) and not k.endswith(("_ci_low", "_ci_high"))
+    }
+    ordered = [k for k in PREFERRED_FIGURES if k in scalar]
+    ordered += sorted(k for k in scalar if k not in ordered)
+    return [(k, scalar[k]) for k in ordered[:limit]], max(0, len(ordered) - limit)
+
+
+def _size_category(rows: int) -> str:
+    for limit, name in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K")):
+        if rows < limit:
+            return name
+    return "100K<n<1M"
+
+
+def dataset_card(data: ExportData, file_names: list[str]) -> str:
+    """README.md for the exported folder: Hugging Face card front matter, then the facts."""
+    spec = data.spec
+    title = f"{data.spec_name} (synthetic)"
+    front = [
+        "---",
+        f"pretty_name: {json.dumps(title)}",
+        "license: other",
+        "task_categories:",
+        "  - text-classification",
+        "size_categories:",
+        f"  - {_size_category(len(data.rows))}",
+        "tags:",
+        "  - synthetic",
+        "  - synth_assets",
+        "---",
+        "",
+    ]
+    lines = [f"# {title}", ""]
+    if spec is not None and spec.description:
+        lines += [spec.description.strip(), ""]
+    lines += [
+        f"{len(data.rows)} synthetic rows generated by an LLM from the spec `{data.spec_name}` with "
+        "synth_assets (each stage a Dagster asset in DuckDB), curated by rules and gated by "
+        "Great Expectations checks. This is the promoted version: the last one that passed its checks.",
+        "",
+        "## Files",
+        "",
+        *[f"- `{name}`" for name in file_names],
+        "",
+        "Columns: " + ", ".join(f"`{c}`" for c in data.rows.columns),
+        "",
+        "Labels: " + ", ".join(f"{label} {n}" for label, n in data.labels.items()),
+        "",
+        "## Spec",
+        "",
+    ]
+    if spec is not None:
+        lines += [
+            f"- task: {spec.task.strip()}",
+            f"- labels: {', '.join(spec.labels)}; attributes: "
+            + (", ".join(f"{a.name} ({len(a.values)} values)" for a in spec.attributes) or "none"),
+            f"- few-shot: k={spec.few_shot.k}, {spec.few_shot.strategy}; num_samples {spec.num_samples}; "
+            f"random_seed {spec.random_seed}",
+            f"- spec file: `{spec.source_path}` (fingerprint `{spec.fingerprint()}`)",
+            f"- seed data: `{spec.seed_path}`"
+            + (f", holdout `{spec.holdout_path}`" if spec.holdout_path else ""),
+        ]
+        if data.spec_text:
+            lines += [
+                "",
+                "<details><summary>spec YAML</summary>",
+                "",
+                "```yaml",
+                data.spec_text.rstrip(),
+                "```",
+                "",
+                "</details>",
+            ]
+    else:
+        lines.append("- spec file: not found (pass `--spec-file PATH` to include it)")
+    lines += ["", "## Model", ""]
+    for generation in data.generation:
+        lines.append(
+            f"- `{generation.get('model')}` via `{generation.get('backend')}` "
+            f"(fingerprint `{generation.get('model_fingerprint')}`), parameters "
+            f"`{generation.get('generation_params')}`"
+        )
+    if not data.generation:
+        lines.append("- unknown (no generated_samples rows found for these ids)")
+    seed = " / ".join(f"{split} {n}" for split, n in data.seed_splits.items())
+    rejected = ", ".join(f"{reason} {n}" for reason, n in data.rejections.items()) or "none"
+    lines += [
+        "",
+        "## Counts per stage",
+        "",
+        "| stage | rows |",
+        "|---|---|",
+        f"| seed_data | {data.counts['seed_data']} ({seed}) |",
+        f"| expanded_prompts | {data.counts['expanded_prompts']} |",
+        f"| generated_samples | {data.counts['generated_samples']} |",
+        f"| curated_set | {data.counts['curated_set']} |",
+        f"| rejected_samples | {data.counts['rejected_samples']} ({rejected}) |",
+        "",
+        "## Evaluation",
+        "",
+    ]
+    evaluation = data.evaluation
+    if evaluation is None:
+        lines.append("No evaluation report yet.")
+    else:
+        verdict = {None: "no gate", True: "passed", False: "FAILED"}[evaluation["passed"]]
+        lines += [
+            f"From `evaluation_report` of run `{evaluation['run_id']}` ({evaluation['materialized_at']}), "
+            f"which evaluated curated_set run `{evaluation['curated_run_id']}`; usefulness gate: {verdict}"
+            + (f" ({evaluation['gate_summary']})" if evaluation.get("gate_summary") else "")
+            + ".",
+            "",
+            "| figure | value |",
+            "|---|---|",
+        ]
+        figures, more = _figures(evaluation["metrics"])
+        lines += [f"| {key} | {_fmt(value)} |" for key, value in figures]
+        if more:
+            lines += ["", f"{more} more figures (and 95% CIs) in the report's `metrics` JSON."]
+    gates = "; ".join(
+        f"{g['asset']}:{g['check_name']} {'passed' if g['passed'] else 'FAILED'}" for g in data.gates
+    )
+    lines += [
+        "",
+        "## Lineage",
+        "",
+        f"- curated_set version: run `{data.curated_run_id}` ({data.curated_at} UTC), one of "
+        f"{data.versions} version(s) kept in `curated_set_history`; gates in that run: {gates or 'n/a'}.",
+        "- Every id is a content hash: `prompt_id` = spec task/template + label + attributes + "
+        "few-shot demos; `sample_id` = prompt + model fingerprint + parameters + seed. `demo_ids` are "
+        "the seed rows each prompt showed the model.",
+        "- `synth-assets lineage <sample_id>` prints a row's seed demos, prompt, LLM calls (with the Dagster "
+        "run and materialization) and every curation decision; `synth-assets diff` shows what changed "
+        "between versions and why.",
+    ]
+    if spec is not None:
+        lines.append(
+            f"- Reproduce: `synth-assets run --spec {spec.source_path}` (same spec and seed: same ids)."
+        )
+    model_names = sorted({str(g.get("model")) for g in data.generation})
+    model_licenses = [
+        f"`{m}`: {LOCAL_MODEL_LICENSES.get(m, 'see the model provider terms')}" for m in model_names
+    ]
+    lines += [
+        "",
+        "## License notes",
+        "",
+        "- The card says `license: other` because this tool cannot know the terms that apply: set it "
+        "before publishing.",
+        "- Seed data: the real rows shown to the model as demonstrations come from the spec's seed file; "
+        "its license and any personal data in it govern what may be shared. Verbatim copies of demos are "
+        "filtered (`echoes_prompt`), but paraphrases can remain.",
+        "- Model outputs: "
+        + ("; ".join(model_licenses) or "unknown model")
+        + ". Check the model's license and usage policy for synthetic-data and training use.",
+        "- Synthetic text can be wrong, biased or inconsistent with its label; read the evaluation above "
+        "before training on it.",
+    ]
+    if data.notes:
+        lines += ["", "## Notes", "", *[f"- {note}" for note in data.notes]]
+    return "\n".join(front + lines) + "\n"
+
+
+def write_export(data: ExportData, fmt: str, out_dir: Path) -> list[Path]:
+    """Write the rows in `fmt` and README.md into `out_dir`; return the paths written."""
+    if fmt not in FORMATS:
+        raise ExportError(f"unknown format '{fmt}' (use {', '.join(FORMATS)})")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ExportError(f"{out_dir}: exists and is not a folder")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    if fmt == "parquet":
+        target = out_dir / f"{data.spec_name}.parquet"
+        data.rows.to_parquet(target, index=False)
+        written.append(target)
+    elif fmt == "jsonl":
+        target = out_dir / f"{data.spec_name}.jsonl"
+        data.rows.to_json(target, orient="records", lines=True, force_ascii=False)
+        written.append(target)
+    else:
+        import datasets
+
+        datasets.disable_progress_bars()  # a CLI prints one line per file, not a progress bar
+        # save_to_disk writes data-*.arrow, dataset_info.json and state.json; load_from_disk reads them
+        datasets.Dataset.from_pandas(data.rows, preserve_index=False).save_to_disk(str(out_dir))
+        written += sorted(p for p in out_dir.iterdir() if p.name != "README.md")
+    card = out_dir / "README.md"
+    card.write_text(dataset_card(data, [p.name for p in written]), encoding="utf-8")
+    return [*written, card]

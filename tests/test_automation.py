@@ -1,0 +1,163 @@
+"""Declarative automation and staleness on the real wiring (`definitions._wire_stage`, the real
+`spec_inputs` observation) with stand-in stage bodies, so no model runs:
+
+- a full run of the chain triggers nothing afterwards (no surprise runs);
+- a partial materialization (seed_data alone) completes the chain in one tick;
+- never past a failed blocking check;
+- a changed spec makes all five stages stale, an unchanged one none, and the spec observation itself
+  triggers no automation (the spec sensor launches the full run instead).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import dagster as dg
+import pytest
+from conftest import write_tiny_spec
+from dagster._utils.test.data_versions import get_stale_status_resolver
+
+from synth_assets.definitions import _wire_stage
+from synth_assets.defs.automation import DOWNSTREAM_STAGES, spec_change_sensor
+from synth_assets.defs.common import spec_partitions
+from synth_assets.defs.resources import SpecCatalog
+from synth_assets.defs.seed_data import spec_inputs
+
+SPEC = "tiny_reviews"
+STAGES = ["seed_data", *DOWNSTREAM_STAGES]
+GATES = {"generated_samples", "curated_set"}
+gate_verdicts = {"generated_samples": True, "curated_set": True}
+
+
+def _stand_in(name: str, upstream: str | None) -> dg.AssetsDefinition:
+    """A stage with the real key, partitions, dependency and blocking gate, but a trivial body."""
+    checks = [dg.AssetCheckSpec("gx_gate", asset=name, blocking=True)] if name in GATES else []
+
+    # seed_data declares spec_inputs itself, as the real one does; the others get it from _wire_stage
+    @dg.asset(
+        name=name,
+        partitions_def=spec_partitions,
+        deps=[upstream] if upstream else [spec_inputs],
+        check_specs=checks,
+        code_version="1",
+    )
+    def stage() -> dg.MaterializeResult:
+        results = [dg.AssetCheckResult(check_name="gx_gate", passed=gate_verdicts[name])] if checks else []
+        return dg.MaterializeResult(check_results=results, data_version=dg.DataVersion(f"{name}-v1"))
+
+    return stage
+
+
+@dataclass
+class Env:
+    instance: dg.DagsterInstance
+    defs: dg.Definitions
+    spec_path: Path
+    cursor: object = None
+
+    def run(self, *stages: str, observe: bool = True) -> dg.ExecuteInProcessResult:
+        keys = [dg.AssetKey(s) for s in stages] + ([spec_inputs.key] if observe else [])
+        job = dg.define_asset_job("stages", selection=dg.AssetSelection.assets(*keys))
+        defs = dg.Definitions.merge(self.defs, dg.Definitions(jobs=[job]))
+        return defs.resolve_job_def("stages").execute_in_process(
+            instance=self.instance, partition_key=SPEC, raise_on_error=False
+        )
+
+    def tick(self) -> dict[str, bool]:
+        """One automation tick: which stages it would request for the spec's partition."""
+        result = dg.evaluate_automation_conditions(defs=self.defs, instance=self.instance, cursor=self.cursor)
+        self.cursor = result.cursor
+        return {
+            stage: SPEC in result.get_requested_partitions(dg.AssetKey(stage))
+            for stage in DOWNSTREAM_STAGES
+            if result.get_num_requested(dg.AssetKey(stage))
+        }
+
+    def stale(self) -> dict[str, str]:
+        assets = [spec_inputs, *self.defs.assets]  # type: ignore[list-item]
+        resolver = get_stale_status_resolver(self.instance, assets)
+        return {stage: resolver.get_status(dg.AssetKey(stage), SPEC).value for stage in STAGES}
+
+    def observe_spec(self, digest: str) -> None:
+        self.instance.report_runless_asset_event(
+            dg.AssetObservation(spec_inputs.key, partition=SPEC, tags={"dagster/data_version": digest})
+        )
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Iterator[Env]:
+    spec_path = write_tiny_spec(tmp_path / "specs")
+    stages = [_wire_stage(_stand_in(name, up)) for name, up in zip(STAGES, [None, *STAGES[:-1]], strict=True)]
+    defs = dg.Definitions(
+        assets=[spec_inputs, *stages],
+        resources={"specs": SpecCatalog(specs_dir=str(spec_path.parent))},
+        executor=dg.in_process_executor,
+    )
+    gate_verdicts.update(generated_samples=True, curated_set=True)
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions(spec_partitions.name, [SPEC])
+        environment = Env(instance, defs, spec_path)
+        assert environment.tick() == {}  # the first tick only records the starting point
+        yield environment
+
+
+def test_full_run_triggers_nothing_afterwards(env: Env) -> None:
+    assert env.run(*STAGES).success
+    assert env.tick() == {}
+    assert env.tick() == {}
+    assert set(env.stale().values()) == {"FRESH"}
+
+
+def test_partial_materialization_completes_the_chain_in_one_tick(env: Env) -> None:
+    assert env.run(*STAGES).success
+    env.tick()
+    assert env.run("seed_data", observe=False).success
+    assert env.tick() == dict.fromkeys(DOWNSTREAM_STAGES, True)
+
+
+def test_never_past_a_failed_blocking_check(env: Env) -> None:
+    assert env.run(*STAGES).success
+    env.tick()
+    gate_verdicts["generated_samples"] = False
+    failed = env.run("generated_samples", observe=False)
+    assert not failed.success  # the blocking check failed inside the run
+    assert env.tick() == {}  # curated_set and evaluation_report stay where they were
+    gate_verdicts["generated_samples"] = True
+    assert env.run("generated_samples", observe=False).success
+    assert env.tick() == {"curated_set": True, "evaluation_report": True}
+
+
+def test_spec_change_makes_every_stage_stale_and_triggers_no_automation(env: Env) -> None:
+    assert env.run(*STAGES).success
+    env.tick()
+    observed = env.instance.fetch_observations(
+        dg.AssetRecordsFilter(asset_key=spec_inputs.key, asset_partitions=[SPEC]), limit=1
+    ).records[0]
+    digest = observed.asset_observation.tags["dagster/data_version"]
+    env.observe_spec(digest)  # the same content observed again: nothing is stale
+    assert set(env.stale().values()) == {"FRESH"}
+    env.observe_spec("a-new-digest")  # what spec_change_sensor records when the file changed
+    assert set(env.stale().values()) == {"STALE"}
+    assert env.tick() == {}  # the sensor's full run handles a spec change, not automation
+    assert env.run(*STAGES).success  # the refresh observes the file as it is now (unchanged here)...
+    assert set(env.stale().values()) == {"FRESH"}  # ...and every stage consumed that version
+
+
+def test_sensor_records_the_new_digest_for_known_specs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec_path = write_tiny_spec(tmp_path / "specs")
+    monkeypatch.setenv("SYNTH_ASSETS_SPECS_DIR", str(spec_path.parent))
+    with dg.instance_for_test() as instance:
+        first = spec_change_sensor(dg.build_sensor_context(instance=instance))
+        assert first.asset_events == []  # a new spec: its partition is added, its run observes it
+        instance.add_dynamic_partitions(spec_partitions.name, [SPEC])
+        spec_path.write_text(spec_path.read_text().replace("random_seed: 7", "random_seed: 8"))
+        second = spec_change_sensor(dg.build_sensor_context(instance=instance, cursor=first.cursor))
+        assert [r.partition_key for r in second.run_requests] == [SPEC]
+        [observation] = second.asset_events
+        assert observation.asset_key == spec_inputs.key and observation.partition == SPEC
+        assert observation.tags["dagster/data_version"] == json.loads(second.cursor)[SPEC]

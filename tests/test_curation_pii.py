@@ -1,0 +1,119 @@
+"""Personal data: each kind is found (with checksums where they exist), ordinary text is left alone,
+and neither `curated_set` nor `rejected_samples` ever holds a planted value."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from synth_assets.curation.pii import detect, iban_valid, luhn_valid, scan, scrub
+from synth_assets.curation.pipeline import curate
+from synth_assets.spec import CurationSpec
+
+RULES = CurationSpec(semantic_duplicate_threshold=None, label_check="off", min_relevance=None)
+PLANTED = {
+    "EMAIL": "jane.doe@example.com",
+    "PHONE": "+44 20 7946 0958",
+    "CARD": "4111 1111 1111 1111",
+    "IBAN": "DE89 3704 0044 0532 0130 00",
+    "ADDRESS": "221B Baker Street",
+    "NAME": "Sarah Connor",
+}
+
+
+@pytest.mark.parametrize(
+    ("text", "kind", "value"),
+    [
+        ("Write to jane.doe@example.com for a refund.", "EMAIL", "jane.doe@example.com"),
+        ("Call me on +44 20 7946 0958 after six.", "PHONE", "+44 20 7946 0958"),
+        ("Support line (555) 123-4567 never answers.", "PHONE", "(555) 123-4567"),
+        ("I paid with 4111 1111 1111 1111 and got charged twice.", "CARD", "4111 1111 1111 1111"),
+        ("Refund to GB82 WEST 1234 5698 7654 32 please.", "IBAN", "GB82 WEST 1234 5698 7654 32"),
+        ("Deliver to 42 Maple Avenue, Apt 4B tomorrow.", "ADDRESS", "42 Maple Avenue, Apt 4B"),
+        ("It arrived at Hauptstraße 5 in Berlin.", "ADDRESS", "Hauptstraße 5"),
+        ("Hi, my name is Sarah Connor and I love this kettle.", "NAME", "Sarah Connor"),
+        ("Dr. Watson recommended this mattress.", "NAME", "Watson"),
+        ("John Smith from the shop set it up for me.", "NAME", "John Smith"),
+    ],
+)
+def test_each_kind_is_detected(text: str, kind: str, value: str) -> None:
+    hits = detect(text)
+    assert [(h.kind, h.value) for h in hits] == [(kind, value)]
+    assert value not in scrub(text, hits) and f"[{kind}]" in scrub(text, hits)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Order 12345678 cost $1,299.99 on 2024-01-15 and arrived on 15.01.2024.",
+        "The 4111 1111 1111 1112 on the box is a batch number, not a card.",  # fails Luhn
+        "DE89 3704 0044 0532 0130 01 is printed on the label.",  # fails mod 97
+        "The Samsung Galaxy has 128GB, the Bose QuietComfort is great.",
+        "Will Definitely buy again. This is Great. Call me Crazy, but I like it.",
+        "Version 2.0.1 fixed the 3 4 5 button layout; 10 out of 10.",
+        "I walked 5 Great Miles with these shoes.",
+    ],
+)
+def test_ordinary_text_has_no_hits(text: str) -> None:
+    assert detect(text) == []
+
+
+def test_checksums() -> None:
+    assert luhn_valid("4111111111111111") and luhn_valid("5500005555555559")
+    assert not luhn_valid("4111111111111112") and not luhn_valid("1234")
+    assert iban_valid("DE89 3704 0044 0532 0130 00") and iban_valid("GB82WEST12345698765432")
+    assert not iban_valid("DE89 3704 0044 0532 0130 01")
+
+
+def test_scan_counts_by_type_and_scrubbed_text_is_clean() -> None:
+    texts = [f"Contact {PLANTED['NAME']} at {PLANTED['EMAIL']} or {PLANTED['PHONE']}.", "Nothing here."]
+    result = scan(texts)
+    assert result.counts.tolist() == [3, 0]
+    assert result.by_type() == {"EMAIL": 1, "IBAN": 0, "CARD": 0, "PHONE": 1, "ADDRESS": 0, "NAME": 1}
+    cleaned = scrub(texts[0], result.hits[0])
+    assert cleaned == "Contact [NAME] at [EMAIL] or [PHONE]."
+    assert scan([cleaned]).counts.tolist() == [0]  # placeholders are not PII themselves
+
+
+def _samples() -> pd.DataFrame:
+    texts = [
+        f"Great kettle. Questions? Mail {PLANTED['EMAIL']} or call {PLANTED['PHONE']} any time.",
+        f"Paid with {PLANTED['CARD']}, refund to {PLANTED['IBAN']}, it boils fast and looks nice.",
+        f"Shipped to {PLANTED['ADDRESS']} in two days; my name is {PLANTED['NAME']} and I am happy.",
+        "The kettle boils fast, the handle stays cool and it looks great on the counter.",
+    ]
+    return pd.DataFrame(
+        {"sample_id": [f"s{i}" for i in range(4)], "prompt_id": "p", "label": "positive", "text": texts}
+    )
+
+
+def test_scrub_mode_keeps_rows_without_any_planted_value() -> None:
+    outcome = curate(_samples(), pd.DataFrame(), RULES)
+    assert len(outcome.curated) == 4 and outcome.rejected.empty
+    stored = " ".join(outcome.curated["text"])
+    for value in PLANTED.values():
+        assert value not in stored
+    assert outcome.curated["pii_hits"].tolist() == [2, 2, 2, 0]
+    assert outcome.pii_by_type == {"EMAIL": 1, "IBAN": 1, "CARD": 1, "PHONE": 1, "ADDRESS": 1, "NAME": 1}
+    assert json.loads(outcome.curated["flags"].iloc[0]) == ["pii_scrubbed"]
+    assert "[EMAIL]" in outcome.curated["text"].iloc[0]
+
+
+def test_drop_mode_rejects_with_types_and_stores_scrubbed_text() -> None:
+    outcome = curate(_samples(), pd.DataFrame(), RULES.model_copy(update={"pii": "drop"}))
+    assert outcome.curated["sample_id"].tolist() == ["s3"]
+    rejected = outcome.rejected.set_index("sample_id")
+    assert all(json.loads(r) == ["pii"] for r in rejected["reasons"])
+    assert json.loads(json.loads(rejected.loc["s1", "details"])["pii"]) == {"CARD": 1, "IBAN": 1}
+    stored = " ".join(rejected["text"])
+    for value in PLANTED.values():
+        assert value not in stored
+
+
+def test_only_the_configured_types_are_scrubbed() -> None:
+    rules = RULES.model_copy(update={"pii_types": ["EMAIL"]})
+    outcome = curate(_samples(), pd.DataFrame(), rules)
+    first = outcome.curated["text"].iloc[0]
+    assert "[EMAIL]" in first and PLANTED["PHONE"] in first

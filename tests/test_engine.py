@@ -1,0 +1,243 @@
+"""The generation engine with the real local model: cache, incremental runs, resume, steps, structure."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from conftest import write_tiny_spec
+
+from synth_assets.generation.backends import LocalBackend
+from synth_assets.generation.engine import generate_samples
+from synth_assets.generation.prompts import expand_prompts
+from synth_assets.generation.structured import parse_structured
+from synth_assets.seed import load_seed_data
+from synth_assets.spec import GenerationSpec, load_spec
+from synth_assets.storage import Warehouse
+
+REVIEW_SCHEMA = {
+    "type": "object",
+    "properties": {"review": {"type": "string", "minLength": 1}, "rating": {"type": "integer"}},
+    "required": ["review", "rating"],
+}
+
+
+def test_parse_structured_repairs_common_mistakes() -> None:
+    good = parse_structured('{"review": "Great kettle.", "rating": 5}', REVIEW_SCHEMA)
+    assert good.value == {"review": "Great kettle.", "rating": 5} and not good.repaired
+    fenced = parse_structured('Sure!\n```json\n{"review": "Fine.", "rating": 3,}\n```', REVIEW_SCHEMA)
+    assert fenced.value == {"review": "Fine.", "rating": 3} and fenced.repaired
+    unquoted = parse_structured("{review: 'Bad fit.', rating: 1}", REVIEW_SCHEMA)
+    assert unquoted.value == {"review": "Bad fit.", "rating": 1}
+    unclosed = parse_structured('{"review": "Loud fan.", "rating": 2', REVIEW_SCHEMA)
+    assert unclosed.value == {"review": "Loud fan.", "rating": 2}
+    wrong_type = parse_structured('{"review": "Ok.", "rating": "five"}', REVIEW_SCHEMA)
+    assert wrong_type.value is None and wrong_type.error and "schema" in wrong_type.error
+    assert parse_structured("no json here", REVIEW_SCHEMA).error == "no JSON object in the output"
+
+
+def _prompts(spec: GenerationSpec) -> pd.DataFrame:
+    return expand_prompts(spec, load_seed_data(spec))
+
+
+@pytest.fixture(scope="module")
+def backend() -> LocalBackend:
+    return LocalBackend()
+
+
+@pytest.mark.slow
+def test_cache_makes_reruns_free_and_increments_cheap(tmp_path: Path, backend: LocalBackend) -> None:
+    spec = load_spec(write_tiny_spec(tmp_path, num_samples=10, max_new_tokens=12))
+    store = Warehouse(tmp_path / "w.duckdb")
+    prompts = _prompts(spec)
+    first = generate_samples(spec, prompts.head(9), backend, store, "run-1")
+    assert first.stats.calls_made == 9 and first.stats.cache_hits == 0
+    again = generate_samples(spec, prompts.head(9), backend, store, "run-2")
+    assert again.stats.calls_made == 0 and again.stats.cache_hits == 9
+    assert again.samples.drop(columns=[]).equals(first.samples)
+    assert set(again.samples["generated_in_run"]) == {"run-1"}  # lineage: the run that really made it
+    grown = generate_samples(spec, prompts, backend, store, "run-3")
+    assert grown.stats.calls_made == 1 and grown.stats.cache_hits == 9
+    cache = store.query("SELECT cache_key, count(*) AS n FROM llm_cache GROUP BY cache_key")
+    assert len(cache) == 10 and (cache["n"] == 1).all()
+
+
+@pytest.mark.slow
+def test_multi_step_keeps_every_step_with_its_call(tmp_path: Path, backend: LocalBackend) -> None:
+    extra = """steps:
+  - name: critique
+    template: "Name one thing that would make this review more specific: {{ steps.answer }}"
+  - name: rewrite
+    template: |
+      Rewrite this {{ label }} review of {{ product }} using the advice. Reply with the review only.
+      Review: {{ steps.answer }}
+      Advice: {{ steps.critique }}
+num_samples: 3"""
+    spec = load_spec(
+        write_tiny_spec(tmp_path, num_samples=3, max_new_tokens=12, replacements={"num_samples: 3": extra})
+    )
+    store = Warehouse(tmp_path / "w.duckdb")
+    outcome = generate_samples(spec, _prompts(spec), backend, store, "run-1")
+    assert len(outcome.samples) == 3
+    for row in outcome.samples.itertuples():
+        calls = json.loads(row.steps)["calls"]
+        assert [c["step"] for c in calls] == ["answer", "critique", "rewrite"]
+        assert row.cache_key == calls[-1]["cache_key"]
+        assert row.completion_tokens == sum(c["completion_tokens"] for c in calls)
+    assert outcome.stats.calls_made == 9
+    assert generate_samples(spec, _prompts(spec), backend, store, "run-2").stats.calls_made == 0
+
+
+@pytest.mark.slow
+def test_structured_output_is_parsed_or_retried_and_reported(tmp_path: Path, backend: LocalBackend) -> None:
+    extra = f"""structured_output:
+  json_schema: {json.dumps(REVIEW_SCHEMA)}
+  text_field: review
+  max_attempts: 2
+num_samples: 4"""
+    spec = load_spec(
+        write_tiny_spec(
+            tmp_path,
+            num_samples=4,
+            max_new_tokens=48,
+            replacements={
+                "num_samples: 4": extra,
+                "Reply with the review text only.": 'Reply with JSON only: {"review": "...", "rating": 1-5}',
+            },
+        )
+    )
+    outcome = generate_samples(spec, _prompts(spec), backend, Warehouse(tmp_path / "w.duckdb"), "r")
+    stats = outcome.stats
+    assert len(outcome.samples) + len(outcome.failures) == 4
+    assert stats.structured_attempts == 4 + stats.structured_failures - len(outcome.failures)
+    for row in outcome.samples.itertuples():
+        structured = json.loads(row.steps)["structured"]
+        assert row.text == structured["review"].strip() or row.text in structured["review"]
+        assert isinstance(structured["rating"], int)
+    for error in outcome.failures["error"]:
+        assert "no valid JSON after 2 attempts" in error
+
+
+RUNNER = textwrap.dedent(
+    """
+    import sys
+    from synth_assets.generation.backends import LocalBackend
+    from synth_assets.generation.engine import generate_samples
+    from synth_assets.generation.prompts import expand_prompts
+    from synth_assets.seed import load_seed_data
+    from synth_assets.spec import load_spec
+    from synth_assets.storage import Warehouse
+
+    spec = load_spec(sys.argv[1])
+    prompts = expand_prompts(spec, load_seed_data(spec))
+    outcome = generate_samples(
+        spec, prompts, LocalBackend(), Warehouse(sys.argv[2]), sys.argv[3],
+        on_progress=lambda u: print(f"PROGRESS {u.done}/{u.total}", flush=True),
+    )
+    print(f"DONE made={outcome.stats.calls_made} hits={outcome.stats.cache_hits}", flush=True)
+    """
+)
+
+
+@pytest.mark.slow
+def test_sigkill_mid_generation_loses_nothing_and_duplicates_nothing(tmp_path: Path) -> None:
+    spec_path = write_tiny_spec(
+        tmp_path, num_samples=12, max_new_tokens=16, replacements={"batch_size: 8": "batch_size: 2"}
+    )
+    database = tmp_path / "w.duckdb"
+    runner = tmp_path / "runner.py"
+    runner.write_text(RUNNER)
+    process = subprocess.Popen(
+        [sys.executable, str(runner), str(spec_path), str(database), "killed-run"],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ},
+    )
+    assert process.stdout is not None
+    deadline = time.monotonic() + 600
+    for line in process.stdout:
+        if line.startswith("PROGRESS 4/") or time.monotonic() > deadline:
+            break
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=60)
+    assert process.returncode == -signal.SIGKILL
+    store = Warehouse(database)
+    finished_before = int(store.query("SELECT count(*) AS n FROM llm_cache")["n"].iloc[0])
+    assert 4 <= finished_before < 12  # the batches written before the kill survived, not all were done
+
+    resumed = subprocess.run(
+        [sys.executable, str(runner), str(spec_path), str(database), "resumed-run"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"DONE made={12 - finished_before} hits={finished_before}" in resumed.stdout
+    cache = store.query("SELECT cache_key, run_id FROM llm_cache")
+    assert len(cache) == 12 and cache["cache_key"].is_unique
+    assert set(cache["run_id"]) == {"killed-run", "resumed-run"}
+
+
+@pytest.mark.slow
+def test_exact_n_per_cell_moves_budget_to_failing_cells(tmp_path: Path, backend: LocalBackend) -> None:
+    extra = "per_cell:\n  attributes: [product]\n  n: 2\n  budget_factor: 3\nnum_samples: 1"
+    spec = load_spec(
+        write_tiny_spec(tmp_path, num_samples=1, max_new_tokens=8, replacements={"num_samples: 1": extra})
+    )
+    prompts = _prompts(spec)
+    assert prompts["cell"].value_counts().to_dict() == {
+        json.dumps({"product": p}): 6 for p in ("headphones", "blender", "backpack")
+    }
+    cell_of = dict(zip(prompts["prompt_id"], prompts["cell"], strict=True))
+
+    def accept(samples: pd.DataFrame) -> pd.Series:
+        # a rule that every headphones sample fails: that cell must get its whole budget, no more
+        return samples["prompt_id"].map(cell_of) != json.dumps({"product": "headphones"})
+
+    logs: list[str] = []
+    outcome = generate_samples(
+        spec, prompts, backend, Warehouse(tmp_path / "w.duckdb"), "r", log=logs.append, accept=accept
+    )
+    made = outcome.samples["prompt_id"].map(cell_of).value_counts().to_dict()
+    assert made == {
+        json.dumps({"product": "headphones"}): 6,
+        json.dumps({"product": "blender"}): 2,
+        json.dumps({"product": "backpack"}): 2,
+    }
+    assert outcome.stats.prompts == 10
+    assert any("did not reach 2 accepted samples" in line for line in logs)
+
+
+@pytest.mark.slow
+def test_self_instruct_rounds_draw_demos_from_the_growing_pool(tmp_path: Path, backend: LocalBackend) -> None:
+    extra = "self_instruct:\n  per_round: 3\n  machine_demos: 1\nnum_samples: 6"
+    spec = load_spec(
+        write_tiny_spec(tmp_path, num_samples=6, max_new_tokens=20, replacements={"num_samples: 6": extra})
+    )
+    store = Warehouse(tmp_path / "w.duckdb")
+    seed_rows = load_seed_data(spec)
+    logs: list[str] = []
+    outcome = generate_samples(
+        spec, _prompts(spec), backend, store, "r", log=logs.append, seed_rows=seed_rows
+    )
+    novelty = [json.loads(s)["novelty"] for s in outcome.samples["steps"]]
+    assert len(novelty) == 6 and all(0.0 <= n["max_rouge_l"] <= 1.0 for n in novelty)
+    first_texts = outcome.samples["text"][:3]
+    first_round_novel = [t for t, n in zip(first_texts, novelty[:3], strict=True) if n["novel"]]
+    assert first_round_novel, "the model produced no novel sample in round 1"
+    second_round_messages = store.query(
+        "SELECT messages FROM llm_cache WHERE cache_key IN (SELECT unnest(?))",
+        [outcome.samples["cache_key"].iloc[3:].tolist()],
+    )["messages"]
+    # every round-2 prompt shows one machine demo: a (cleaned) round-1 sample that joined the pool
+    for messages in second_round_messages:
+        assert any(text[:40] in messages for text in first_round_novel)
+    assert any("self-instruct round 2: pool" in line for line in logs)

@@ -1,0 +1,187 @@
+"""Integration: the evaluation_report asset in the real graph (real model, temp DuckDB and instance).
+
+A good run sets the baseline; then a curated set of garbage (the seed reviews with every label
+rotated, i.e. the wrong sentiment, which the structural GX gate cannot see) is promoted and only
+`evaluation_report` is re-materialized: its blocking usefulness gate must fail and the failed report
+must not become the last good one. Finally a failed curated_set attempt makes the report fall back
+to the last good curated set and say so.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import dagster as dg
+import pandas as pd
+import pytest
+from conftest import write_tiny_spec
+
+from synth_assets.cli import main as cli_main
+from synth_assets.definitions import build_definitions
+from synth_assets.defs.assets import spec_partitions
+from synth_assets.evaluation.gate import GATE_CHECK, GATE_METRIC
+from synth_assets.storage import Warehouse, stage_columns
+
+pytestmark = pytest.mark.slow
+SPEC = "tiny_reviews"
+REPO = Path(__file__).resolve().parent.parent
+ROTATE = {"positive": "neutral", "neutral": "negative", "negative": "positive"}
+
+
+@dataclass
+class Env:
+    root: Path
+    specs_dir: Path
+    store: Warehouse
+    instance: dg.DagsterInstance
+    first_run_id: str = ""
+
+    def run(self, *, evaluation_only: bool = False) -> dg.ExecuteInProcessResult:
+        definitions = build_definitions(database=str(self.store.path), specs_dir=str(self.specs_dir))
+        if not self.instance.has_dynamic_partition(spec_partitions.name, SPEC):
+            self.instance.add_dynamic_partitions(spec_partitions.name, [SPEC])
+        return definitions.resolve_job_def("synth_refresh_job").execute_in_process(
+            instance=self.instance,
+            partition_key=SPEC,
+            raise_on_error=False,
+            asset_selection=[dg.AssetKey("evaluation_report")] if evaluation_only else None,
+        )
+
+    def promote_curated(self, run_id: str, frame: pd.DataFrame, *, passed: bool = True) -> None:
+        """A curated_set version as the curated_set asset writes it (with its gate verdict)."""
+        rejected = pd.DataFrame(columns=stage_columns("rejected_samples"))
+        self.store.write_versions(
+            # columns another stage's version has that this frame lacks stay empty
+            {
+                "curated_set": frame.reindex(columns=stage_columns("curated_set")),
+                "rejected_samples": rejected,
+            },
+            SPEC,
+            run_id,
+            promote=passed,
+        )
+        self.store.record_gate(SPEC, run_id, "curated_set", "gx_gate", passed, "injected by the test")
+
+    def history(self) -> pd.DataFrame:
+        return self.store.query("SELECT * FROM evaluation_history ORDER BY materialized_at")
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+    root = tmp_path_factory.mktemp("evaluation")
+    specs_dir = root / "specs"
+    data = REPO / "specs" / "data"
+    # the tiny spec, but with the demo's 60 real reviews and 45 held-out ones, so usefulness means something
+    write_tiny_spec(
+        specs_dir,
+        replacements={
+            "path: data/tiny_seed.csv": f"path: {data / 'product_reviews_seed.csv'}",
+            "holdout_path: data/tiny_holdout.csv": f"holdout_path: {data / 'product_reviews_holdout.csv'}",
+        },
+    )
+    (root / "dagster_home").mkdir()
+    with dg.instance_for_test(temp_dir=str(root / "dagster_home")) as instance:
+        environment = Env(root, specs_dir, Warehouse(root / "warehouse.duckdb"), instance)
+        first = environment.run()
+        assert first.success, first.get_failed_step_keys()
+        gate = [c for c in first.get_asset_check_evaluations() if c.check_name == GATE_CHECK]
+        assert len(gate) == 1 and gate[0].passed and "first good run" in (gate[0].description or "")
+        environment.first_run_id = first.run_id
+        yield environment
+
+
+def _latest_metadata(env: Env) -> dict[str, dg.MetadataValue]:
+    record = env.instance.fetch_materializations(dg.AssetKey("evaluation_report"), limit=1).records[0]
+    return record.asset_materialization.metadata
+
+
+def test_good_run_reports_every_family_with_plots_and_passes_the_gate(env: Env) -> None:
+    history = env.history()
+    assert len(history) == 1 and bool(history["passed"].iloc[0])
+    metrics = json.loads(history["metrics"].iloc[0])
+    assert metrics["seed_train_rows"] == 60 and metrics["seed_holdout_rows"] == 45
+    assert 0.3 < metrics[GATE_METRIC] <= 1.0
+    for key in (
+        "distinct_2",
+        "self_bleu",
+        "length_ks",
+        "relevance",
+        "label_agreement",
+        "label_tvd",
+        "tokens_per_curated_sample",
+        "usefulness_synthetic_macro_f1",
+    ):
+        assert key in metrics, key
+    metadata = _latest_metadata(env)
+    # top-level numbers, which the UI charts across runs (rounded; full precision in `metrics`)
+    assert metadata[GATE_METRIC].value == pytest.approx(metrics[GATE_METRIC], abs=1e-4)
+    assert metadata["metrics"].value[GATE_METRIC] == metrics[GATE_METRIC]
+    assert "data:image/png;base64," in metadata["report"].value
+    report_path = Path(history["report_path"].iloc[0])
+    assert report_path.parent.parent == env.store.path.parent / "reports" / SPEC
+    for plot in ("label_balance", "attribute_balance", "lengths", "embedding_map", "usefulness"):
+        assert (report_path.parent / f"{plot}.png").is_file(), plot
+        assert f"]({plot}.png)" in report_path.read_text()
+    assert (report_path.parent.parent / "report.md").is_file()
+
+
+def test_garbage_curated_set_fails_the_blocking_gate_and_is_not_promoted(
+    env: Env, capsys: pytest.CaptureFixture[str]
+) -> None:
+    seed = env.store.read_current("seed_data", SPEC)
+    prompts = env.store.read_current("expanded_prompts", SPEC)["prompt_id"].tolist()
+    train = seed[seed["split"] == "train"].reset_index(drop=True)
+    garbage = pd.DataFrame(
+        {
+            "sample_id": [f"garbage-{i}" for i in range(len(train))],
+            "prompt_id": [prompts[i % len(prompts)] for i in range(len(train))],
+            "label": train["label"].map(ROTATE),
+            "text": train["text"],
+            "normalized_hash": [f"h{i}" for i in range(len(train))],
+        }
+    )
+    env.promote_curated("garbage-curation", garbage)
+
+    result = env.run(evaluation_only=True)
+    assert not result.success
+    (check,) = [c for c in result.get_asset_check_evaluations() if c.check_name == GATE_CHECK]
+    assert not check.passed and "more than the tolerance" in (check.description or "")
+    history = env.history()
+    assert history["run_id"].tolist() == [env.first_run_id, result.run_id]
+    assert history["passed"].tolist() == [True, False]
+    assert history["curated_run_id"].iloc[1] == "garbage-curation"
+    assert history["baseline_run_id"].iloc[1] == env.first_run_id
+    assert env.store.read_current("evaluation_report", SPEC)["run_id"].tolist() == [env.first_run_id]
+    metadata = _latest_metadata(env)
+    assert metadata["promoted"].value is False and "**FAILED**" in metadata["report"].value
+
+    assert cli_main(["--db", str(env.store.path), "report", "--spec", SPEC]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("# Evaluation report") and "FAILED its usefulness gate" in printed
+    assert cli_main(["--db", str(env.store.path), "report", "--spec", SPEC, "--good"]) == 0
+    assert f"Run `{env.first_run_id}`" in capsys.readouterr().out
+
+
+def test_failed_curated_attempt_falls_back_and_the_failed_report_is_no_baseline(env: Env) -> None:
+    good = env.store.read_version("curated_set", SPEC, env.first_run_id)
+    env.promote_curated("restored-curation", good)
+    env.promote_curated("failed-curation", good.head(1), passed=False)
+
+    result = env.run(evaluation_only=True)
+    assert result.success
+    (check,) = [c for c in result.get_asset_check_evaluations() if c.check_name == GATE_CHECK]
+    assert check.passed
+    history = env.history()
+    last = history.iloc[-1]
+    # the garbage run in between failed its gate: the comparison is with the first, good run
+    assert last["baseline_run_id"] == env.first_run_id and bool(last["passed"])
+    assert last["curated_run_id"] == "restored-curation"
+    metrics = json.loads(last["metrics"])
+    assert metrics[GATE_METRIC] == json.loads(history["metrics"].iloc[0])[GATE_METRIC]
+    metadata = _latest_metadata(env)
+    assert metadata["fell_back_to_last_good_curated_set"].value is True
+    assert "failed-curation" in metadata["notes"].value and "failed its gate" in metadata["notes"].value
+    assert env.store.read_current("evaluation_report", SPEC)["run_id"].tolist() == [result.run_id]

@@ -1,0 +1,193 @@
+"""Export of the promoted curated set (Parquet, JSONL, Hugging Face folder) and its dataset card."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+from conftest import write_tiny_spec
+
+from synth_assets import cli
+from synth_assets.export import ExportError, dataset_card, load_export_data, write_export
+from synth_assets.spec import load_spec
+from synth_assets.storage import Warehouse, stage_columns
+
+SPEC = "tiny_reviews"
+
+
+def rows(stage: str, items: list[dict[str, Any]]) -> pd.DataFrame:
+    columns = stage_columns(stage)
+    return pd.DataFrame([{c: item.get(c) for c in columns} for item in items], columns=columns)
+
+
+def samples(run: str, n: int) -> list[dict[str, Any]]:
+    return [
+        {
+            "sample_id": f"s-{run}-{i}",
+            "prompt_id": f"p-{i}",
+            "label": ["positive", "negative"][i % 2],
+            "text": f"Synthetic review {i} from {run}.",
+            "model": "smollm2-135m-instruct",
+            "model_fingerprint": "smollm2-fp",
+            "backend": "local",
+            "generation_params": json.dumps({"temperature": 0.8}),
+            "generation_seed": i,
+            "normalized_hash": f"h{i}",
+        }
+        for i in range(n)
+    ]
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Warehouse:
+    """Run good-1 promoted (3 rows, report passed), then run bad-2 whose curated_set failed its gate."""
+    warehouse = Warehouse(tmp_path / "w.duckdb")
+    seed = rows(
+        "seed_data",
+        [
+            {
+                "seed_id": f"seed-{i}",
+                "split": "train" if i < 3 else "holdout",
+                "text": f"real {i}",
+                "label": "positive",
+            }
+            for i in range(4)
+        ],
+    )
+    prompts = rows(
+        "expanded_prompts",
+        [
+            {
+                "prompt_id": f"p-{i}",
+                "attributes": json.dumps({"product": "blender"}),
+                "demo_ids": json.dumps(["seed-0"]),
+            }
+            for i in range(3)
+        ],
+    )
+    good = samples("good", 3)
+    warehouse.write_versions(
+        {
+            "seed_data": seed,
+            "expanded_prompts": prompts,
+            "generated_samples": rows("generated_samples", good),
+            "curated_set": rows("curated_set", good),
+            "rejected_samples": rows(
+                "rejected_samples", [{**good[0], "sample_id": "s-rej", "reasons": '["too_short"]'}]
+            ),
+        },
+        SPEC,
+        "good-1",
+        promote=True,
+    )
+    warehouse.record_gate(SPEC, "good-1", "curated_set", "gx_gate", True, "all expectations passed")
+    report = {
+        "metrics": json.dumps(
+            {"curated": 3, "yield": 0.75, "distinct_2": 0.91, "usefulness_real_macro_f1": 0.8}
+        ),
+        "markdown": "# Evaluation report",
+        "report_path": "/r.md",
+        "passed": True,
+        "curated_run_id": "good-1",
+    }
+    warehouse.write_version(
+        "evaluation_report", SPEC, "good-1", rows("evaluation_report", [report]), promote=True
+    )
+    bad = samples("bad", 1)
+    warehouse.write_versions({"curated_set": rows("curated_set", bad)}, SPEC, "bad-2", promote=False)
+    warehouse.record_gate(SPEC, "bad-2", "curated_set", "gx_gate", False, "1 row < 5")
+    return warehouse
+
+
+def test_exports_the_promoted_version_with_lineage_columns(store: Warehouse, tmp_path: Path) -> None:
+    spec = load_spec(write_tiny_spec(tmp_path / "specs"))
+    data = load_export_data(store, SPEC, spec)
+    assert data.curated_run_id == "good-1" and len(data.rows) == 3  # not the failed bad-2 version
+    assert list(data.rows.columns[:4]) == ["text", "label", "sample_id", "prompt_id"]
+    first = data.rows.iloc[0]
+    assert first["model_fingerprint"] == "smollm2-fp" and json.loads(first["attributes"]) == {
+        "product": "blender"
+    }
+    assert first["curated_run_id"] == "good-1"
+    assert data.counts == {
+        "seed_data": 4,
+        "expanded_prompts": 3,
+        "generated_samples": 3,
+        "curated_set": 3,
+        "rejected_samples": 1,
+    }
+    assert data.rejections == {"too_short": 1} and data.versions == 2
+    assert data.evaluation is not None and data.evaluation["metrics"]["yield"] == 0.75
+
+    card = dataset_card(data, ["tiny_reviews.parquet"])
+    for part in (
+        'pretty_name: "tiny_reviews (synthetic)"',
+        "license: other",
+        "Write a short product review",  # the spec's task
+        "```yaml",  # the spec itself
+        "`smollm2-135m-instruct` via `local` (fingerprint `smollm2-fp`)",
+        "| seed_data | 4 (holdout 1 / train 3) |",
+        "| rejected_samples | 1 (too_short 1) |",
+        "usefulness gate: passed",
+        "| yield | 0.75 |",
+        "| distinct_2 | 0.91 |",
+        "run `good-1`",
+        "one of 2 version(s)",
+        "curated_set:gx_gate passed",
+        "## License notes",
+        "Apache-2.0 (HuggingFaceTB/SmolLM2-135M-Instruct)",
+        f"synth-assets run --spec {spec.source_path}",
+    ):
+        assert part in card, part
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "jsonl", "hf"])
+def test_every_format_reads_back(store: Warehouse, tmp_path: Path, fmt: str) -> None:
+    out = tmp_path / "out" / fmt
+    written = write_export(load_export_data(store, SPEC), fmt, out)
+    assert (out / "README.md") in written and (out / "README.md").read_text().startswith("---\n")
+    if fmt == "parquet":
+        back = pd.read_parquet(out / f"{SPEC}.parquet")
+    elif fmt == "jsonl":
+        back = pd.read_json(out / f"{SPEC}.jsonl", lines=True)
+    else:
+        import datasets
+
+        dataset = datasets.load_from_disk(str(out))
+        assert dataset.num_rows == 3 and "text" in dataset.column_names
+        back = dataset.to_pandas()
+    assert sorted(back["sample_id"]) == ["s-good-0", "s-good-1", "s-good-2"]
+    assert "spec file: not found" in (out / "README.md").read_text()
+
+
+def test_nothing_promoted_is_an_error(tmp_path: Path) -> None:
+    warehouse = Warehouse(tmp_path / "w.duckdb")
+    warehouse.write_versions(
+        {"curated_set": rows("curated_set", samples("bad", 1))}, SPEC, "r", promote=False
+    )
+    with pytest.raises(ExportError, match="no promoted curated_set"):
+        load_export_data(warehouse, SPEC)
+
+
+def test_cli_export(
+    store: Warehouse, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    specs_dir = tmp_path / "specs"
+    write_tiny_spec(specs_dir)
+    monkeypatch.setenv("SYNTH_ASSETS_SPECS_DIR", str(specs_dir))  # the spec is found by name
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "no_instance"))  # no instance: card without it
+    out = tmp_path / "export"
+    assert (
+        cli.main(
+            ["--db", str(store.path), "export", "--spec", SPEC, "--format", "parquet", "--out", str(out)]
+        )
+        == 0
+    )
+    printed = capsys.readouterr().out
+    assert "wrote 3 rows of 'tiny_reviews' (curated_set run good-1)" in printed
+    assert "```yaml" in (out / "README.md").read_text()
+    assert cli.main(["--db", str(store.path), "export", "--spec", "nope", "--out", str(out)]) == 2
+    assert "spec 'nope' has no promoted curated_set to export" in capsys.readouterr().err
