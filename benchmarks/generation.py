@@ -95,11 +95,13 @@ def llama_cpp(gguf: str, prompts: list[list[dict[str, str]]], new_tokens: int, t
     return tokens / seconds
 
 
-def engine(prompts: list[list[dict[str, str]]], new_tokens: int, batch_size: int) -> float:
-    """Our local engine: length-bucketed batches, per-request seeded sampling."""
-    from synth_assets.generation.local_llm import ChatRequest, get_local_model
+def engine(prompts: list[list[dict[str, str]]], new_tokens: int, batch_size: int, dtype: str) -> float:
+    """Our local engine as a spec runs it: length-bucketed batches, per-request seeded top-k/top-p
+    sampling, and the spec's default dtype ('auto': bfloat16 on CPUs with native bf16)."""
+    from synth_assets.generation.local_llm import ChatRequest, get_local_model, resolve_dtype
 
-    model = get_local_model()
+    model = get_local_model(dtype=dtype)
+    print(f"engine dtype: {resolve_dtype(dtype)}", flush=True)
     requests = [ChatRequest(key=str(i), messages=m, seed=i) for i, m in enumerate(prompts)]
     model.generate(requests[:2], max_new_tokens=4, temperature=0.8, top_p=0.95,
                    repetition_penalty=1.1, batch_size=2)  # fmt: skip
@@ -120,13 +122,14 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])
     args = parser.parse_args()
 
     from synth_assets.generation.local_llm import find_gguf_file, get_local_model
 
     prompts = review_prompts(args.prompts)
     model_dir = str(get_local_model().model_dir)  # also makes sure the weight cache exists
-    engine_tok_s = engine(prompts, args.new_tokens, args.batch_size)
+    engine_tok_s = engine(prompts, args.new_tokens, args.batch_size, args.dtype)
     naive_tok_s = naive_loop(model_dir, prompts, args.new_tokens, args.threads)
     llamacpp_tok_s = llama_cpp(str(find_gguf_file()), prompts, args.new_tokens, args.threads)
     llama_text = f"{llamacpp_tok_s:.1f}" if llamacpp_tok_s else "nan"

@@ -241,3 +241,16 @@ def test_self_instruct_rounds_draw_demos_from_the_growing_pool(tmp_path: Path, b
     for messages in second_round_messages:
         assert any(text[:40] in messages for text in first_round_novel)
     assert any("self-instruct round 2: pool" in line for line in logs)
+
+
+@pytest.mark.slow
+def test_bfloat16_compute_is_its_own_model_fingerprint(tmp_path: Path) -> None:
+    spec = load_spec(write_tiny_spec(tmp_path, num_samples=2, max_new_tokens=8))
+    fast = LocalBackend(dtype="bfloat16")
+    exact = LocalBackend(dtype="float32")
+    assert fast.fingerprint == exact.fingerprint + "-bf16"
+    store = Warehouse(tmp_path / "w.duckdb")
+    outcome = generate_samples(spec, _prompts(spec), fast, store, "r")
+    assert len(outcome.samples) == 2 and set(outcome.samples["model_fingerprint"]) == {fast.fingerprint}
+    # a float32 run of the same prompts is a different model: nothing comes from the bf16 cache
+    assert generate_samples(spec, _prompts(spec), exact, store, "r2").stats.cache_hits == 0

@@ -162,13 +162,13 @@ def _cli(*args: str, env_vars: dict[str, str]) -> subprocess.CompletedProcess[st
 
 
 def test_cli_run_lineage_report_and_bad_input(tmp_path: Path) -> None:
-    spec_path = write_tiny_spec(tmp_path / "specs", num_samples=3, max_new_tokens=16)
+    spec_path = write_tiny_spec(tmp_path / "specs")
     env_vars = {"DAGSTER_HOME": str(tmp_path / "home"), "SYNTH_ASSETS_DB": str(tmp_path / "w.duckdb")}
     (tmp_path / "home").mkdir()
     (tmp_path / "home" / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
     ran = _cli("run", "--spec", str(spec_path), env_vars=env_vars)
     assert ran.returncode == 0, ran.stderr[-2000:]
-    assert "rows: seed_data=12 expanded_prompts=3 generated_samples=3" in ran.stdout
+    assert "rows: seed_data=12 expanded_prompts=6 generated_samples=6" in ran.stdout
     assert f"DuckDB: {tmp_path / 'w.duckdb'}" in ran.stdout
     curated = Warehouse(tmp_path / "w.duckdb").read_only_query("SELECT sample_id FROM curated_set")
     lineage = _cli("lineage", str(curated["sample_id"].iloc[0]), env_vars=env_vars)

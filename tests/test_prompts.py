@@ -75,3 +75,11 @@ def test_template_runs_in_a_sandbox(tmp_path: Path) -> None:
     hostile = "{{ ''.__class__.__mro__[1].__subclasses__() }}"
     with pytest.raises((SpecError, SecurityError)):
         _expand(tmp_path, replacements={"{{ task }}": hostile})
+
+
+def test_more_samples_keep_the_earlier_prompts(tmp_path: Path) -> None:
+    # raising num_samples must not reshuffle: the first prompts (and their cached generations) stay
+    _, _, smaller = _expand(tmp_path / "a", num_samples=20)
+    _, _, larger = _expand(tmp_path / "b", num_samples=22)
+    assert larger["prompt_id"].head(20).tolist() == smaller["prompt_id"].tolist()
+    assert larger["prompt_text"].head(20).tolist() == smaller["prompt_text"].tolist()

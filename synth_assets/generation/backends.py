@@ -49,8 +49,8 @@ class LocalBackend:
 
     name = "local"
 
-    def __init__(self, cache_dir: Any = None) -> None:
-        self.model = get_local_model(cache_dir)
+    def __init__(self, cache_dir: Any = None, dtype: str = "float32") -> None:
+        self.model = get_local_model(cache_dir, dtype)
 
     @property
     def fingerprint(self) -> str:
@@ -224,7 +224,7 @@ class OpenAICompatibleBackend:
 def build_backend(params: GenerationParams, model_cache_dir: Any = None) -> Backend:
     """The backend a spec asks for; the API key is read through Dagster's EnvVar, never stored."""
     if params.backend == "local":
-        return LocalBackend(model_cache_dir)
+        return LocalBackend(model_cache_dir, params.dtype)
     api_key = None
     if params.api_key_env:
         import dagster as dg
