@@ -35,7 +35,7 @@ class Env:
         self.root = root
         self.instance = instance
         self.store = Warehouse(root / "w.duckdb")
-        self.spec_path = write_tiny_spec(root / "specs", num_samples=12)
+        self.spec_path = write_tiny_spec(root / "specs", num_samples=24)
         spec = load_spec(self.spec_path)
         seed = load_seed_data(spec)
         self.prompts = expand_prompts(spec, seed)
