@@ -381,3 +381,28 @@ def test_heuristics_over_chunks_equal_one_pass() -> None:
         results.append(findings.reasons_and_details())
     assert results[0] == results[1] == results[2]
     assert results[0][0][0] == ["repeated_ngrams"] and results[0][0][1] == ["echoes_prompt"]
+
+
+def test_cap_per_cell_keeps_first_n_per_cell_and_rejects_the_surplus_with_a_reason() -> None:
+    import json as _json
+
+    from synth_assets.curation.pipeline import CurationOutcome, cap_per_cell
+    from synth_assets.storage import stage_columns
+
+    prompts = pd.DataFrame(
+        {
+            "prompt_id": [f"p{i}" for i in range(5)],
+            "prompt_index": range(5),
+            "cell": ['{"product": "a"}'] * 3 + ['{"product": "b"}'] * 2,
+        }
+    )
+    curated = pd.DataFrame({c: [None] * 5 for c in stage_columns("curated_set")})
+    curated["sample_id"] = [f"s{i}" for i in (4, 2, 1, 0, 3)]  # out of prompt order on purpose
+    curated["prompt_id"] = [f"p{i}" for i in (4, 2, 1, 0, 3)]
+    curated["text"] = "text"
+    rejected = pd.DataFrame(columns=stage_columns("rejected_samples"))
+    capped = cap_per_cell(CurationOutcome(curated=curated, rejected=rejected), prompts, n=1)
+    assert sorted(capped.curated["sample_id"]) == ["s0", "s3"]  # first prompt of each cell
+    assert sorted(capped.rejected["sample_id"]) == ["s1", "s2", "s4"]
+    assert all(_json.loads(r) == ["cell_full"] for r in capped.rejected["reasons"])
+    assert len(capped.curated) + len(capped.rejected) == 5

@@ -546,3 +546,25 @@ def _assemble(
         pii_by_type=pii_by_type,
         notes=notes,
     )
+
+
+def cap_per_cell(outcome: CurationOutcome, prompts: pd.DataFrame, n: int) -> CurationOutcome:
+    """Exact-N: keep the first `n` curated rows of each cell (in prompt order); the surplus of the
+    over-generation moves to the rejected rows with reason `cell_full`, nothing is dropped."""
+    if outcome.curated.empty or "cell" not in prompts.columns:
+        return outcome
+    order = dict(zip(prompts["prompt_id"], prompts["prompt_index"], strict=True))
+    cell = dict(zip(prompts["prompt_id"], prompts["cell"], strict=True))
+    ranked = outcome.curated.assign(
+        _order=outcome.curated["prompt_id"].map(order), _cell=outcome.curated["prompt_id"].map(cell)
+    ).sort_values("_order", kind="stable")
+    surplus = ranked.groupby("_cell", sort=False).cumcount() >= n
+    if not surplus.any():
+        return outcome
+    extra = ranked[surplus]
+    moved = extra.reindex(columns=outcome.rejected.columns)
+    moved["reasons"] = json.dumps([R.CELL_FULL])
+    moved["details"] = json.dumps({R.CELL_FULL: f"cell already has {n} accepted samples"})
+    kept = outcome.curated[~outcome.curated["sample_id"].isin(extra["sample_id"])]
+    rejected = pd.concat([outcome.rejected, moved], ignore_index=True)
+    return replace(outcome, curated=kept.reset_index(drop=True), rejected=rejected)

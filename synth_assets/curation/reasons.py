@@ -30,6 +30,7 @@ NEAR_DUPLICATE = "near_duplicate"
 SEMANTIC_DUPLICATE = "semantic_duplicate"
 COPIES_SEED = "copies_seed"
 SEEN_IN_PREVIOUS_VERSION = "seen_in_previous_version"
+CELL_FULL = "cell_full"
 
 REASONS: dict[str, str] = {
     EMPTY: "no text at all",
@@ -52,6 +53,7 @@ REASONS: dict[str, str] = {
     SEMANTIC_DUPLICATE: "embedding cosine to another sample above the threshold",
     COPIES_SEED: "duplicates a real seed row (exact, near or semantic): not new data",
     SEEN_IN_PREVIOUS_VERSION: "duplicates a row curated in an earlier version of this spec",
+    CELL_FULL: "its per_cell cell already has n accepted samples (exact-N over-generation)",
 }
 REASON_CODES = tuple(REASONS)
 

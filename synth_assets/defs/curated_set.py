@@ -4,7 +4,7 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 
-from synth_assets.curation.pipeline import CurationContext, CurationOutcome, curate
+from synth_assets.curation.pipeline import CurationContext, CurationOutcome, cap_per_cell, curate
 from synth_assets.defs.common import (
     GATE_CHECK,
     GROUP,
@@ -73,6 +73,8 @@ def curated_set(
             spec, seed_rows=seed_rows, previous=previous, embed=embed, judge_model=judge_model
         ),
     )
+    if spec.per_cell is not None:
+        outcome = cap_per_cell(outcome, prompts, spec.per_cell.n)
     for note in outcome.notes:
         context.log.info(f"curation: {note}")
     gate = validate_curated_set(outcome.curated, spec, rejected=outcome.rejected)

@@ -8,6 +8,7 @@ import pandas as pd
 
 from synth_assets.curation.heuristics import apply_heuristics
 from synth_assets.curation.reasons import Findings
+from synth_assets.curation.text import normalize_many, tokenize
 from synth_assets.defs.common import (
     GATE_CHECK,
     GROUP,
@@ -41,7 +42,7 @@ def cheap_acceptance(samples: pd.DataFrame, prompts: pd.DataFrame, spec: Generat
         samples["text"].tolist(),
         findings,
         spec.curation,
-        prompt_texts=[prompt_text.get(p, "") for p in samples["prompt_id"]],
+        prompt_tokens=tokenize(normalize_many([prompt_text.get(p, "") for p in samples["prompt_id"]])),
         prompt_of_row=np.arange(len(samples)),
         template=spec.template,
         labels=spec.labels,
