@@ -254,3 +254,22 @@ def test_bfloat16_compute_is_its_own_model_fingerprint(tmp_path: Path) -> None:
     assert len(outcome.samples) == 2 and set(outcome.samples["model_fingerprint"]) == {fast.fingerprint}
     # a float32 run of the same prompts is a different model: nothing comes from the bf16 cache
     assert generate_samples(spec, _prompts(spec), exact, store, "r2").stats.cache_hits == 0
+
+
+def test_cheap_acceptance_uses_curations_fast_heuristics(tmp_path: Path) -> None:
+    from synth_assets.defs.generated_samples import cheap_acceptance
+
+    spec = load_spec(write_tiny_spec(tmp_path))
+    prompts = _prompts(spec)
+    samples = pd.DataFrame(
+        {
+            "prompt_id": prompts["prompt_id"][:3],
+            "label": prompts["label"][:3],
+            "text": [
+                "Great sound and the battery lasts for days, I am really happy with them.",
+                "ok",  # too short
+                "As an AI language model, I cannot write reviews.",  # assistant talk
+            ],
+        }
+    )
+    assert cheap_acceptance(samples, prompts, spec).tolist() == [True, False, False]
