@@ -121,6 +121,8 @@ def evaluation_report(
     return dg.MaterializeResult(
         metadata={
             **report.numeric_metrics(UI_METRICS),
+            "dagster/row_count": 1,
+            "dagster/table_name": "evaluation_report",
             "metrics": dg.MetadataValue.json(report.metrics),
             "report": dg.MetadataValue.md(written.ui_markdown),
             "report_path": dg.MetadataValue.path(str(written.path)),

@@ -10,6 +10,7 @@ from synth_assets.defs.common import (
     OWNERS,
     column_schema,
     frame_version,
+    preview,
     read_upstream,
     spec_partitions,
     stage_metadata,
@@ -47,6 +48,7 @@ def expanded_prompts(
             "labels_requested": dg.MetadataValue.json(prompts["label"].value_counts().to_dict()),
             "attributes_sampled": dg.MetadataValue.json(attribute_counts),
             "example_prompt": dg.MetadataValue.md(f"```\n{prompts['prompt_text'].iloc[0]}\n```"),
+            "preview": preview(prompts, ["prompt_id", "label", "attributes", "prompt_text"]),
             "dagster/column_lineage": dg.TableColumnLineage(
                 deps_by_column={
                     "demo_ids": [dg.TableColumnDep(asset_key=seed_data.key, column_name="seed_id")],
