@@ -18,10 +18,9 @@ from synth_assets.curation.heuristics import (
     template_line_patterns,
     trim_to_last_sentence,
 )
-from synth_assets.curation.pipeline import CurationContext, CurationOutcome
+from synth_assets.curation.pipeline import CurationContext, CurationOutcome, curate
 from synth_assets.curation.reasons import REASON_CODES, REASONS, Findings
-from synth_assets.curation.rules import curate, echo_ratio, normalize_text
-from synth_assets.curation.text import normalize_many, tokenize
+from synth_assets.curation.text import normalize_many, normalize_text, tokenize
 from synth_assets.spec import CurationSpec
 from synth_assets.storage import stage_columns
 
@@ -79,6 +78,19 @@ def _details(outcome: CurationOutcome, sample_id: str) -> dict[str, str]:
 def test_normalize_folds_case_punctuation_and_spaces() -> None:
     assert normalize_text("  Great  BLENDER!!  ") == normalize_text("great blender") == "great blender"
     assert normalize_text("Crème brûlée_maker, 2-in-1") == "crème brûlée_maker 2 in 1"
+
+
+def echo_ratio(sample: str, prompt: str, n: int = 5) -> float:
+    """Reference, one row at a time: share of the sample's word n-grams (n shrinks for short text)
+    that also occur in the prompt. `heuristics.echo_share` must compute the same for a column."""
+    sample_words = normalize_text(sample).split()
+    prompt_words = normalize_text(prompt).split()
+    size = min(n, max(1, len(sample_words) // 2))
+    if len(sample_words) < size or not sample_words:
+        return 0.0
+    grams = [tuple(sample_words[i : i + size]) for i in range(len(sample_words) - size + 1)]
+    prompt_grams = {tuple(prompt_words[i : i + size]) for i in range(len(prompt_words) - size + 1)}
+    return sum(gram in prompt_grams for gram in grams) / len(grams)
 
 
 def test_echo_ratio() -> None:

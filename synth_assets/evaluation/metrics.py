@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from synth_assets.curation.rules import normalize_text
+from synth_assets.curation.text import normalize_text
 from synth_assets.generation.prompts import allocate_counts
 from synth_assets.spec import GenerationSpec
 
