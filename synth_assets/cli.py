@@ -65,9 +65,14 @@ def command_run(args: argparse.Namespace) -> int:
     for stage in STAGES:
         frame = store.read_only_query(f'SELECT count(*) AS n FROM "{stage}" WHERE spec_name = ?', [spec.name])
         counts.append(f"{stage}={int(frame['n'].iloc[0])}")
-    print("rows: " + " ".join(counts))
+    print("rows: " + " ".join(counts) + " (curated_set, rejected_samples: the published version)")
+    publication, held_back = publication_summary(store, spec.name, result.run_id)
+    print(publication)
+    # this run's report, passed or not (the `evaluation_report` table keeps only the last good one)
     report = store.read_only_query(
-        "SELECT report_path FROM evaluation_report WHERE spec_name = ?", [spec.name]
+        f"SELECT report_path FROM {HISTORY_TABLE['evaluation_report']} WHERE spec_name = ? AND run_id = ? "
+        "UNION ALL SELECT report_path FROM evaluation_report WHERE spec_name = ?",
+        [spec.name, result.run_id, spec.name],
     )
     print(f"DuckDB: {store.path}")
     if not report.empty:
@@ -76,9 +81,38 @@ def command_run(args: argparse.Namespace) -> int:
     print("UI: make ui  (dagster dev -w workspace.yaml), then open http://127.0.0.1:3000")
     if not result.success:
         failed = ", ".join(result.get_failed_step_keys()) or "unknown step"
-        print(f"error: run failed at {failed}; the previous promoted versions are unchanged", file=sys.stderr)
+        if held_back:
+            print(f"error: the usefulness gate failed at {failed}: {held_back}", file=sys.stderr)
+        else:
+            print(
+                f"error: run failed at {failed}; the previous promoted versions are unchanged",
+                file=sys.stderr,
+            )
         return 1
     return 0
+
+
+def publication_summary(store: Warehouse, spec_name: str, run_id: str) -> tuple[str, str | None]:
+    """The run summary's publication line: which curated_set version is published after `run_id`
+    and what happened to the version that run evaluated (with the gate's reason when held back);
+    plus, when it was held back, a short sentence for the one-line error."""
+    published = store.published_run("curated_set", spec_name, read_only=True)
+    current = (
+        f"published curated_set: run {published} (what `synth-assets export` writes)"
+        if published
+        else "published curated_set: none yet (`synth-assets export` has nothing to write)"
+    )
+    decisions = store.publications(spec_name, read_only=True)
+    mine = decisions[decisions["decided_in_run_id"] == run_id]
+    if mine.empty:
+        return f"publication: no decision in this run; {current}", None
+    decision = mine.iloc[0]
+    version = decision["version_run_id"]
+    which = "this run's version" if version == run_id else f"version of run {version}"
+    if bool(decision["published"]):
+        return f"publication: {which} PUBLISHED (usefulness gate passed); {current}", None
+    held = f"{which} HELD BACK (not published)"
+    return f"publication: {held}: {decision['reason']}; {current}", f"{held}; {current}"
 
 
 def command_lineage(args: argparse.Namespace) -> int:
@@ -213,7 +247,8 @@ def command_report(args: argparse.Namespace) -> int:
     # str(): the flag comes back as bool, numpy.bool_ or None (rows from before the gate existed)
     if str(row.get("passed")) == "False":
         print(
-            f"note: run {row['run_id']} FAILED its usefulness gate and was not promoted; "
+            f"note: run {row['run_id']} FAILED its usefulness gate and was not promoted; the curated_set "
+            f"version it evaluated ({row.get('curated_run_id')}) was held back (not published); "
             f"the last good report: synth-assets report --spec {row['spec_name']} --good"
         )
     return 0
@@ -255,7 +290,9 @@ def build_parser() -> argparse.ArgumentParser:
     diff.set_defaults(handler=command_diff)
 
     export = commands.add_parser(
-        "export", help="write the promoted curated set and a dataset card (README.md) to a folder"
+        "export",
+        help="write the published curated set (passed its GX gate and the usefulness gate) and a dataset "
+        "card (README.md) to a folder",
     )
     export.add_argument("--spec", required=True, help="spec name")
     export.add_argument(

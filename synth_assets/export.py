@@ -1,10 +1,12 @@
-"""Export the promoted curated set of a spec as Parquet, JSONL or a Hugging Face `datasets` folder, with
-a dataset card (README.md).
+"""Export the published curated set of a spec as Parquet, JSONL or a Hugging Face `datasets` folder,
+with a dataset card (README.md).
 
-"Promoted" = the `curated_set` table: per spec, the last version that passed its blocking gate (a
-version that failed is only in `curated_set_history`). Rows carry their lineage ids and the facts a
-user of the data needs (model, parameters, conditions), so `synth-assets lineage <sample_id>` still
-answers "where did this row come from" after the export.
+"Published" = the `curated_set` table: per spec, the last version that passed its GX gate (staged)
+and then the usefulness gate of the evaluation that judged it. A version that failed either gate, or
+is staged but not yet evaluated, is only in `curated_set_history` and is never exported; the
+`publications` table says why. Rows carry their lineage ids and the facts a user of the data needs
+(model, parameters, conditions), so `synth-assets lineage <sample_id>` still answers "where did this
+row come from" after the export.
 
 Pure with respect to Dagster: DuckDB in, files out. `datasets` is imported only for the `hf` format.
 """
@@ -66,6 +68,7 @@ class ExportData:
     spec_text: str | None = None
     spec_fingerprint_at_curation: str | None = None
     notes: list[str] = field(default_factory=list)
+    publication: str | None = None  # why this version is the published one (publications.reason)
 
 
 def _first(frame: pd.DataFrame, column: str) -> Any:
@@ -90,12 +93,24 @@ def load_export_data(
     spec: GenerationSpec | None = None,
     spec_fingerprint_at_curation: str | None = None,
 ) -> ExportData:
-    """The promoted curated set of a spec with its lineage columns, and what the card reports."""
+    """The published curated set of a spec with its lineage columns, and what the card reports.
+
+    Raises ExportError (one line, saying why when a version was held back) when none is published."""
     curated = store.read_only_query(
         'SELECT * FROM "curated_set" WHERE spec_name = ? ORDER BY rowid', [spec_name]
     )
+    decisions = store.publications(spec_name, read_only=True)
     if curated.empty:
-        raise ExportError(f"spec '{spec_name}' has no promoted curated_set to export")
+        why = ""
+        if len(decisions):
+            newest = decisions.iloc[0]
+            why = (
+                f" (the newest evaluated version, run {newest['version_run_id']}, was held back: "
+                f"{newest['reason']})"
+                if not bool(newest["published"])
+                else ""
+            )
+        raise ExportError(f"spec '{spec_name}' has no published curated_set to export{why}")
     run_id = str(curated["run_id"].iloc[0])
     ids = curated["sample_id"].astype(str).tolist()
     marks = ", ".join("?" for _ in ids)
@@ -171,7 +186,18 @@ def load_export_data(
         if spec is not None and spec.source_path is not None and spec.source_path.is_file()
         else None,
         spec_fingerprint_at_curation=spec_fingerprint_at_curation,
+        publication=_publication(decisions, run_id),
     )
+    # held back after this version was published (or at all, if it was published before decisions
+    # were recorded): the user should know the newest data exists and why it is not in the export
+    held = decisions[(decisions["version_run_id"] != run_id) & ~decisions["published"].astype(bool)]
+    published_at = decisions.loc[decisions["version_run_id"] == run_id, "decided_at"].max()
+    newer = held if pd.isna(published_at) else held[held["decided_at"] > published_at]
+    if len(newer):
+        data.notes.append(
+            f"a newer curated_set version (run {newer.iloc[0]['version_run_id']}) was held back by the "
+            f"usefulness gate and is not exported: {newer.iloc[0]['reason']}"
+        )
     if data.evaluation is None:
         data.notes.append("no evaluation report for this spec yet")
     elif data.evaluation.get("curated_run_id") not in (None, run_id):
@@ -192,8 +218,22 @@ def load_export_data(
     return data
 
 
+def _publication(decisions: pd.DataFrame, run_id: str) -> str | None:
+    """The newest decision that published `run_id`, as a sentence (None: published before the
+    publications table existed)."""
+    mine = decisions[(decisions["version_run_id"] == run_id) & decisions["published"].astype(bool)]
+    if mine.empty:
+        return None
+    row = mine.iloc[0]
+    return (
+        f"published by the evaluation in run `{row['decided_in_run_id']}` ({str(row['decided_at'])[:19]} "
+        f"UTC): {row['reason']}"
+    )
+
+
 def _evaluation(store: Warehouse, spec_name: str, run_id: str) -> dict[str, Any] | None:
-    """The report of this curated version if one was made, else the promoted one."""
+    """The report of this curated version if one was made (a passing one first: that is the one
+    that published it), else the promoted one."""
     history = store.read_only_query(
         f"SELECT * FROM {HISTORY_TABLE['evaluation_report']} WHERE spec_name = ? "
         "ORDER BY materialized_at DESC",
@@ -205,6 +245,11 @@ def _evaluation(store: Warehouse, spec_name: str, run_id: str) -> dict[str, Any]
         same = history[history["curated_run_id"] == run_id]
     else:  # older reports: the report of the same run evaluated the curated set of that run
         same = history[history["run_id"] == run_id]
+    if "passed" in same and len(same):
+        # stable sort: passing reports first, newest first within each group
+        same = same.assign(_passed=same["passed"].fillna(True).astype(bool)).sort_values(
+            "_passed", ascending=False, kind="stable"
+        )
     promoted = store.read_only_query('SELECT * FROM "evaluation_report" WHERE spec_name = ?', [spec_name])
     chosen = same.head(1) if len(same) else promoted.head(1)
     if chosen.empty:
@@ -235,12 +280,17 @@ def _fmt(value: Any) -> str:
 
 def _figures(metrics: dict[str, Any], limit: int = 30) -> tuple[list[tuple[str, Any]], int]:
     """The scalar figures to show (preferred ones first, confidence bounds left to the report), and
-    how many more the report has."""
+    how many more the report has. A score withheld for too few rows shows "too few rows", not None."""
     scalar = {
         k: v
         for k, v in metrics.items()
-        if (isinstance(v, int | float | str | bool) or v is None) and not k.endswith(("_ci_low", "_ci_high"))
+        if (isinstance(v, int | float | str | bool) or v is None)
+        and not k.endswith(("_ci_low", "_ci_high", "_status"))
     }
+    for key in scalar:
+        status = metrics.get(f"{key}_status")
+        if scalar[key] is None and isinstance(status, str) and status:
+            scalar[key] = status.split(":")[0]  # "too few rows"
     ordered = [k for k in PREFERRED_FIGURES if k in scalar]
     ordered += sorted(k for k in scalar if k not in ordered)
     return [(k, scalar[k]) for k in ordered[:limit]], max(0, len(ordered) - limit)
@@ -277,8 +327,11 @@ def dataset_card(data: ExportData, file_names: list[str]) -> str:
     lines += [
         f"{len(data.rows)} synthetic rows generated by an LLM from the spec `{data.spec_name}` with "
         "synth_assets (each stage a Dagster asset in DuckDB), curated by rules and gated by "
-        "Great Expectations checks. This is the promoted version: the last one that passed its checks.",
+        "Great Expectations checks. This is the published version: the last one that passed its "
+        "checks and whose evaluation found that it does not make a classifier trained on the real rows "
+        "worse (the usefulness gate).",
         "",
+        *([f"Publication: {data.publication}", ""] if data.publication else []),
         "## Files",
         "",
         *[f"- `{name}`" for name in file_names],

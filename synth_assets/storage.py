@@ -3,8 +3,15 @@
 Every stage table exists twice:
 - `<stage>_history` (`evaluation_history` for the report) keeps every version ever written, one per
   (spec_name, run_id), so earlier runs stay queryable after a re-materialization;
-- `<stage>` holds, per spec, the last version that passed its gate ("promoted"). A version that
-  fails a blocking check is kept in history for inspection but never replaces the promoted one.
+- `<stage>` holds, per spec, the current version ("promoted"). A version that fails a blocking check
+  is kept in history for inspection but never replaces the current one.
+
+`curated_set` (with its complement `rejected_samples`) is promoted in two steps, because only the
+evaluation can tell whether the data helps: a version that passes its GX gate is *staged* (history
+plus a passing `gate_results` row), and it is *published* (copied into `curated_set`, which
+`synth-assets export` and every reader treat as current) only when the evaluation_report's usefulness
+gate passes for that version. Each decision, published or held back and why, is a row of
+`publications`.
 
 Connections are short-lived: DuckDB allows one writer process, and the UI, the CLI and runs must
 take turns. Each write is one transaction, so a failure leaves the previous version intact.
@@ -16,6 +23,7 @@ import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -140,6 +148,20 @@ GENERATION_FAILURE_COLUMNS = {
     "error": "VARCHAR",
     "failed_at": "TIMESTAMP",
 }
+# One row per publication decision on a staged version: published (copied into the current table)
+# or held back, with the reason (the usefulness gate's summary) and the evaluation run that decided.
+PUBLICATION_COLUMNS = {
+    "spec_name": "VARCHAR",
+    "stage": "VARCHAR",  # curated_set
+    "version_run_id": "VARCHAR",  # the run that wrote (staged) the version
+    "decided_in_run_id": "VARCHAR",  # the evaluation_report run whose gate decided
+    "published": "BOOLEAN",
+    "reason": "VARCHAR",
+    "previously_published_run_id": "VARCHAR",  # what was current before the decision (NULL: nothing)
+    "decided_at": "TIMESTAMP",
+}
+# a published stage is copied together with these (written in the same transaction as it)
+PUBLISHED_WITH = {"curated_set": ("rejected_samples",)}
 HISTORY_TABLE = {stage: f"{stage}_history" for stage in STAGE_COLUMNS} | {
     "evaluation_report": "evaluation_history"
 }
@@ -157,6 +179,20 @@ def stage_columns(stage: str) -> list[str]:
 
 def _now() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
+
+
+@dataclass(frozen=True)
+class Publication:
+    """A decision on a staged version of `stage`, written in the transaction of `write_versions`.
+
+    published: copy the version written by `version_run_id` (and its PUBLISHED_WITH companions) from
+    history into the current tables; held back (published=False): leave the current tables alone.
+    Either way a `publications` row records it with `reason`."""
+
+    stage: str
+    version_run_id: str
+    published: bool
+    reason: str
 
 
 class Warehouse:
@@ -196,6 +232,7 @@ class Warehouse:
             "gate_results": GATE_COLUMNS,
             "llm_cache": LLM_CACHE_COLUMNS,
             "generation_failures": GENERATION_FAILURE_COLUMNS,
+            "publications": PUBLICATION_COLUMNS,
         }
         for stage, columns in STAGE_COLUMNS.items():
             full = {"spec_name": "VARCHAR", **columns, "run_id": "VARCHAR", "materialized_at": "TIMESTAMP"}
@@ -219,15 +256,33 @@ class Warehouse:
                     connection.execute(f'ALTER TABLE "{table}" ADD COLUMN "{name}" {kind}')
 
     def write_version(
-        self, stage: str, spec_name: str, run_id: str, frame: pd.DataFrame, *, promote: bool
+        self,
+        stage: str,
+        spec_name: str,
+        run_id: str,
+        frame: pd.DataFrame,
+        *,
+        promote: bool,
+        publication: Publication | None = None,
     ) -> None:
-        """Append one version to history and, when `promote`, make it the current one; atomically."""
-        self.write_versions({stage: frame}, spec_name, run_id, promote=promote)
+        """Append one version to history and, when `promote`, make it the current one; atomically
+        (with `publication`, see `write_versions`)."""
+        self.write_versions({stage: frame}, spec_name, run_id, promote=promote, publication=publication)
 
     def write_versions(
-        self, frames: dict[str, pd.DataFrame], spec_name: str, run_id: str, *, promote: bool
+        self,
+        frames: dict[str, pd.DataFrame],
+        spec_name: str,
+        run_id: str,
+        *,
+        promote: bool,
+        publication: Publication | None = None,
     ) -> None:
-        """Like `write_version` for several stages in one transaction (e.g. curated + rejected)."""
+        """Like `write_version` for several stages in one transaction (e.g. curated + rejected).
+
+        `publication`, in the same transaction: publish (or hold back) a staged version of another
+        stage, e.g. the evaluation report and the curated_set version it approved commit together.
+        Raises LookupError (and writes nothing) when the version to publish is not in history."""
         stamped: dict[str, pd.DataFrame] = {}
         for stage, frame in frames.items():
             columns = stage_columns(stage)
@@ -253,10 +308,97 @@ class Warehouse:
                         connection.execute(f'DELETE FROM "{stage}" WHERE spec_name = ?', [spec_name])
                         connection.execute(f'INSERT INTO "{stage}" BY NAME SELECT * FROM incoming')
                     connection.unregister("incoming")
+                if publication is not None:
+                    self._decide(connection, spec_name, run_id, publication)
                 connection.execute("COMMIT")
             except Exception:
                 connection.execute("ROLLBACK")
                 raise
+
+    @staticmethod
+    def _decide(
+        connection: duckdb.DuckDBPyConnection, spec_name: str, decided_in: str, publication: Publication
+    ) -> None:
+        stage, version = publication.stage, publication.version_run_id
+        before = connection.execute(
+            f'SELECT any_value(run_id) FROM "{stage}" WHERE spec_name = ?', [spec_name]
+        ).fetchone()
+        if publication.published:
+            for table in (stage, *PUBLISHED_WITH.get(stage, ())):
+                history = HISTORY_TABLE[table]
+                found = connection.execute(
+                    f'SELECT count(*) FROM "{history}" WHERE spec_name = ? AND run_id = ?',
+                    [spec_name, version],
+                ).fetchone()
+                if table == stage and not (found and found[0]):
+                    raise LookupError(f"{stage} of spec '{spec_name}' has no version from run {version}")
+                connection.execute(f'DELETE FROM "{table}" WHERE spec_name = ?', [spec_name])
+                connection.execute(
+                    f'INSERT INTO "{table}" BY NAME SELECT * FROM "{history}" '
+                    "WHERE spec_name = ? AND run_id = ? ORDER BY rowid",
+                    [spec_name, version],
+                )
+        connection.execute(
+            "INSERT INTO publications BY NAME SELECT ? AS spec_name, ? AS stage, ? AS version_run_id, "
+            "? AS decided_in_run_id, ? AS published, ? AS reason, ? AS previously_published_run_id, "
+            "? AS decided_at",
+            [
+                spec_name,
+                stage,
+                version,
+                decided_in,
+                publication.published,
+                publication.reason,
+                before[0] if before else None,
+                _now(),
+            ],
+        )
+
+    def _select(self, sql: str, parameters: list[object], read_only: bool) -> pd.DataFrame:
+        return self.read_only_query(sql, parameters) if read_only else self.query(sql, parameters)
+
+    def published_run(self, stage: str, spec_name: str, *, read_only: bool = False) -> str | None:
+        """The run whose version of `stage` is current (published) for the spec, None if none is."""
+        frame = self._select(
+            f'SELECT any_value(run_id) AS run_id FROM "{stage}" WHERE spec_name = ?', [spec_name], read_only
+        )
+        value = frame["run_id"].iloc[0] if len(frame) else None
+        return None if value is None or pd.isna(value) else str(value)
+
+    def staged_runs(
+        self, spec_name: str, stage: str = "curated_set", *, read_only: bool = False
+    ) -> list[str]:
+        """Runs whose version of `stage` passed its blocking GX gate (their newest gate_results row),
+        newest version first: the candidates for publication."""
+        frame = self._select(
+            f"""
+            SELECT h.run_id FROM (
+                SELECT run_id, max(materialized_at) AS at FROM "{HISTORY_TABLE[stage]}"
+                WHERE spec_name = ? GROUP BY run_id
+            ) h JOIN (
+                SELECT run_id, arg_max(passed, evaluated_at) AS passed FROM gate_results
+                WHERE spec_name = ? AND asset = ? GROUP BY run_id
+            ) g USING (run_id)
+            WHERE g.passed ORDER BY h.at DESC
+            """,
+            [spec_name, spec_name, stage],
+            read_only,
+        )
+        return [str(run) for run in frame["run_id"]]
+
+    def publications(
+        self, spec_name: str, stage: str = "curated_set", *, read_only: bool = False
+    ) -> pd.DataFrame:
+        """Every publication decision for the spec's `stage`, newest first (PUBLICATION_COLUMNS); empty
+        for a database from before publication existed, even read-only (no table to read)."""
+        sql = (
+            "SELECT * FROM publications WHERE spec_name = ? AND stage = ? "
+            "ORDER BY decided_at DESC, rowid DESC"
+        )
+        try:
+            return self._select(sql, [spec_name, stage], read_only)
+        except duckdb.CatalogException:
+            return pd.DataFrame(columns=list(PUBLICATION_COLUMNS))
 
     def record_gate(
         self, spec_name: str, run_id: str, asset: str, check_name: str, passed: bool, summary: str

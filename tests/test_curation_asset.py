@@ -102,12 +102,15 @@ def test_planted_pii_never_reaches_curated_set_and_rejections_keep_reasons(env: 
     env.generate("gen1", texts)
     result = env.curate()
     assert result.success
-    curated = env.store.read_current("curated_set", SPEC)
-    stored = " ".join(curated["text"]) + " ".join(env.store.read_current("rejected_samples", SPEC)["text"])
+    # curated_set alone stages its version; only a passing evaluation_report publishes it
+    assert env.store.read_current("curated_set", SPEC).empty
+    curated = env.store.read_version("curated_set", SPEC, result.run_id)
+    rejected = env.store.read_version("rejected_samples", SPEC, result.run_id)
+    stored = " ".join(curated["text"]) + " ".join(rejected["text"])
     for value in PLANTED:
         assert value not in stored
     assert len(curated) == 3 and curated["pii_hits"].tolist() == [2, 2, 0]
-    rejected = env.store.read_current("rejected_samples", SPEC).set_index("sample_id")
+    rejected = rejected.set_index("sample_id")
     reasons = {sid: json.loads(r) for sid, r in rejected["reasons"].items()}
     # the copy also answers a prompt about another product, so it may be "irrelevant" as well
     assert set(reasons) == {"s-gen1-3", "s-gen1-4", "s-gen1-5"}
@@ -115,7 +118,8 @@ def test_planted_pii_never_reaches_curated_set_and_rejections_keep_reasons(env: 
     assert reasons["s-gen1-4"] == ["assistant_talk"] and reasons["s-gen1-5"] == ["refusal"]
     assert "same normalized text as s-gen1-2" in rejected.loc["s-gen1-3", "details"]
     metadata = _metadata(result)
-    assert metadata["promoted"] is True and "promoted" in str(metadata["promotion"])
+    assert metadata["staged"] is True and str(metadata["publication"]).startswith("staged")
+    assert metadata["published_curated_version"] == "none"
     assert metadata["pii_found_by_type"]["EMAIL"] == 1 and metadata["pii_hits_total"] == 4  # type: ignore[index]
     by_reason = metadata["rejections_by_reason"]
     assert by_reason["exact_duplicate"] == by_reason["assistant_talk"] == by_reason["refusal"] == 1  # type: ignore[index]
@@ -135,15 +139,15 @@ def test_new_samples_duplicating_earlier_versions_are_rejected(env: Env) -> None
     )
     result = env.curate()
     assert result.success
-    rejected = env.store.read_current("rejected_samples", SPEC)
+    # gen1's version is staged (never evaluated, so not held back): its rows count as seen
+    rejected = env.store.read_version("rejected_samples", SPEC, result.run_id)
     assert json.loads(rejected["reasons"].iloc[0]) == ["seen_in_previous_version"]
     assert "(run " in json.loads(rejected["details"].iloc[0])["seen_in_previous_version"]
-    assert env.store.read_current("curated_set", SPEC)["sample_id"].tolist() == ["s-gen2-1"]
+    assert env.store.read_version("curated_set", SPEC, result.run_id)["sample_id"].tolist() == ["s-gen2-1"]
 
 
 def test_a_failing_gate_keeps_the_last_good_version_and_says_so(env: Env) -> None:
-    good = env.store.read_current("curated_set", SPEC)
-    good_run = good["run_id"].iloc[0]
+    good_run = env.store.staged_runs(SPEC)[0]
     strict = write_tiny_spec(
         env.root / "strict", num_samples=12, replacements={"curated_min_rows: 1": "curated_min_rows: 50"}
     )
@@ -155,15 +159,17 @@ def test_a_failing_gate_keeps_the_last_good_version_and_says_so(env: Env) -> Non
         "expect_table_row_count_to_be_between" in f for f in check.metadata["failed_expectations"].value
     )
     metadata = _metadata(result)
-    assert metadata["promoted"] is False and metadata["promoted_run_id"] == good_run
-    assert f"last good version, from run {good_run}" in str(metadata["promotion"])
-    assert env.store.read_current("curated_set", SPEC).equals(good)
+    assert metadata["staged"] is False and metadata["published_curated_version"] == "none"
+    assert str(metadata["publication"]).startswith("NOT staged (GX gate failed)")
+    assert "no version is published yet" in str(metadata["publication"])
+    # the failed version is no candidate for publication: the newest staged one is still the last good
+    assert env.store.staged_runs(SPEC)[0] == good_run and env.store.read_current("curated_set", SPEC).empty
     history = env.store.query(
         "SELECT count(*) AS n FROM curated_set_history WHERE run_id = ?", [result.run_id]
     )
     assert history["n"].iloc[0] == 1
     warnings = [entry.user_message for entry in env.instance.all_logs(result.run_id)]
-    assert any("NOT promoted" in message and good_run in message for message in warnings)
+    assert any("NOT staged" in message and "curated_set_history only" in message for message in warnings)
 
 
 def test_rows_of_a_version_that_failed_its_gate_do_not_count_as_seen(env: Env) -> None:
@@ -171,4 +177,4 @@ def test_rows_of_a_version_that_failed_its_gate_do_not_count_as_seen(env: Env) -
     env.generate("gen4", [("blender", "A lovely blender that purees soup fast and pours without dripping!")])
     result = env.curate()
     assert result.success
-    assert env.store.read_current("curated_set", SPEC)["sample_id"].tolist() == ["s-gen4-0"]
+    assert env.store.read_version("curated_set", SPEC, result.run_id)["sample_id"].tolist() == ["s-gen4-0"]

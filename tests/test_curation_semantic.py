@@ -197,3 +197,48 @@ def test_semantic_duplicates_in_batch_and_against_seed_and_earlier_versions(
     kept = outcome.curated.set_index("sample_id")
     assert kept.loc["s0", "nearest_similarity"] >= 0.9  # its paraphrase was rejected, the score stays
     assert kept.loc["s4", "nearest_similarity"] < 0.9
+
+
+ANGRY = "Broke after two days, support never answered and the refund took a month. Avoid."
+
+
+def test_label_fidelity_by_the_seed_classifier_rejects_what_fits_another_label_with_its_margin(
+    embedder: Embed, seed_rows: pd.DataFrame
+) -> None:
+    rules = BASE.model_copy(update={"label_fidelity": "classifier", "label_fidelity_recall": 0.9})
+    outcome = _run([ANGRY, HAPPY], rules, embedder, labels=["positive", "positive"], seed_rows=seed_rows)
+    assert _reasons(outcome) == {"s0": ["low_label_fidelity"]}
+    detail = json.loads(outcome.rejected["details"].iloc[0])["low_label_fidelity"]
+    assert detail.startswith("classifier margin -")  # the intended label loses to another one
+    assert outcome.curated["sample_id"].tolist() == ["s1"]
+
+
+def test_label_fidelity_by_likelihood_uses_the_scorer_and_says_when_it_has_none(
+    embedder: Embed, seed_rows: pd.DataFrame
+) -> None:
+    # recall 0.5: the threshold is the median margin of the real rows of the label
+    rules = BASE.model_copy(update={"label_fidelity": "likelihood", "label_fidelity_recall": 0.5})
+    skipped = _run([ANGRY], rules, embedder, seed_rows=seed_rows)
+    assert skipped.rejected.empty and any("no local model" in note for note in skipped.notes)
+
+    complaint_words = ("broke", "never", "avoid", "stopped", "refund", "waste")
+
+    def likelihood(texts: Sequence[str], label: str) -> np.ndarray:
+        # a stand-in scorer: a complaint is likelier under the negative prompt than the positive one
+        complaint = np.array([any(w in t.lower() for w in complaint_words) for t in texts], dtype=float)
+        return {"positive": -3 * complaint, "negative": -3 * (1 - complaint)}.get(label, -1.5 + 0 * complaint)
+
+    outcome = _run([ANGRY, HAPPY], rules, embedder, seed_rows=seed_rows, label_likelihood=likelihood)
+    assert _reasons(outcome) == {"s0": ["low_label_fidelity"]}
+    assert "likelihood margin" in json.loads(outcome.rejected["details"].iloc[0])["low_label_fidelity"]
+
+
+def test_seed_length_range_rejects_samples_outside_the_seeds_word_counts(
+    embedder: Embed, seed_rows: pd.DataFrame
+) -> None:
+    rules = BASE.model_copy(update={"seed_length_range": (0.0, 1.0)})
+    longest = max(len(t.split()) for t in seed_rows["text"])
+    rambling = " ".join(f"word{i}" for i in range(longest + 5))
+    outcome = _run([HAPPY, rambling], rules, embedder, seed_rows=seed_rows)
+    assert _reasons(outcome) == {"s1": ["off_seed_length"]}
+    assert "seed range" in json.loads(outcome.rejected["details"].iloc[0])["off_seed_length"]

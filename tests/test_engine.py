@@ -273,3 +273,44 @@ def test_cheap_acceptance_uses_curations_fast_heuristics(tmp_path: Path) -> None
         }
     )
     assert cheap_acceptance(samples, prompts, spec).tolist() == [True, False, False]
+
+
+CHAT_TEMPLATE = "  Write one new {{ label }} review of {{ product }}. Reply with the review text only.\n"
+LIST_TEMPLATE = """  {{ label | capitalize }} reviews of {{ product }}:
+  {% for demo in demos %}
+  - {{ demo.text }}
+  {% endfor %}
+  -
+"""
+
+
+@pytest.mark.slow
+def test_continuation_mode_writes_the_next_list_item_without_a_chat_turn(
+    tmp_path: Path, backend: LocalBackend
+) -> None:
+    spec = load_spec(
+        write_tiny_spec(
+            tmp_path,
+            num_samples=6,
+            max_new_tokens=40,
+            replacements={
+                CHAT_TEMPLATE: LIST_TEMPLATE,
+                "strategy: stratified": "strategy: same_label",
+                "  batch_size: 8": "  batch_size: 8\n  mode: continuation",
+            },
+        )
+    )
+    store = Warehouse(tmp_path / "w.duckdb")
+    prompts = _prompts(spec)
+    assert prompts["prompt_text"].str.endswith("-").all()
+    outcome = generate_samples(spec, prompts, backend, store, "run-1")
+    assert len(outcome.samples) == 6
+    # one item each: the completion stops at the newline that ends the item
+    assert not outcome.samples["text"].str.contains("\n").any()
+    assert (outcome.samples["text"].str.len() > 0).all()
+    calls = store.cached_calls(outcome.samples["cache_key"].tolist())
+    messages = [json.loads(m) for m in calls["messages"]]
+    # the raw list is what the model saw: no chat roles were rendered into it
+    assert all(len(m) == 1 and m[0]["content"].endswith("-") for m in messages)
+    stopped = outcome.samples["finish_reason"].eq("stop")
+    assert stopped.mean() >= 0.5

@@ -280,7 +280,8 @@ def _inputs(
 
 def test_report_covers_every_metric_family_and_writes_files(embedder: Embedder, tmp_path: Path) -> None:
     real, synthetic = _split_demo()
-    spec = _spec(num_samples=len(synthetic))
+    # the evaluation defaults (the demo spec may pin its own minimums)
+    spec = _spec(num_samples=len(synthetic), evaluation=EvaluationSpec())
     report = build_report(
         spec, run_id="run-1", inputs=_inputs(real, synthetic, spec, "run-1"), embed=embedder
     )
@@ -299,9 +300,16 @@ def test_report_covers_every_metric_family_and_writes_files(embedder: Embedder, 
     ):
         assert metrics[key] > 0 and metrics[f"seed_{key}"] > 0, key
     assert metrics["vocab_size"] > 50
-    # the "synthetic" rows are real reviews from the same file: close to the real distribution
-    assert metrics["mauve"] > 0.5 and metrics["mauve_buckets"] == 3
-    assert 0 <= metrics["length_ks"] < 0.5 and 0 < metrics["centroid_distance"] < 0.3
+    # 26 synthetic rows are too few for any distribution score: no number, a "too few rows" verdict
+    for key in ("mauve", "length_ks", "length_ks_pvalue", "centroid_distance"):
+        assert metrics[key] is None, key
+    assert metrics["mauve_status"].startswith("too few rows: MAUVE needs at least 1000")
+    assert report.withheld_metrics() == {
+        "mauve": metrics["mauve_status"],
+        "length_ks": metrics["length_ks_status"],
+        "length_ks_pvalue": metrics["length_ks_status"],
+        "centroid_distance": metrics["centroid_distance_status"],
+    }
     assert -1 <= metrics["relevance"] <= 1 and metrics["label_agreement"] > 0.6
     for config in ("real", "synthetic", "real_plus_curated", "real_plus_uncurated"):
         assert 0.3 < metrics[f"usefulness_{config}_macro_f1"] <= 1, config
@@ -330,6 +338,9 @@ def test_report_covers_every_metric_family_and_writes_files(embedder: Embedder, 
     latest = (tmp_path / "reports" / spec.name / "report.md").read_text()
     assert latest.startswith("# Evaluation report") and "](run-1/usefulness.png)" in latest
     assert written.ui_markdown.count("](data:image/png;base64,") == 5
+    assert f"| {metrics['mauve_status']} |" in written.markdown  # the fidelity table
+    mauve_row = next(line for line in written.markdown.splitlines() if line.startswith("| MAUVE vs real"))
+    assert mauve_row == "| MAUVE vs real | too few rows | n/a | — |"
     for section in (
         "Key figures",
         "Usefulness",
@@ -342,6 +353,35 @@ def test_report_covers_every_metric_family_and_writes_files(embedder: Embedder, 
         "Rejections by reason",
     ):
         assert f"## {section}" in written.markdown, section
+
+
+def test_distribution_scores_with_lowered_minimums_and_stale_baselines(
+    embedder: Embedder, tmp_path: Path
+) -> None:
+    """With minimums a user lowered on purpose the scores are numbers again; a baseline scored on
+    fewer rows than the current minimum (before the minimum existed) is not shown as a verdict."""
+    real, synthetic = _split_demo()
+    lowered = _spec(num_samples=len(synthetic))
+    lowered = lowered.model_copy(
+        update={"evaluation": EvaluationSpec(mauve_min_samples=10, distribution_min_rows=10)}
+    )
+    report = build_report(lowered, run_id="r", inputs=_inputs(real, synthetic, lowered, "r"), embed=embedder)
+    metrics = report.metrics
+    # the "synthetic" rows are real reviews from the same file: close to the real distribution
+    assert metrics["mauve"] > 0.5 and metrics["mauve_buckets"] == 3 and metrics["mauve_status"] is None
+    assert 0 <= metrics["length_ks"] < 0.5 and 0 < metrics["centroid_distance"] < 0.3
+    assert report.withheld_metrics() == {}
+    spec = _spec(num_samples=len(synthetic), evaluation=EvaluationSpec())
+    stale = build_report(
+        spec,
+        run_id="s",
+        inputs=_inputs(real, synthetic, spec, "s"),
+        embed=embedder,
+        baseline=BaselineRun("r", metrics),
+    )
+    markdown = write_report(stale, tmp_path, inline_plots=False).markdown
+    mauve_row = next(line for line in markdown.splitlines() if line.startswith("| MAUVE vs real"))
+    assert mauve_row == "| MAUVE vs real | too few rows | too few rows | — |"
 
 
 def test_gate_fails_on_a_real_regression_and_passes_a_rerun(embedder: Embedder, tmp_path: Path) -> None:
@@ -358,10 +398,16 @@ def test_gate_fails_on_a_real_regression_and_passes_a_rerun(embedder: Embedder, 
     drop = good.metrics[GATE_METRIC] - bad.metrics[GATE_METRIC]
     assert drop > spec.evaluation.usefulness_tolerance
     assert not bad.verdict.passed and bad.verdict.baseline_run_id == "good"
+    # rotated labels also make real + curated worse than real alone in the same run
+    assert bad.verdict.failed_comparisons == ["same_run", "last_good"]
+    assert good.verdict.same_run.outcome == "passed"  # real reviews as "synthetic" rows do not hurt
     assert bad.metrics["passed"] is False
     assert bad.metrics["label_agreement"] < good.metrics["label_agreement"]  # the judge sees it too
     markdown = write_report(bad, tmp_path, inline_plots=False).markdown
     assert "**FAILED**" in markdown and "Deltas against the last good run `good`" in markdown
+    same_run_row = next(line for line in markdown.splitlines() if line.startswith("| same run: vs real only"))
+    assert same_run_row.endswith("| harm ≤ 0.030 | **FAILED** |")
+    assert f"{bad.verdict.same_run.delta:+.3f} [" in same_run_row
     gate_row = next(line for line in markdown.splitlines() if "real + curated (gate)" in line)
     assert gate_row.endswith(f"| {-drop:+.3f} ▼ |")
     curated_row = next(line for line in markdown.splitlines() if line.startswith("| curated rows"))
@@ -387,6 +433,40 @@ def test_spec_without_holdout_skips_usefulness_with_a_note(embedder: Embedder, t
     assert any("usefulness skipped" in note and "holdout" in note for note in report.notes)
     written = write_report(report, tmp_path, inline_plots=False)
     assert "Skipped: no real holdout rows" in written.markdown and "usefulness" not in written.plots
+    # the seed cross-validation was measured; 30 seed rows are too few to judge by default (40), and
+    # these prompts have no recorded lineage, so no fold trained on their rows
+    assert report.metrics["seed_cv_method"] == "leave-one-out" and report.metrics["seed_cv_rows"] == 30
+    assert report.metrics["seed_cv_unknown_lineage_rows"] == len(synthetic) - 4
+    assert report.metrics["seed_cv_delta_macro_f1"] == 0.0
+    assert "too few seed rows to judge (30 < 40" in report.verdict.summary
+    assert "## Usefulness from the seed alone (cross-validation)" in written.markdown
+
+
+def test_without_holdout_the_seed_cross_validation_fails_harmful_data(
+    embedder: Embedder, tmp_path: Path
+) -> None:
+    """No holdout: rotated labels on the synthetic rows, zero-shot prompts (they showed no seed row, so
+    every fold may train on every row); the seed cross-validation decides the same-run side."""
+    real, synthetic = _split_demo()
+    train_only = real[real["split"] == "train"]
+    rotated = synthetic.assign(label=synthetic["label"].map(ROTATE))
+    spec = _spec(num_samples=len(rotated))
+    spec = spec.model_copy(
+        update={"evaluation": spec.evaluation.model_copy(update={"harm_min_holdout_rows": 30})}
+    )
+    inputs = _inputs(train_only, rotated, spec, "r")
+    inputs.shown_seed_ids = {str(pid): [] for pid in inputs.prompts["prompt_id"]}
+    report = build_report(spec, run_id="r", inputs=inputs, embed=embedder)
+    metrics = report.metrics
+    assert metrics[GATE_METRIC] is None  # no holdout
+    assert metrics["seed_cv_kept_share"] == 1.0 and metrics["seed_cv_unknown_lineage_rows"] == 0
+    assert metrics["seed_cv_delta_macro_f1"] < -spec.evaluation.harm_tolerance
+    verdict = report.verdict
+    assert not verdict.passed and verdict.same_run.basis == "seed_cv"
+    assert verdict.summary.startswith("FAILED: same run, by seed cross-validation (leave-one-out over 30")
+    written = write_report(report, tmp_path, inline_plots=False)
+    assert "| same run: vs real only (seed cross-validation over 30 seed rows) |" in written.markdown
+    assert "**FAILED**" in written.markdown and "Method: leave-one-out (30 folds" in written.markdown
 
 
 def test_one_label_synthetic_set_is_reported_not_crashed(embedder: Embedder) -> None:
@@ -439,7 +519,7 @@ def _write_run(store: Warehouse, run: str, texts: list[str], *, curated_passes: 
 
 def test_inputs_fall_back_to_the_last_good_curated_set(tmp_path: Path) -> None:
     store = Warehouse(tmp_path / "w.duckdb")
-    with pytest.raises(EvaluationInputError, match="no promoted rows"):
+    with pytest.raises(EvaluationInputError, match="no staged rows"):
         load_inputs(store, "demo")
     seed = [{"seed_id": "x", "split": "train", "text": "seed text", "label": "positive", "source_row": 1}]
     store.write_version("seed_data", "demo", "run1", _frame("seed_data", seed), promote=True)
@@ -454,6 +534,49 @@ def test_inputs_fall_back_to_the_last_good_curated_set(tmp_path: Path) -> None:
     # run2's samples were promoted, but the evaluated curated set was cut from run1's
     assert inputs.samples["run_id"].unique().tolist() == ["run1"]
     assert inputs.rejected["text"].tolist() == ["good three"]
+
+
+def test_inputs_say_which_seed_rows_each_curated_prompt_showed(tmp_path: Path) -> None:
+    """demo_ids of the curated rows' prompts: from the same run's prompts, else from an earlier version
+    of the prompt (its id hashes its demo_ids); unreadable or unknown prompts are left out."""
+    store = Warehouse(tmp_path / "w.duckdb")
+    seed = [{"seed_id": "train-1", "split": "train", "text": "seed text", "label": "positive"}]
+    store.write_version("seed_data", "demo", "run1", _frame("seed_data", seed), promote=True)
+    older = [
+        {"prompt_id": "p0", "label": "positive", "demo_ids": '["train-1", "train-2"]'},
+        {"prompt_id": "p1", "label": "positive", "demo_ids": '["train-9"]'},
+    ]
+    store.write_version("expanded_prompts", "demo", "run1", _frame("expanded_prompts", older), promote=True)
+    newer = [
+        {"prompt_id": "p1", "label": "positive", "demo_ids": '["train-3"]'},
+        {"prompt_id": "p2", "label": "positive", "demo_ids": "not json"},
+        {"prompt_id": "p3", "label": "positive", "demo_ids": "[]"},
+    ]
+    store.write_version("expanded_prompts", "demo", "run2", _frame("expanded_prompts", newer), promote=True)
+    samples = [
+        {
+            "sample_id": f"s{i}",
+            "prompt_id": pid,
+            "label": "positive",
+            "text": f"text {i}",
+            "completion_tokens": 1,
+        }
+        for i, pid in enumerate(["p0", "p1", "p2", "p3", "p9"])
+    ]
+    store.write_version(
+        "generated_samples", "demo", "run2", _frame("generated_samples", samples), promote=True
+    )
+    store.write_versions(
+        {"curated_set": _frame("curated_set", samples), "rejected_samples": _frame("rejected_samples", [])},
+        "demo",
+        "run2",
+        promote=False,
+    )
+    store.record_gate("demo", "run2", "curated_set", "gx_gate", True, "ok")
+    inputs = load_inputs(store, "demo")
+    assert inputs.curated_run_id == "run2"
+    # p1 from run2's own prompts (not run1's), p0 from history, p3 showed nothing; p2, p9: unknown
+    assert inputs.shown_seed_ids == {"p0": ["train-1", "train-2"], "p1": ["train-3"], "p3": []}
 
 
 def test_last_good_run_skips_failed_reports(tmp_path: Path) -> None:

@@ -1,10 +1,11 @@
 """Integration: the evaluation_report asset in the real graph (real model, temp DuckDB and instance).
 
-A good run sets the baseline; then a curated set of garbage (the seed reviews with every label
-rotated, i.e. the wrong sentiment, which the structural GX gate cannot see) is promoted and only
-`evaluation_report` is re-materialized: its blocking usefulness gate must fail and the failed report
-must not become the last good one. Finally a failed curated_set attempt makes the report fall back
-to the last good curated set and say so.
+A good run sets the baseline and publishes its curated set; then a curated set of garbage (the seed
+reviews with every label rotated, i.e. the wrong sentiment, which the structural GX gate cannot see)
+is staged and only `evaluation_report` is re-materialized: its blocking usefulness gate must fail on
+both comparisons (worse than real only in the same run, and than the last good run), the failed
+report must not become the last good one, and the garbage must not be published. Finally a failed
+curated_set attempt makes the report fall back to the newest staged version and say so.
 """
 
 from __future__ import annotations
@@ -50,8 +51,9 @@ class Env:
             asset_selection=[dg.AssetKey("evaluation_report")] if evaluation_only else None,
         )
 
-    def promote_curated(self, run_id: str, frame: pd.DataFrame, *, passed: bool = True) -> None:
-        """A curated_set version as the curated_set asset writes it (with its gate verdict)."""
+    def stage_curated(self, run_id: str, frame: pd.DataFrame, *, passed: bool = True) -> None:
+        """A curated_set version as the curated_set asset writes it: history only, with its GX
+        verdict (passed: staged; publication is the evaluation's decision)."""
         rejected = pd.DataFrame(columns=stage_columns("rejected_samples"))
         self.store.write_versions(
             # columns another stage's version has that this frame lacks stay empty
@@ -61,7 +63,7 @@ class Env:
             },
             SPEC,
             run_id,
-            promote=passed,
+            promote=False,
         )
         self.store.record_gate(SPEC, run_id, "curated_set", "gx_gate", passed, "injected by the test")
 
@@ -80,6 +82,10 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
         replacements={
             "path: data/tiny_seed.csv": f"path: {data / 'product_reviews_seed.csv'}",
             "holdout_path: data/tiny_holdout.csv": f"holdout_path: {data / 'product_reviews_holdout.csv'}",
+            # 6 short model answers next to 60 real rows may move macro-F1 by a row or two; the harm
+            # side is tested with data built to hurt (test_publication_pipeline.py): here it must only
+            # catch the garbage below
+            "gates:\n": "evaluation:\n  harm_tolerance: 0.2\ngates:\n",
         },
     )
     (root / "dagster_home").mkdir()
@@ -127,6 +133,31 @@ def test_good_run_reports_every_family_with_plots_and_passes_the_gate(env: Env) 
         assert f"]({plot}.png)" in report_path.read_text()
     assert (report_path.parent.parent / "report.md").is_file()
 
+    # usefulness from the seed alone: leave-one-out over the 60 train rows, the curated rows whose
+    # prompt showed the held-out row (2 stratified demos each) left out of its fold
+    assert metrics["seed_cv_method"] == "leave-one-out" and metrics["seed_cv_rows"] == 60
+    for key in (
+        "seed_cv_real_macro_f1",
+        "seed_cv_real_plus_curated_macro_f1",
+        "seed_cv_delta_macro_f1",
+        "seed_cv_delta_macro_f1_ci_low",
+        "seed_cv_delta_macro_f1_ci_high",
+        "seed_cv_kept_share",
+    ):
+        assert isinstance(metrics[key], float), key
+        assert metadata[key].value == pytest.approx(metrics[key], abs=1e-4), key  # charted in the UI
+    assert metrics["seed_cv_delta_macro_f1"] == pytest.approx(
+        metrics["seed_cv_real_plus_curated_macro_f1"] - metrics["seed_cv_real_macro_f1"]
+    )
+    assert metrics["seed_cv_delta_macro_f1_ci_low"] <= metrics["seed_cv_delta_macro_f1_ci_high"]
+    assert metrics["seed_cv_unknown_lineage_rows"] == 0  # every curated row's prompt was found
+    assert 0.9 < metrics["seed_cv_kept_share"] < 1.0
+    assert metadata["seed_cv_method"].value == "leave-one-out"
+    assert "## Usefulness from the seed alone (cross-validation)" in report_path.read_text()
+    # 45 holdout rows: the holdout decides the same-run side, the seed cross-validation is shown
+    gate = json.loads(history["details"].iloc[0])["gate"]
+    assert gate["same_run"]["basis"] == "holdout" and gate["seed_cv"]["outcome"] == "not judged"
+
 
 def test_garbage_curated_set_fails_the_blocking_gate_and_is_not_promoted(
     env: Env, capsys: pytest.CaptureFixture[str]
@@ -143,12 +174,20 @@ def test_garbage_curated_set_fails_the_blocking_gate_and_is_not_promoted(
             "normalized_hash": [f"h{i}" for i in range(len(train))],
         }
     )
-    env.promote_curated("garbage-curation", garbage)
+    env.stage_curated("garbage-curation", garbage)
 
+    published = env.store.read_current("curated_set", SPEC)
+    assert set(published["run_id"]) == {env.first_run_id}
     result = env.run(evaluation_only=True)
     assert not result.success
     (check,) = [c for c in result.get_asset_check_evaluations() if c.check_name == GATE_CHECK]
     assert not check.passed and "more than the tolerance" in (check.description or "")
+    # both comparisons fail: worse than real only in the same run, and than the last good run
+    assert check.metadata["failed_comparisons"].value == "same_run, last_good"
+    assert (check.description or "").startswith(
+        "FAILED: same run: the curated data makes the classifier worse"
+    )
+    assert check.metadata["same_run_delta"].value < -0.2 and check.metadata["harm_tolerance"].value == 0.2
     history = env.history()
     assert history["run_id"].tolist() == [env.first_run_id, result.run_id]
     assert history["passed"].tolist() == [True, False]
@@ -157,6 +196,12 @@ def test_garbage_curated_set_fails_the_blocking_gate_and_is_not_promoted(
     assert env.store.read_current("evaluation_report", SPEC)["run_id"].tolist() == [env.first_run_id]
     metadata = _latest_metadata(env)
     assert metadata["promoted"].value is False and "**FAILED**" in metadata["report"].value
+    # the garbage was evaluated (staged) but is not published: readers and export keep the first run's
+    assert env.store.read_current("curated_set", SPEC).equals(published)
+    assert metadata["evaluated_curated_version"].value == "garbage-curation"
+    assert metadata["published_curated_version"].value == env.first_run_id
+    assert metadata["publication"].value.startswith("held back: curated_set run garbage-curation failed")
+    assert "| same run: vs real only" in metadata["report"].value  # both comparisons in the report
 
     assert cli_main(["--db", str(env.store.path), "report", "--spec", SPEC]) == 0
     printed = capsys.readouterr().out
@@ -167,8 +212,8 @@ def test_garbage_curated_set_fails_the_blocking_gate_and_is_not_promoted(
 
 def test_failed_curated_attempt_falls_back_and_the_failed_report_is_no_baseline(env: Env) -> None:
     good = env.store.read_version("curated_set", SPEC, env.first_run_id)
-    env.promote_curated("restored-curation", good)
-    env.promote_curated("failed-curation", good.head(1), passed=False)
+    env.stage_curated("restored-curation", good)
+    env.stage_curated("failed-curation", good.head(1), passed=False)
 
     result = env.run(evaluation_only=True)
     assert result.success
@@ -185,3 +230,9 @@ def test_failed_curated_attempt_falls_back_and_the_failed_report_is_no_baseline(
     assert metadata["fell_back_to_last_good_curated_set"].value is True
     assert "failed-curation" in metadata["notes"].value and "failed its gate" in metadata["notes"].value
     assert env.store.read_current("evaluation_report", SPEC)["run_id"].tolist() == [result.run_id]
+    # the staged version passed: it is published now, in place of the first run's
+    assert set(env.store.read_current("curated_set", SPEC)["run_id"]) == {"restored-curation"}
+    assert metadata["published_curated_version"].value == "restored-curation"
+    decisions = env.store.publications(SPEC)
+    assert decisions["version_run_id"].tolist()[:2] == ["restored-curation", "garbage-curation"]
+    assert decisions["published"].tolist()[:2] == [True, False]

@@ -1,4 +1,4 @@
-"""Export of the promoted curated set (Parquet, JSONL, Hugging Face folder) and its dataset card."""
+"""Export of the published curated set (Parquet, JSONL, Hugging Face folder) and its dataset card."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from conftest import write_tiny_spec
 from synth_assets import cli
 from synth_assets.export import ExportError, dataset_card, load_export_data, write_export
 from synth_assets.spec import load_spec
-from synth_assets.storage import Warehouse, stage_columns
+from synth_assets.storage import Publication, Warehouse, stage_columns
 
 SPEC = "tiny_reviews"
 
@@ -43,7 +43,7 @@ def samples(run: str, n: int) -> list[dict[str, Any]]:
 
 @pytest.fixture
 def store(tmp_path: Path) -> Warehouse:
-    """Run good-1 promoted (3 rows, report passed), then run bad-2 whose curated_set failed its gate."""
+    """Run good-1 published (3 rows, report passed), then run bad-2 whose curated_set failed its gate."""
     warehouse = Warehouse(tmp_path / "w.duckdb")
     seed = rows(
         "seed_data",
@@ -102,7 +102,7 @@ def store(tmp_path: Path) -> Warehouse:
     return warehouse
 
 
-def test_exports_the_promoted_version_with_lineage_columns(store: Warehouse, tmp_path: Path) -> None:
+def test_exports_the_published_version_with_lineage_columns(store: Warehouse, tmp_path: Path) -> None:
     spec = load_spec(write_tiny_spec(tmp_path / "specs"))
     data = load_export_data(store, SPEC, spec)
     assert data.curated_run_id == "good-1" and len(data.rows) == 3  # not the failed bad-2 version
@@ -168,8 +168,68 @@ def test_nothing_promoted_is_an_error(tmp_path: Path) -> None:
     warehouse.write_versions(
         {"curated_set": rows("curated_set", samples("bad", 1))}, SPEC, "r", promote=False
     )
-    with pytest.raises(ExportError, match="no promoted curated_set"):
+    with pytest.raises(ExportError, match="no published curated_set"):
         load_export_data(warehouse, SPEC)
+
+
+def test_a_held_back_version_is_not_exported_and_the_card_says_so(store: Warehouse, tmp_path: Path) -> None:
+    """Staged run held-3 fails its usefulness gate: export keeps writing good-1 and names held-3."""
+    held = samples("held", 2)
+    store.write_versions(
+        {"curated_set": rows("curated_set", held), "rejected_samples": rows("rejected_samples", [])},
+        SPEC,
+        "held-3",
+        promote=False,
+    )
+    store.record_gate(SPEC, "held-3", "curated_set", "gx_gate", True, "all expectations passed")
+    report = {"metrics": "{}", "passed": False, "curated_run_id": "held-3"}
+    store.write_version(
+        "evaluation_report",
+        SPEC,
+        "held-3",
+        rows("evaluation_report", [report]),
+        promote=False,
+        publication=Publication("curated_set", "held-3", False, "FAILED: same run: worse than real only"),
+    )
+    data = load_export_data(store, SPEC)
+    assert data.curated_run_id == "good-1" and len(data.rows) == 3
+    assert data.evaluation is not None and data.evaluation["passed"] is True  # good-1's own report
+    (note,) = [n for n in data.notes if "held back" in n]
+    assert "run held-3" in note and "FAILED: same run: worse than real only" in note
+    card = dataset_card(data, ["x.jsonl"])
+    assert "This is the published version" in card and "run held-3" in card
+
+
+def test_publication_reason_in_the_card_and_nothing_published_says_why(tmp_path: Path) -> None:
+    warehouse = Warehouse(tmp_path / "w.duckdb")
+    for run, passed in (("r1", False), ("r2", True)):
+        warehouse.write_versions(
+            {"curated_set": rows("curated_set", samples(run, 2))}, SPEC, run, promote=False
+        )
+        warehouse.record_gate(SPEC, run, "curated_set", "gx_gate", True, "ok")
+        warehouse.write_version(
+            "evaluation_report",
+            SPEC,
+            f"eval-{run}",
+            rows("evaluation_report", [{"metrics": "{}", "passed": passed, "curated_run_id": run}]),
+            promote=passed,
+            publication=Publication("curated_set", run, passed, "passed: same run: +0.02"),
+        )
+        if run == "r1":  # held back, and nothing was published before
+            with pytest.raises(ExportError, match=r"no published curated_set .*run r1, was held back"):
+                load_export_data(warehouse, SPEC)
+    data = load_export_data(warehouse, SPEC)
+    assert data.curated_run_id == "r2"
+    assert data.publication is not None and "evaluation in run `eval-r2`" in data.publication
+    assert "Publication: published by the evaluation in run `eval-r2`" in dataset_card(data, ["x.jsonl"])
+
+
+def test_withheld_scores_show_too_few_rows_in_the_card(store: Warehouse) -> None:
+    data = load_export_data(store, SPEC)
+    assert data.evaluation is not None
+    data.evaluation["metrics"] |= {"mauve": None, "mauve_status": "too few rows: MAUVE needs at least 1000"}
+    card = dataset_card(data, ["x.jsonl"])
+    assert "| mauve | too few rows |" in card and "mauve_status" not in card
 
 
 def test_cli_export(
@@ -190,4 +250,4 @@ def test_cli_export(
     assert "wrote 3 rows of 'tiny_reviews' (curated_set run good-1)" in printed
     assert "```yaml" in (out / "README.md").read_text()
     assert cli.main(["--db", str(store.path), "export", "--spec", "nope", "--out", str(out)]) == 2
-    assert "spec 'nope' has no promoted curated_set to export" in capsys.readouterr().err
+    assert "spec 'nope' has no published curated_set to export" in capsys.readouterr().err

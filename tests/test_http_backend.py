@@ -110,6 +110,20 @@ def test_concurrent_answers_are_attached_to_their_own_prompts(llama_server: str)
 
 
 @pytest.mark.slow
+def test_continuation_requests_use_the_completions_endpoint_and_stop_at_the_item(llama_server: str) -> None:
+    params = _params(llama_server, max_new_tokens=40, mode="continuation")
+    listing = "Cities in France:\n- Paris\n- Lyon\n- Marseille\n-"
+    request = ChatRequest(
+        key="list", messages=[{"role": "user", "content": listing}], seed=1, continuation=True, stop=("\n",)
+    )
+    answers, errors = _run(OpenAICompatibleBackend(params), [request], params)
+    assert not errors
+    text = answers["list"].text
+    assert text and "\n" not in text and not text.startswith("-")
+    assert answers["list"].completion_tokens < 40  # it stopped at the end of the item
+
+
+@pytest.mark.slow
 def test_a_failing_prompt_is_recorded_and_the_others_go_on(llama_server: str, tmp_path: Path) -> None:
     params = _params(llama_server)
     too_long = "word " * 3000  # beyond the server's 1024-token context: a real server-side error

@@ -170,7 +170,7 @@ def test_curated_row_walks_back_to_seed_rows(store: Warehouse) -> None:
     assert (
         chain.decisions[-1]["in_promoted_curated_set"] and not chain.decisions[0]["in_promoted_curated_set"]
     )
-    assert chain.status.startswith("curated: in the promoted curated_set (run run-2)")
+    assert chain.status.startswith("curated: in the published curated_set (run run-2)")
     # one LLM call, made in run-1 and reused (cache) by run-2
     assert len(chain.calls) == 1 and chain.calls[0]["run_id"] == "run-1"
     assert chain.calls[0]["generation_params"] == PARAMS and chain.calls[0]["seed"] == 101

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from conftest import write_tiny_spec
 from jinja2.exceptions import SecurityError
@@ -83,3 +84,55 @@ def test_more_samples_keep_the_earlier_prompts(tmp_path: Path) -> None:
     _, _, larger = _expand(tmp_path / "b", num_samples=22)
     assert larger["prompt_id"].head(20).tolist() == smaller["prompt_id"].tolist()
     assert larger["prompt_text"].head(20).tolist() == smaller["prompt_text"].tolist()
+
+
+ANCHOR_TEMPLATE = """  Write one new {{ label }} review of {{ product }}. Reply with the review text only.
+"""
+REWRITE_TEMPLATE = """  Rewrite this {{ label }} review about {{ product }}: {{ anchor.text }}
+"""
+
+
+def test_seed_rewriting_gives_each_prompt_an_anchor_of_its_label_and_covers_the_seed(tmp_path: Path) -> None:
+    _spec, seed, prompts = _expand(tmp_path, num_samples=18, replacements={ANCHOR_TEMPLATE: REWRITE_TEMPLATE})
+    text_of = dict(zip(seed["seed_id"], seed["text"], strict=True))
+    label_of = dict(zip(seed["seed_id"], seed["label"], strict=True))
+    anchors = [json.loads(ids)[0] for ids in prompts["demo_ids"]]
+    for anchor, label, prompt in zip(anchors, prompts["label"], prompts["prompt_text"], strict=True):
+        assert label_of[anchor] == label  # the anchor leads the prompt's lineage and keeps its label
+        assert text_of[anchor] in prompt
+    train = seed[seed["split"] == "train"]
+    # 18 prompts over 3 labels with 3 train rows each: every train row is rewritten twice
+    assert sorted(pd.Series(anchors).value_counts().tolist()) == [2] * len(train)
+
+
+def test_nearest_demos_are_the_anchors_closest_rows_of_its_label(tmp_path: Path) -> None:
+    _spec, seed, prompts = _expand(
+        tmp_path,
+        num_samples=6,
+        replacements={"strategy: stratified": "strategy: nearest", "k: 2": "k: 2"},
+    )
+    from synth_assets.embeddings import embed
+
+    train = seed[seed["split"] == "train"]
+    vectors = dict(zip(train["seed_id"], embed(train["text"].tolist()), strict=True))
+    label_of = dict(zip(train["seed_id"], train["label"], strict=True))
+    for ids, label in zip(prompts["demo_ids"], prompts["label"], strict=True):
+        anchor, *demos = json.loads(ids)
+        assert {label_of[d] for d in demos} == {label} and anchor not in demos
+        others = [s for s, lab in label_of.items() if lab == label and s != anchor]
+        ranked = sorted(others, key=lambda s: -float(vectors[s] @ vectors[anchor]))
+        assert demos == list(reversed(ranked[:2]))  # least similar first, closest next to the slot
+
+
+def test_continuation_mode_rejects_chat_only_features(tmp_path: Path) -> None:
+    path = write_tiny_spec(
+        tmp_path,
+        replacements={"  batch_size: 8": "  batch_size: 8\n  mode: continuation\n  system_prompt: hi"},
+    )
+    with pytest.raises(SpecError, match="system_prompt has no place in continuation mode"):
+        load_spec(path)
+    assert load_spec(
+        write_tiny_spec(
+            tmp_path / "ok", replacements={"  batch_size: 8": "  batch_size: 8\n  mode: continuation"}
+        )
+    ).generation.stop_strings() == ("\n",)

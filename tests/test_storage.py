@@ -1,4 +1,5 @@
-"""DuckDB layout: history keeps every version, only passing versions are promoted, writes are atomic."""
+"""DuckDB layout: history keeps every version, only passing versions are promoted (curated_set: staged,
+then published by a passing evaluation), writes are atomic."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from synth_assets.storage import Warehouse, stage_columns
+from synth_assets.storage import Publication, Warehouse, stage_columns
 
 
 def _curated(ids: list[str]) -> pd.DataFrame:
@@ -62,3 +63,82 @@ def test_failed_write_leaves_previous_version_intact(tmp_path: Path) -> None:
 def test_read_only_query_needs_an_existing_file(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="no DuckDB file yet"):
         Warehouse(tmp_path / "none.duckdb").read_only_query("SELECT 1")
+
+
+def _rejected(ids: list[str]) -> pd.DataFrame:
+    frame = pd.DataFrame({column: [None] * len(ids) for column in stage_columns("rejected_samples")})
+    frame["sample_id"], frame["reasons"] = ids, '["too_short"]'
+    return frame
+
+
+def _report(passed: bool) -> pd.DataFrame:
+    return pd.DataFrame([{"metrics": "{}", "passed": passed}]).reindex(
+        columns=stage_columns("evaluation_report")
+    )
+
+
+def _stage(store: Warehouse, run: str, ids: list[str], *, gx_passed: bool = True) -> None:
+    """A curated_set version as the asset writes it: history only, with its GX verdict."""
+    store.write_versions(
+        {"curated_set": _curated(ids), "rejected_samples": _rejected([f"{run}-rej"])},
+        "demo",
+        run,
+        promote=False,
+    )
+    store.record_gate("demo", run, "curated_set", "gx_gate", gx_passed, "verdict")
+
+
+def test_staged_versions_are_published_only_by_a_passing_evaluation(tmp_path: Path) -> None:
+    store = Warehouse(tmp_path / "w.duckdb")
+    _stage(store, "run1", ["a", "b"])
+    _stage(store, "run2", ["c"], gx_passed=False)
+    assert store.staged_runs("demo") == ["run1"]  # run2 failed its GX gate: never a candidate
+    assert (
+        store.read_current("curated_set", "demo").empty and store.published_run("curated_set", "demo") is None
+    )
+
+    store.write_version(
+        "evaluation_report", "demo", "eval1", _report(True), promote=True,
+        publication=Publication("curated_set", "run1", True, "gate passed"),
+    )  # fmt: skip
+    assert store.read_current("curated_set", "demo")["sample_id"].tolist() == ["a", "b"]
+    assert store.read_current("rejected_samples", "demo")["sample_id"].tolist() == ["run1-rej"]  # companion
+    assert store.published_run("curated_set", "demo") == "run1"
+
+    _stage(store, "run3", ["d"])
+    assert store.staged_runs("demo") == ["run3", "run1"]  # newest first
+    store.write_version(
+        "evaluation_report", "demo", "eval3", _report(False), promote=False,
+        publication=Publication("curated_set", "run3", False, "FAILED: same run: worse"),
+    )  # fmt: skip
+    # held back: nothing current changes, the decision and its reason are recorded
+    assert store.read_current("curated_set", "demo")["sample_id"].tolist() == ["a", "b"]
+    assert store.read_current("rejected_samples", "demo")["sample_id"].tolist() == ["run1-rej"]
+    log = store.publications("demo")
+    assert log["version_run_id"].tolist() == ["run3", "run1"]  # newest first
+    assert log["published"].tolist() == [False, True]
+    assert log["reason"].iloc[0] == "FAILED: same run: worse"
+    assert log["previously_published_run_id"].tolist() == ["run1", None]
+    assert log["decided_in_run_id"].tolist() == ["eval3", "eval1"]
+    assert store.publications("demo", read_only=True).equals(log)
+    # the report row of the failed evaluation is history only, as before
+    assert store.read_current("evaluation_report", "demo")["run_id"].tolist() == ["eval1"]
+
+
+def test_publishing_a_missing_version_writes_nothing(tmp_path: Path) -> None:
+    store = Warehouse(tmp_path / "w.duckdb")
+    with pytest.raises(LookupError, match="no version from run ghost"):
+        store.write_version(
+            "evaluation_report", "demo", "eval1", _report(True), promote=True,
+            publication=Publication("curated_set", "ghost", True, "gate passed"),
+        )  # fmt: skip
+    assert store.query("SELECT count(*) AS n FROM evaluation_history")["n"].iloc[0] == 0
+    assert store.publications("demo").empty
+
+
+def test_publications_of_a_database_from_before_publication(tmp_path: Path) -> None:
+    import duckdb
+
+    path = tmp_path / "old.duckdb"
+    duckdb.connect(str(path)).close()  # a file without the publications table
+    assert Warehouse(path).publications("demo", read_only=True).empty

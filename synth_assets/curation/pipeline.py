@@ -40,6 +40,13 @@ from synth_assets.curation.heuristics import (
     trim_to_last_sentence,
 )
 from synth_assets.curation.label_check import SeedLabelClassifier
+from synth_assets.curation.label_fidelity import (
+    LabelLikelihood,
+    LikelihoodModel,
+    classifier_fidelity,
+    label_likelihood,
+    likelihood_fidelity,
+)
 from synth_assets.curation.pii import scan, scrub
 from synth_assets.curation.relevance import condition_texts, relevance_scores
 from synth_assets.curation.text import hash_many, normalize_many
@@ -67,6 +74,8 @@ class CurationContext:
     previous: pd.DataFrame | None = None  # rows of earlier curated versions: sample_id, text, run_id
     embed: Embed | None = None
     judge_model: ChatModel | None = None
+    # log p(texts | the spec's prompt for a label): the likelihood half of curation.label_fidelity
+    label_likelihood: LabelLikelihood | None = None
 
     @classmethod
     def for_spec(
@@ -77,7 +86,9 @@ class CurationContext:
         previous: pd.DataFrame | None = None,
         embed: Embed | None = None,
         judge_model: ChatModel | None = None,
+        likelihood_model: LikelihoodModel | None = None,
     ) -> CurationContext:
+        """`likelihood_model` (the local model) is needed only by label_fidelity likelihood / both."""
         return cls(
             task=spec.task,
             labels=tuple(spec.labels),
@@ -87,6 +98,7 @@ class CurationContext:
             previous=previous,
             embed=embed,
             judge_model=judge_model,
+            label_likelihood=label_likelihood(spec, likelihood_model) if likelihood_model else None,
         )
 
 
@@ -221,9 +233,13 @@ def curate(
     lap("heuristics")
 
     # 4. embedding filters
+    if rules.seed_length_range is not None:
+        _seed_length(texts, rules.seed_length_range, context, findings, notes)
+
     wants_embeddings = (
         rules.min_relevance is not None
         or rules.label_check != "off"
+        or rules.label_fidelity in ("classifier", "both")
         or rules.semantic_duplicate_threshold is not None
     )
     embeddings: np.ndarray | None = None
@@ -268,6 +284,9 @@ def curate(
                     final_label[row] = check.predicted[row]
                     label_confidence[row] = check.confidence[row]
                     flags[row].append(R.FLAG_RELABELED)
+
+    if rules.label_fidelity != "off" and n:
+        _label_fidelity(texts, intended, embeddings, rules, context, findings, notes)
 
     judge_score = np.full(n, np.nan)
     if rules.judge:
@@ -400,6 +419,81 @@ def _seed_classifier(context: CurationContext, notes: list[str]) -> SeedLabelCla
     if classifier is None:
         notes.append("label check skipped: the seed train split needs 2+ labels with 2+ rows each")
     return classifier
+
+
+def _seed_train(context: CurationContext) -> pd.DataFrame | None:
+    seed = context.seed_rows
+    if seed is None or seed.empty:
+        return None
+    return seed[seed["split"] == "train"] if "split" in seed.columns else seed
+
+
+def _seed_length(
+    texts: list[str],
+    quantiles: tuple[float, float],
+    context: CurationContext,
+    findings: R.Findings,
+    notes: list[str],
+) -> None:
+    """Match the seed's shape: word counts outside the given quantiles of the seed rows' counts."""
+    train = _seed_train(context)
+    if train is None:
+        notes.append("seed_length_range skipped: no seed rows given")
+        return
+    seed_words = np.asarray([len(str(t).split()) for t in train["text"]], dtype=float)
+    low, high = (float(np.quantile(seed_words, q)) for q in quantiles)
+    words = np.asarray([len(t.split()) for t in texts], dtype=float)
+    findings.add(
+        R.OFF_SEED_LENGTH,
+        (words < low) | (words > high),
+        lambda i: f"{words[i]:.0f} words, seed range {low:.0f}-{high:.0f}",
+    )
+
+
+def _label_fidelity(
+    texts: list[str],
+    intended: list[str],
+    embeddings: np.ndarray | None,
+    rules: CurationSpec,
+    context: CurationContext,
+    findings: R.Findings,
+    notes: list[str],
+) -> None:
+    """curation.label_fidelity: the classifier and/or likelihood margins, thresholds from the seed."""
+    train = _seed_train(context)
+    if train is None:
+        notes.append("label fidelity skipped: no seed rows given")
+        return
+    seed_texts = train["text"].astype(str).tolist()
+    seed_labels = train["label"].astype(str).tolist()
+    recall = rules.label_fidelity_recall
+    if rules.label_fidelity in ("classifier", "both"):
+        verdict = None
+        if embeddings is not None and context.embed is not None:
+            verdict = classifier_fidelity(
+                context.embed(seed_texts), seed_labels, embeddings, intended, recall, context.random_seed
+            )
+        if verdict is None:
+            notes.append("label fidelity (classifier) skipped: needs embeddings and 2+ seed rows per label")
+        else:
+            findings.add(
+                R.LOW_LABEL_FIDELITY,
+                verdict.low,
+                lambda i: f"classifier margin {verdict.margin[i]:+.2f} < {verdict.threshold[i]:+.2f}",
+            )
+    if rules.label_fidelity in ("likelihood", "both"):
+        if context.label_likelihood is None:
+            notes.append("label fidelity (likelihood) skipped: no local model given")
+            return
+        labels = list(context.labels) or sorted(set(seed_labels))
+        verdict_l = likelihood_fidelity(
+            context.label_likelihood, labels, seed_texts, seed_labels, texts, intended, recall
+        )
+        findings.add(
+            R.LOW_LABEL_FIDELITY,
+            verdict_l.low,
+            lambda i: f"likelihood margin {verdict_l.margin[i]:+.1f} nats < {verdict_l.threshold[i]:+.1f}",
+        )
 
 
 def _seed_reference(seed_rows: pd.DataFrame | None) -> pd.DataFrame | None:

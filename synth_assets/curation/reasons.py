@@ -23,6 +23,8 @@ NON_TEXT = "non_text"
 WRONG_LANGUAGE = "wrong_language"
 PII = "pii"
 LABEL_MISMATCH = "label_mismatch"
+LOW_LABEL_FIDELITY = "low_label_fidelity"
+OFF_SEED_LENGTH = "off_seed_length"
 IRRELEVANT = "irrelevant"
 LOW_JUDGE_SCORE = "low_judge_score"
 EXACT_DUPLICATE = "exact_duplicate"
@@ -46,6 +48,9 @@ REASONS: dict[str, str] = {
     WRONG_LANGUAGE: "not in the spec's curation.language",
     PII: "personal data found and curation.pii is 'drop'",
     LABEL_MISMATCH: "a classifier trained on the seed data confidently predicts another label",
+    LOW_LABEL_FIDELITY: "fits its intended label (against the other labels) worse than real seed rows "
+    "of that label do: curation.label_fidelity",
+    OFF_SEED_LENGTH: "word count outside curation.seed_length_range of the seed rows' word counts",
     IRRELEVANT: "embedding similarity to its task and conditions below curation.min_relevance",
     LOW_JUDGE_SCORE: "LLM-judge score below curation.judge_min_score",
     EXACT_DUPLICATE: "same text as another sample after normalisation",

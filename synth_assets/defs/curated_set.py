@@ -1,4 +1,5 @@
-"""The `curated_set` asset: bad samples removed with reasons, promoted only past its GX gate."""
+"""The `curated_set` asset: bad samples removed with reasons; a version that passes its GX gate is
+*staged*, and `evaluation_report` publishes it only if its usefulness gate passes too."""
 
 import dagster as dg
 import numpy as np
@@ -54,7 +55,9 @@ def curated_set(
     """Generated samples minus what heuristics, dedup (in the batch, against the seed and against
     earlier versions), the label classifier, relevance, PII and the optional LLM judge reject; every
     removed row goes to `rejected_samples` with all its reasons, every kept row keeps its scores.
-    Promoted only if its GX gate passes; otherwise the previous promoted version stays in place."""
+    Both go to history only: a version that passes its GX gate is staged, and becomes the current
+    (published) `curated_set` only when evaluation_report's usefulness gate passes for it; until then,
+    or if it fails either gate, the previously published version stays what export and readers see."""
     spec = specs.spec_for(context)
     store = warehouse.warehouse()
     run_id = context.run.run_id
@@ -65,12 +68,19 @@ def curated_set(
         _earlier_versions(store, spec.name, run_id) if spec.curation.dedup_against_previous_versions else None
     )
     judge_model = llm.model() if spec.curation.judge else None
+    # label_fidelity's likelihood half scores with the local model, whichever backend generated
+    likelihood_model = llm.model() if spec.curation.label_fidelity in ("likelihood", "both") else None
     outcome = curate(
         samples,
         prompts,
         spec.curation,
         CurationContext.for_spec(
-            spec, seed_rows=seed_rows, previous=previous, embed=embed, judge_model=judge_model
+            spec,
+            seed_rows=seed_rows,
+            previous=previous,
+            embed=embed,
+            judge_model=judge_model,
+            likelihood_model=likelihood_model,
         ),
     )
     if spec.per_cell is not None:
@@ -78,19 +88,21 @@ def curated_set(
     for note in outcome.notes:
         context.log.info(f"curation: {note}")
     gate = validate_curated_set(outcome.curated, spec, rejected=outcome.rejected)
-    promoted_before = _promoted_run(store, spec.name)
+    published = store.published_run("curated_set", spec.name)
+    # never promoted here: publication waits for the evaluation (staged -> published)
     store.write_versions(
         {"curated_set": outcome.curated, "rejected_samples": outcome.rejected},
         spec.name,
         run_id,
-        promote=gate.passed,
+        promote=False,
     )
+    # the passing verdict is what makes this version "staged" (Warehouse.staged_runs)
     store.record_gate(spec.name, run_id, "curated_set", GATE_CHECK, gate.passed, gate.summary())
-    promotion = _promotion_note(gate.passed, spec.name, promoted_before)
+    publication = _publication_note(gate.passed, spec.name, published)
     if gate.passed:
-        context.log.info(promotion)
+        context.log.info(publication)
     else:
-        context.log.warning(f"{promotion}. Gate: {gate.summary()}")
+        context.log.warning(f"{publication}. Gate: {gate.summary()}")
     context.log.info(
         f"curated {len(outcome.curated)} of {len(samples)}; rejected by reason: "
         f"{ {k: v for k, v in outcome.reason_counts().items() if v} }"
@@ -99,9 +111,9 @@ def curated_set(
         metadata={
             **stage_metadata("curated_set", outcome.curated, spec),
             **_curation_metadata(outcome, len(samples)),
-            "promoted": gate.passed,
-            "promotion": promotion,
-            "promoted_run_id": run_id if gate.passed else (promoted_before or ""),
+            "staged": gate.passed,
+            "publication": publication,
+            "published_curated_version": published or "none",
             "preview": preview(outcome.curated, ["sample_id", "label", "relevance", "flags", "text"]),
             "rejectedpreview": preview(outcome.rejected, ["sample_id", "reasons", "text"]),
             "dagster/column_lineage": dg.TableColumnLineage(
@@ -117,32 +129,45 @@ def curated_set(
 
 
 def _earlier_versions(store: Warehouse, spec_name: str, run_id: str) -> pd.DataFrame:
-    """Rows of every earlier curated version of this spec that passed its gate (a version that
-    failed was never published, so it does not make new samples redundant); this run excluded."""
+    """Rows of every earlier curated version of this spec that passed its GX gate and was not held
+    back by the usefulness gate (published, or not yet evaluated), this run excluded. A version that
+    failed either gate never reached anyone, so it does not make new samples redundant."""
     history = HISTORY_TABLE["curated_set"]
+    staged = [run for run in store.staged_runs(spec_name) if run != run_id]
+    if not staged:
+        return pd.DataFrame(columns=["sample_id", "text", "run_id"])
+    decisions = store.publications(spec_name)
+    # the newest decision on a version counts (a held-back version may pass a later re-evaluation)
+    latest = decisions.drop_duplicates("version_run_id")  # newest first
+    held_back = set(latest.loc[~latest["published"].astype(bool), "version_run_id"])
+    keep = [run for run in staged if run not in held_back]
+    if not keep:
+        return pd.DataFrame(columns=["sample_id", "text", "run_id"])
     return store.query(
-        f'SELECT sample_id, text, run_id FROM "{history}" WHERE spec_name = ? AND run_id <> ? AND run_id IN '
-        "(SELECT run_id FROM gate_results WHERE spec_name = ? AND asset = 'curated_set' AND passed)",
-        [spec_name, run_id, spec_name],
+        f'SELECT sample_id, text, run_id FROM "{history}" WHERE spec_name = ? AND list_contains(?, run_id)',
+        [spec_name, keep],
     )
 
 
-def _promoted_run(store: Warehouse, spec_name: str) -> str | None:
-    runs = store.query("SELECT DISTINCT run_id FROM curated_set WHERE spec_name = ?", [spec_name])["run_id"]
-    return str(runs.iloc[0]) if len(runs) else None
-
-
-def _promotion_note(passed: bool, spec_name: str, promoted_before: str | None) -> str:
+def _publication_note(passed: bool, spec_name: str, published: str | None) -> str:
+    stays = (
+        f"curated_set run {published} stays published (what export writes) until then"
+        if published
+        else "no version is published yet"
+    )
     if passed:
-        return f"curated_set for {spec_name} promoted: downstream now reads this version"
-    if promoted_before:
         return (
-            f"curated_set for {spec_name} NOT promoted (gate failed): kept in curated_set_history only; "
-            f"downstream keeps reading the last good version, from run {promoted_before}"
+            f"staged: curated_set for {spec_name} passed its GX gate; it is published only if "
+            f"evaluation_report's usefulness gate passes for it; {stays}"
+        )
+    if published:
+        return (
+            f"NOT staged (GX gate failed): curated_set for {spec_name} kept in curated_set_history only; "
+            f"readers and export keep the published version, from run {published}"
         )
     return (
-        f"curated_set for {spec_name} NOT promoted (gate failed): kept in curated_set_history only; "
-        "there is no good version yet, so downstream has nothing to read"
+        f"NOT staged (GX gate failed): curated_set for {spec_name} kept in curated_set_history only; "
+        "no version is published yet, so export has nothing to write"
     )
 
 

@@ -1,5 +1,10 @@
-"""What the evaluation reads from DuckDB: the promoted curated set and the versions it came from,
-and the last good report to compare against. No Dagster here, so it tests on a temporary file."""
+"""What the evaluation reads from DuckDB: the staged curated set it decides on and the versions it
+came from, and the last good report to compare against. No Dagster here, so it tests on a temporary
+file.
+
+The evaluation reads the newest *staged* curated_set version (passed its GX gate; normally the one
+its own run just wrote), not the published one: publication waits for this very evaluation, so
+reading the published version would judge stale data and never let a new version through."""
 
 from __future__ import annotations
 
@@ -17,7 +22,7 @@ SECONDS_COLUMNS = ("generation_seconds", "elapsed_s", "latency_s", "seconds")
 
 
 class EvaluationInputError(ValueError):
-    """Nothing to evaluate (no promoted curated set or seed data)."""
+    """Nothing to evaluate (no staged or published curated set, or no seed data)."""
 
 
 @dataclass
@@ -33,6 +38,11 @@ class EvaluationInputs:
     generation_seconds_source: str | None = None
     notes: list[str] = field(default_factory=list)
     fell_back: bool = False  # the latest curated_set failed its gate; the last good one is evaluated
+    published_run_id: str | None = None  # the curated_set version current before this evaluation
+    # prompt_id -> the seed ids its prompt showed (expanded_prompts.demo_ids: the anchor row first,
+    # then the few-shot demos), for every curated row's prompt whose lineage was found; the seed
+    # cross-validation keeps a synthetic row out of the folds that hold out a row its prompt showed
+    shown_seed_ids: dict[str, list[str]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -78,13 +88,23 @@ def _latest_curated_attempt(store: Warehouse, spec_name: str) -> tuple[str, bool
     return (str(history["run_id"].iloc[0]), None, "") if len(history) else None
 
 
+def _curated_to_evaluate(store: Warehouse, spec_name: str) -> pd.DataFrame:
+    """The newest staged curated_set version; for a database without curated gate verdicts (written
+    before staging existed, or by hand) the published one."""
+    staged = store.staged_runs(spec_name)
+    if staged:
+        return store.read_version("curated_set", spec_name, staged[0])
+    return store.read_current("curated_set", spec_name)
+
+
 def load_inputs(store: Warehouse, spec_name: str) -> EvaluationInputs:
-    """The promoted curated set (the last version that passed its gate) and what it came from."""
-    curated = store.read_current("curated_set", spec_name)
+    """The newest staged curated set (the newest version that passed its GX gate, published or not)
+    and what it came from. Raises EvaluationInputError when there is none, or no seed data."""
+    curated = _curated_to_evaluate(store, spec_name)
     seed_rows = store.read_current("seed_data", spec_name)
     if curated.empty:
         raise EvaluationInputError(
-            f"curated_set has no promoted rows for spec '{spec_name}': materialize it first "
+            f"curated_set has no staged rows for spec '{spec_name}': materialize it first "
             "(or every version so far failed its gate)"
         )
     if seed_rows.empty:
@@ -99,12 +119,12 @@ def load_inputs(store: Warehouse, spec_name: str) -> EvaluationInputs:
             fell_back = True
             notes.append(
                 f"the latest curated_set (run {latest_run}) failed its gate ({summary}); this report "
-                f"evaluates the last good version, from run {curated_run}"
+                f"evaluates the newest version that passed it, from run {curated_run}"
             )
         else:
             notes.append(
-                f"the newest curated_set version (run {latest_run}) is not promoted; this report "
-                f"evaluates the promoted version, from run {curated_run}"
+                f"the newest curated_set version (run {latest_run}) has no gate verdict; this report "
+                f"evaluates the newest staged version, from run {curated_run}"
             )
     samples = _version(store, "generated_samples", spec_name, curated_run)
     prompts = _version(store, "expanded_prompts", spec_name, curated_run)
@@ -124,6 +144,8 @@ def load_inputs(store: Warehouse, spec_name: str) -> EvaluationInputs:
         samples_run_id=_run_of(samples),
         notes=notes,
         fell_back=fell_back,
+        published_run_id=store.published_run("curated_set", spec_name),
+        shown_seed_ids=shown_seed_ids(store, spec_name, prompts, curated),
     )
     for column in SECONDS_COLUMNS:
         if column in samples.columns:
@@ -145,6 +167,47 @@ def load_inputs(store: Warehouse, spec_name: str) -> EvaluationInputs:
                     "costs no time in the run that reuses it)"
                 )
     return inputs
+
+
+def _demo_ids(raw: object) -> list[str] | None:
+    """`expanded_prompts.demo_ids` (a JSON list of seed ids) as a list, None when unreadable."""
+    try:
+        ids = json.loads(raw) if isinstance(raw, str) else None
+    except ValueError:
+        return None
+    return [str(i) for i in ids] if isinstance(ids, list) else None
+
+
+def shown_seed_ids(
+    store: Warehouse, spec_name: str, prompts: pd.DataFrame, curated: pd.DataFrame
+) -> dict[str, list[str]]:
+    """prompt_id -> seed ids its prompt showed, for the prompts of the curated rows.
+
+    From the expanded_prompts version read with the curated set (normally the same run's); a prompt
+    missing there (the curated set's run wrote no prompts, and the current version differs) is looked
+    up in expanded_prompts_history: a prompt_id hashes its demo_ids, so any version that has it says
+    the same. A prompt found nowhere is left out (the seed cross-validation then uses its rows in no
+    fold). The history query lives here because storage.py has no read by prompt_id."""
+    wanted = {str(p) for p in curated["prompt_id"]} if "prompt_id" in curated.columns else set()
+    shown: dict[str, list[str]] = {}
+    if {"prompt_id", "demo_ids"} <= set(prompts.columns):
+        for prompt_id, raw in zip(prompts["prompt_id"], prompts["demo_ids"], strict=True):
+            ids = _demo_ids(raw)
+            if str(prompt_id) in wanted and ids is not None:
+                shown[str(prompt_id)] = ids
+    missing = sorted(wanted - set(shown))
+    if missing:
+        frame = store.query(
+            f'SELECT prompt_id, demo_ids FROM "{HISTORY_TABLE["expanded_prompts"]}" '
+            "WHERE spec_name = ? AND list_contains(?, prompt_id) "
+            "QUALIFY row_number() OVER (PARTITION BY prompt_id ORDER BY materialized_at DESC) = 1",
+            [spec_name, missing],
+        )
+        for prompt_id, raw in zip(frame["prompt_id"], frame["demo_ids"], strict=True):
+            ids = _demo_ids(raw)
+            if ids is not None:
+                shown[str(prompt_id)] = ids
+    return shown
 
 
 def call_keys(samples: pd.DataFrame) -> list[str]:

@@ -24,6 +24,7 @@ import pandas as pd
 from synth_assets.evaluation import metrics as m
 from synth_assets.evaluation.gate import GATE_METRIC, GateVerdict, usefulness_gate
 from synth_assets.evaluation.inputs import BaselineRun, EvaluationInputs
+from synth_assets.evaluation.seed_cv import SeedCVResult, seed_cross_validation
 from synth_assets.evaluation.usefulness import CONFIGS, TrainingSet, UsefulnessResult, evaluate_usefulness
 from synth_assets.spec import GenerationSpec, content_hash
 
@@ -36,6 +37,9 @@ KEY_FIGURES: tuple[tuple[str, str, int], ...] = (
     ("usefulness_real_macro_f1", "usefulness: macro-F1, real only", 1),
     ("usefulness_synthetic_macro_f1", "usefulness: macro-F1, synthetic only", 1),
     ("usefulness_real_plus_uncurated_macro_f1", "usefulness: macro-F1, real + uncurated", 1),
+    ("seed_cv_real_plus_curated_macro_f1", "seed cross-validation: macro-F1, real + curated", 1),
+    ("seed_cv_real_macro_f1", "seed cross-validation: macro-F1, real only", 1),
+    ("seed_cv_delta_macro_f1", "seed cross-validation: Δ macro-F1, real + curated vs real only", 1),
     ("curated", "curated rows", 0),
     ("yield", "yield (curated / generated)", 1),
     ("distinct_2", "distinct-2", 1),
@@ -64,12 +68,24 @@ UI_METRICS: tuple[str, ...] = (
     *(f"usefulness_{name}_accuracy" for name, _ in CONFIGS),
     f"{GATE_METRIC}_ci_low",
     f"{GATE_METRIC}_ci_high",
+    "seed_cv_delta_macro_f1_ci_low",
+    "seed_cv_delta_macro_f1_ci_high",
+    "seed_cv_rows",
+    "seed_cv_kept_share",
+    "seed_cv_seconds",
     "completion_tokens",
     "generation_seconds",
     "evaluation_seconds",
 )
 # wall-clock metrics change every run: kept out of the data version so an unchanged run is not "new"
-VOLATILE_METRICS = {"evaluation_seconds"}
+VOLATILE_METRICS = {"evaluation_seconds", "seed_cv_seconds"}
+# distribution scores withheld below a minimum row count: score -> the metric saying "too few rows: ..."
+WITHHELD_STATUS = {
+    "mauve": "mauve_status",
+    "length_ks": "length_ks_status",
+    "length_ks_pvalue": "length_ks_status",
+    "centroid_distance": "centroid_distance_status",
+}
 PLOT_TITLES = {
     "label_balance": "Label balance",
     "attribute_balance": "Attribute balance",
@@ -99,6 +115,12 @@ class EvaluationReport:
     plot_data: dict[str, Any]
     notes: list[str] = field(default_factory=list)
     markdown: str = ""
+    # minimum rows (per side) of each withheld score, to judge a baseline computed before the minimum
+    size_minimums: dict[str, int] = field(default_factory=dict)
+    # what happened to the evaluated curated_set version (set by the asset before the report is written)
+    publication: str | None = None
+    # usefulness from the seed rows alone (leakage-free cross-validation); None in reports built before
+    seed_cv: SeedCVResult | None = None
 
     def numeric_metrics(self, keys: Sequence[str] | None = None) -> dict[str, float]:
         """Scalar metrics as floats rounded to 4 places (None and flags left out), all or only `keys`."""
@@ -108,6 +130,15 @@ class EvaluationReport:
             if (keys is None or key in keys)
             and isinstance(value, int | float)
             and not isinstance(value, bool)
+        }
+
+    def withheld_metrics(self, keys: Sequence[str] | None = None) -> dict[str, str]:
+        """Scores not computed because a side had too few rows: key -> "too few rows: ..." (for the
+        UI, which would otherwise show nothing, or a stale number, where a verdict used to be)."""
+        return {
+            key: str(self.metrics[status])
+            for key, status in WITHHELD_STATUS.items()
+            if (keys is None or key in keys) and self.metrics.get(key) is None and self.metrics.get(status)
         }
 
     def data_version(self) -> str:
@@ -209,7 +240,68 @@ def _usefulness_metrics(result: UsefulnessResult) -> dict[str, Any]:
             out[f"{prefix}_{metric}_ci_low"] = interval[0] if interval else None
             out[f"{prefix}_{metric}_ci_high"] = interval[1] if interval else None
         if name != "real":
+            # the paired bootstrap of (this config - real only): the same-run side of the gate reads it
+            delta_ci = config.delta_macro_f1_ci if config else None
             out[f"{prefix}_delta_macro_f1"] = config.delta_macro_f1 if config else None
+            out[f"{prefix}_delta_macro_f1_ci_low"] = delta_ci[0] if delta_ci else None
+            out[f"{prefix}_delta_macro_f1_ci_high"] = delta_ci[1] if delta_ci else None
+    return out
+
+
+def _seed_cv(
+    spec: GenerationSpec, train: pd.DataFrame, curated: pd.DataFrame, shown_seed_ids: dict[str, list[str]]
+) -> SeedCVResult:
+    """Cross-validated usefulness on the seed train rows; a curated row's prompt lineage decides which
+    folds may train on it (`seed_cv.py`)."""
+    if spec.self_instruct is not None:
+        # self-instruct draws each prompt's demos at generation time (from seed rows and earlier
+        # samples) and does not record them in demo_ids: no lineage, so no leakage-free estimate
+        return SeedCVResult(
+            None,
+            0,
+            len(train),
+            len(curated),
+            note="self_instruct draws its demos at generation time without recording which seed rows "
+            "a prompt showed, so the leakage filter cannot work",
+        )
+    return seed_cross_validation(
+        train["seed_id"].astype(str).tolist(),
+        train["text"].tolist(),
+        train["label"].tolist(),
+        curated["text"].tolist(),
+        curated["label"].tolist(),
+        [shown_seed_ids.get(str(pid)) for pid in curated["prompt_id"]],
+        seed=spec.random_seed,
+        bootstrap_samples=spec.evaluation.bootstrap_samples,
+    )
+
+
+def _seed_cv_metrics(result: SeedCVResult) -> dict[str, Any]:
+    """Flat seed cross-validation metrics, the same keys every run (None when not measured); the
+    gate's same-run side reads them when the holdout cannot judge."""
+    out: dict[str, Any] = {
+        "seed_cv_method": result.method,
+        "seed_cv_rows": result.seed_rows,
+        "seed_cv_folds": result.folds if result.method else None,
+        "seed_cv_status": result.note,
+    }
+    for key, value, interval in (
+        ("seed_cv_real_macro_f1", result.real_macro_f1, result.real_macro_f1_ci),
+        (
+            "seed_cv_real_plus_curated_macro_f1",
+            result.real_plus_synthetic_macro_f1,
+            result.real_plus_synthetic_macro_f1_ci,
+        ),
+        ("seed_cv_delta_macro_f1", result.delta_macro_f1, result.delta_macro_f1_ci),
+    ):
+        out[key] = value
+        out[f"{key}_ci_low"] = interval[0] if interval else None
+        out[f"{key}_ci_high"] = interval[1] if interval else None
+    out |= {
+        "seed_cv_kept_share": result.kept_share,
+        "seed_cv_unknown_lineage_rows": result.unknown_lineage_rows,
+        "seed_cv_seconds": round(result.seconds, 2) if result.seconds is not None else None,
+    }
     return out
 
 
@@ -288,16 +380,22 @@ def build_report(
         min_samples=spec.evaluation.mauve_min_samples,
         seed=seed,
     )
-    if mauve.note:
-        notes.append(mauve.note)
-    ks = m.length_ks(real["text"].tolist(), curated["text"].tolist())
+    distribution = m.distribution_scores(
+        real["text"].tolist(),
+        curated["text"].tolist(),
+        real_vectors,
+        vectors["curated"],
+        min_rows=spec.evaluation.distribution_min_rows,
+    )
+    for note in (mauve.note, distribution["length_ks_status"], distribution["centroid_distance_status"]):
+        if note:
+            notes.append(note)
     real_words, curated_words = m.word_counts(real["text"]), m.word_counts(curated["text"])
     metrics |= {
         "mauve": mauve.score,
         "mauve_buckets": mauve.num_buckets,
-        "length_ks": ks[0] if ks else None,
-        "length_ks_pvalue": ks[1] if ks else None,
-        "centroid_distance": m.centroid_distance(real_vectors, vectors["curated"]),
+        "mauve_status": mauve.note,
+        **distribution,
         "real_mean_words": float(real_words.mean()) if len(real_words) else None,
         "synthetic_mean_words": float(curated_words.mean()) if len(curated_words) else None,
     }
@@ -363,6 +461,17 @@ def build_report(
             notes.append(f"usefulness ({config.description}): {config.note}")
     metrics |= _usefulness_metrics(usefulness)
 
+    # ---- usefulness from the seed alone: leakage-free cross-validation over the train rows
+    seed_cv = _seed_cv(spec, train, curated, inputs.shown_seed_ids)
+    if seed_cv.note:
+        notes.append(f"seed cross-validation skipped: {seed_cv.note}")
+    if seed_cv.unknown_lineage_rows and seed_cv.method:
+        notes.append(
+            f"seed cross-validation: {seed_cv.unknown_lineage_rows} curated rows have no known prompt "
+            "lineage (expanded_prompts.demo_ids), so no fold trained on them"
+        )
+    metrics |= _seed_cv_metrics(seed_cv)
+
     # ---- bias: requested vs realized labels and attributes, yield per condition
     label_table = m.label_balance(spec, samples, curated)
     attribute_tables = m.attribute_balance(spec, inputs.prompts, samples, curated)
@@ -402,6 +511,8 @@ def build_report(
         baseline.metrics if baseline else None,
         spec.evaluation.usefulness_tolerance,
         baseline.run_id if baseline else None,
+        harm_tolerance=spec.evaluation.harm_tolerance,
+        harm_min_holdout_rows=spec.evaluation.harm_min_holdout_rows,
     )
     metrics["passed"] = verdict.passed
     metrics["evaluation_seconds"] = round(time.perf_counter() - started, 2)
@@ -417,6 +528,7 @@ def build_report(
             "note": usefulness.note,
             "configs": [c.__dict__ for c in usefulness.configs],
         },
+        "seed_cv": seed_cv.__dict__,
         "rejections": dict(reasons),
         "gate": verdict.as_dict(),
         "generation_seconds_source": inputs.generation_seconds_source,
@@ -459,6 +571,13 @@ def build_report(
             ),
         },
         notes=notes,
+        seed_cv=seed_cv,
+        size_minimums={
+            "mauve": spec.evaluation.mauve_min_samples,
+            "length_ks": spec.evaluation.distribution_min_rows,
+            "length_ks_pvalue": spec.evaluation.distribution_min_rows,
+            "centroid_distance": spec.evaluation.distribution_min_rows,
+        },
     )
 
 
@@ -515,6 +634,12 @@ def _ci(value: float | None, interval: tuple[float, float] | None) -> str:
     return f"{value:.3f} [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else f"{value:.3f}"
 
 
+def _signed_ci(value: float | None, interval: tuple[float, float] | None) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:+.3f} [{interval[0]:+.3f}, {interval[1]:+.3f}]" if interval else f"{value:+.3f}"
+
+
 def _delta(now: Any, before: Any, direction: int) -> str:
     if not isinstance(now, int | float) or not isinstance(before, int | float):
         return "—"
@@ -530,23 +655,127 @@ def _table(frame: pd.DataFrame) -> str:
     return frame.to_markdown(index=False, floatfmt=".3f") if len(frame) else "_no rows_"
 
 
+def _withheld(metrics: dict[str, Any], key: str, minimums: dict[str, int]) -> str | None:
+    """ "too few rows" when the score `key` was withheld, or (for a baseline from before the minimum
+    existed) computed on fewer rows than the minimum now asks for; None when the number may be shown."""
+    if key not in WITHHELD_STATUS:
+        return None
+    if metrics.get(key) is None:
+        return m.TOO_FEW_ROWS if metrics.get(WITHHELD_STATUS[key]) else None
+    minimum = minimums.get(key)
+    real = (metrics.get("seed_train_rows") or 0) + (metrics.get("seed_holdout_rows") or 0)
+    synthetic = metrics.get("curated")
+    if minimum and isinstance(synthetic, int) and min(real, synthetic) < minimum:
+        return m.TOO_FEW_ROWS
+    return None
+
+
+def _shown(metrics: dict[str, Any], key: str, minimums: dict[str, int], digits: int = 3) -> str:
+    return _withheld(metrics, key, minimums) or _fmt(metrics.get(key), digits)
+
+
+def _comparison_rows(verdict: GateVerdict) -> list[str]:
+    """The gate's two comparisons as Markdown table rows, and the seed cross-validation when it was
+    measured but did not decide (shown, "not judged")."""
+    rows = []
+    shown = [verdict.same_run]
+    if verdict.seed_cv is not None and verdict.seed_cv is not verdict.same_run:
+        shown.append(verdict.seed_cv)
+    for c in (*shown, verdict.last_good):
+        if c.kind == "same_run" and c.basis == "seed_cv":
+            what = f"same run: vs real only (seed cross-validation over {c.seed_cv_rows} seed rows)"
+            if c is not verdict.same_run:
+                what = what[:-1] + "; shown, the holdout decides)"
+            tolerance = f"harm ≤ {c.tolerance:.3f}"
+        elif c.kind == "same_run":
+            what = "same run: vs real only (paired bootstrap on the holdout)"
+            tolerance = f"harm ≤ {c.tolerance:.3f}"
+        else:
+            what = f"vs last good run `{c.reference_run_id}`" if c.reference_run_id else "vs last good run"
+            tolerance = f"drop ≤ {c.tolerance:.3f}"
+        delta = "—" if c.delta is None else f"{c.delta:+.3f}"
+        if c.delta is not None and c.delta_ci:
+            delta += f" [{c.delta_ci[0]:+.3f}, {c.delta_ci[1]:+.3f}]"
+        outcome = {"passed": "passed", "failed": "**FAILED**", "not judged": "not judged"}[c.outcome]
+        rows.append(
+            f"| {what} | {_fmt(c.current)} | {_fmt(c.reference)} | {delta} | {tolerance} | {outcome} |"
+        )
+    return rows
+
+
+def _seed_cv_section(result: SeedCVResult | None, metrics: dict[str, Any]) -> list[str]:
+    """What the seed cross-validation is, and its numbers (the report's own words for users)."""
+    lines = [
+        "## Usefulness from the seed alone (cross-validation)",
+        "",
+        "Most users have no holdout, only their labeled seed rows, so usefulness is also estimated from "
+        "those alone: each seed train row is held out in turn and predicted by the same TF-IDF + logistic "
+        "regression, trained (a) on the other seed rows and (b) on them plus the curated rows whose prompt "
+        "never showed the held-out row (lineage: `expanded_prompts.demo_ids`; a synthetic paraphrase of "
+        "the held-out row would otherwise inflate (b)). Macro-F1 of the pooled out-of-fold predictions; "
+        "brackets: 95% bootstrap CIs over the seed rows, paired for Δ. When the holdout cannot judge (none, "
+        "or fewer than `evaluation.harm_min_holdout_rows` rows), Δ decides the usefulness gate's same-run "
+        "side; with a usable holdout it is shown only.",
+        "",
+    ]
+    if result is None or result.method is None:
+        note = result.note if result is not None else metrics.get("seed_cv_status")
+        return [*lines, f"Skipped: {note or 'not measured'}.", ""]
+    lines += [
+        f"Method: {result.method} ({result.folds} folds over {result.seed_rows} seed rows, "
+        f"{result.synthetic_rows} curated rows).",
+        "",
+        "| trained on | macro-F1 [95% CI] |",
+        "|---|---|",
+        f"| (a) real: the other seed rows | {_ci(result.real_macro_f1, result.real_macro_f1_ci)} |",
+        f"| (b) real + curated rows that never saw the held-out row | "
+        f"{_ci(result.real_plus_synthetic_macro_f1, result.real_plus_synthetic_macro_f1_ci)} |",
+        f"| Δ = (b) - (a) | {_signed_ci(result.delta_macro_f1, result.delta_macro_f1_ci)} |",
+        "",
+    ]
+    used = (
+        f"On average {result.kept_share:.0%} of the curated rows trained each fold's model (b); the others "
+        "came from prompts that showed a held-out row."
+        if result.kept_share is not None
+        else "No curated row has a known prompt lineage, so (b) trained on seed rows only."
+    )
+    if result.unknown_lineage_rows:
+        used += f" {result.unknown_lineage_rows} curated rows have no known prompt and trained no fold."
+    seconds = f" It took {result.seconds:.1f} s." if result.seconds is not None else ""
+    return [*lines, used + seconds, ""]
+
+
 def render_markdown(report: EvaluationReport, images: dict[str, str]) -> str:
     """The report as Markdown; `images` maps plot names to link targets (relative paths, data URIs)."""
     metrics, verdict, baseline = report.metrics, report.verdict, report.baseline
+    minimums = report.size_minimums
 
     def image(name: str) -> list[str]:
         return [f"![{PLOT_TITLES[name]}]({images[name]})", ""] if name in images else []
 
-    status = "passed" if verdict.passed else "**FAILED** (not promoted: the last good report stays current)"
+    status = (
+        "**Usefulness gate passed.**"
+        if verdict.passed
+        else "**Usefulness gate FAILED**: this report is not promoted, and the curated_set version it "
+        "evaluated is not published (the last good report and the published curated_set stay current)."
+    )
     lines = [
         f"# Evaluation report: `{report.spec_name}`",
         "",
         f"Run `{report.run_id}` · model `{report.model}` · {report.num_samples} prompts requested · "
         f"curated_set from run `{report.curated_run_id}`",
         "",
-        f"**Usefulness gate {status}:** {verdict.summary}",
+        status,
+        "",
+        verdict.summary,
+        "",
+        "| comparison | macro-F1, real + curated | reference | Δ [paired 95% CI] | tolerance | verdict |",
+        "|---|---|---|---|---|---|",
+        *_comparison_rows(verdict),
         "",
     ]
+    if report.publication:
+        lines += [f"**Publication:** {report.publication}", ""]
     if report.notes:
         lines += ["> **Notes**", ">"] + [f"> - {note}" for note in report.notes] + [""]
     against = (
@@ -564,7 +793,12 @@ def render_markdown(report: EvaluationReport, images: dict[str, str]) -> str:
     ]
     for key, label, direction in KEY_FIGURES:
         now, before = metrics.get(key), (baseline.metrics.get(key) if baseline else None)
-        lines.append(f"| {label} | {_fmt(now)} | {_fmt(before)} | {_delta(now, before, direction)} |")
+        shown_now = _shown(metrics, key, minimums)
+        shown_before = _shown(baseline.metrics, key, minimums) if baseline else "n/a"
+        # a score on too few rows is no verdict, so neither is its change
+        withheld = shown_now == m.TOO_FEW_ROWS or shown_before == m.TOO_FEW_ROWS
+        change = "—" if withheld else _delta(now, before, direction)
+        lines.append(f"| {label} | {shown_now} | {shown_before} | {change} |")
     lines += [
         "",
         "## Rows per stage",
@@ -599,6 +833,7 @@ def render_markdown(report: EvaluationReport, images: dict[str, str]) -> str:
                 f"{_ci(c.macro_f1, c.macro_f1_ci)} | {delta} | {c.note or ''} |"
             )
         lines += ["", *image("usefulness")]
+    lines += _seed_cv_section(report.seed_cv, metrics)
     lines += [
         "## Diversity",
         "",
@@ -615,14 +850,22 @@ def render_markdown(report: EvaluationReport, images: dict[str, str]) -> str:
         "| metric | value |",
         "|---|---|",
         f"| MAUVE (mauve-text on MiniLM embeddings, {_fmt(metrics['mauve_buckets'])} buckets; 1 = same "
-        f"distribution) | {_fmt(metrics['mauve'])} |",
-        f"| length KS statistic (scipy; words; 0 = same distribution) | {_fmt(metrics['length_ks'])} "
-        f"(p = {_fmt(metrics['length_ks_pvalue'])}) |",
+        f"distribution) | {metrics.get('mauve_status') or _fmt(metrics['mauve'])} |",
+        "| length KS statistic (scipy; words; 0 = same distribution) | "
+        + (
+            metrics.get("length_ks_status")
+            or f"{_fmt(metrics['length_ks'])} (p = {_fmt(metrics['length_ks_pvalue'])})"
+        )
+        + " |",
         f"| mean words: real / synthetic | {_fmt(metrics['real_mean_words'], 1)} / "
         f"{_fmt(metrics['synthetic_mean_words'], 1)} |",
-        f"| embedding centroid distance (cosine; 0 = same centre) | {_fmt(metrics['centroid_distance'])} |",
+        "| embedding centroid distance (cosine; 0 = same centre) | "
+        f"{metrics.get('centroid_distance_status') or _fmt(metrics['centroid_distance'])} |",
         "",
-        "Real = training seed + holdout; synthetic = the curated set.",
+        "Real = training seed + holdout; synthetic = the curated set. A distribution score computed on "
+        "too few rows is not a verdict (it cannot tell a one-label set from the real mix), so below "
+        "`evaluation.mauve_min_samples` / `evaluation.distribution_min_rows` rows per side it says "
+        '"too few rows" instead of a number.',
         "",
         *image("lengths"),
         *image("embedding_map"),

@@ -9,8 +9,10 @@ the holdout rows; the differences to (1) get paired bootstrap CIs (same resample
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 
@@ -54,6 +56,34 @@ class UsefulnessResult:
         return {config.name: config for config in self.configs}
 
 
+# The classifier, in one place: the holdout usefulness (`train_and_predict`) and the seed
+# cross-validation (`seed_cv.py`) build exactly these, so their numbers are about the same model.
+# Tokenization of TfidfVectorizer(**TOKENIZER_OPTIONS, sublinear_tf=True) (smooth IDF, l2 norm).
+TOKENIZER_OPTIONS: dict[str, Any] = {"ngram_range": (1, 2), "strip_accents": "unicode"}
+
+
+def logistic_regression(seed: int, **options: Any) -> Any:
+    """The logistic regression of every usefulness measurement (scikit-learn defaults: L2, C=1, lbfgs)."""
+    from sklearn.linear_model import LogisticRegression
+
+    # balanced: a synthetic set with a skewed label mix should not win by predicting the majority
+    return LogisticRegression(max_iter=2000, random_state=seed, class_weight="balanced", **options)
+
+
+@contextmanager
+def single_threaded() -> Iterator[None]:
+    """Run scikit-learn/numpy on one thread (OpenMP and BLAS pools).
+
+    Measured on this 2-core box while another process used the CPU: one lbfgs fit on 935 x 6968
+    TF-IDF rows took 3.0 s of CPU with the default 2 OpenMP threads and 0.22 s with one thread
+    (identical coefficients): at these sizes the threads spend their time synchronizing (DESIGN.md,
+    "OpenMP spin-wait collapse")."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1):
+        yield
+
+
 def train_and_predict(
     train_texts: Sequence[str], train_labels: Sequence[str], test_texts: Sequence[str], seed: int
 ) -> tuple[np.ndarray | None, str | None]:
@@ -67,19 +97,16 @@ def train_and_predict(
             f"one class only ('{classes[0]}'): predicts it for every row"
         )
     from sklearn.feature_extraction.text import TfidfVectorizer
-    from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
 
-    model = make_pipeline(
-        TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, strip_accents="unicode"),
-        # balanced: a synthetic set with a skewed label mix should not win by predicting the majority
-        LogisticRegression(max_iter=2000, random_state=seed, class_weight="balanced"),
-    )
+    model = make_pipeline(TfidfVectorizer(**TOKENIZER_OPTIONS, sublinear_tf=True), logistic_regression(seed))
     try:
-        model.fit(list(train_texts), list(train_labels))
+        with single_threaded():
+            model.fit(list(train_texts), list(train_labels))
+            predicted = model.predict(list(test_texts))
     except ValueError as exc:  # e.g. "empty vocabulary": every text is blank or punctuation
         return None, f"cannot train: {exc}"
-    return np.asarray(model.predict(list(test_texts)), dtype=object), None
+    return np.asarray(predicted, dtype=object), None
 
 
 def _encode(y_true: Sequence[str], y_pred: Sequence[str]) -> tuple[np.ndarray, np.ndarray, int]:

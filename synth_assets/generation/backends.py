@@ -127,14 +127,20 @@ class OpenAICompatibleBackend:
         return f"openai:{self.params.model}"
 
     def _body(self, request: ChatRequest, params: GenerationParams) -> dict[str, Any]:
-        return {
+        body: dict[str, Any] = {
             "model": params.model,
-            "messages": request.messages,
             "max_tokens": params.max_new_tokens,
             "temperature": params.temperature,
             "top_p": params.top_p,
             "seed": request.seed,
         }
+        if request.stop:
+            body["stop"] = list(request.stop)
+        if request.continuation:
+            # raw text continued by the server's model: the legacy completions endpoint, which vLLM,
+            # llama.cpp's server and Ollama all serve
+            return {**body, "prompt": request.messages[0]["content"]}
+        return {**body, "messages": request.messages}
 
     async def _call(
         self, client: Any, limit: _AdaptiveLimit, request: ChatRequest, params: GenerationParams
@@ -147,14 +153,19 @@ class OpenAICompatibleBackend:
             overloaded = False
             retry_after: float | None = None
             try:
-                response = await client.post("/chat/completions", json=self._body(request, params))
+                endpoint = "/completions" if request.continuation else "/chat/completions"
+                response = await client.post(endpoint, json=self._body(request, params))
                 if response.status_code == 200:
                     payload = response.json()
                     choice = payload["choices"][0]
                     usage = payload.get("usage") or {}
+                    text = choice["text"] if request.continuation else choice["message"].get("content")
+                    text = str(text or "")
+                    for marker in request.stop:  # servers that ignore `stop` still get cut here
+                        text = text.split(marker, 1)[0]
                     return ChatResult(
                         key=request.key,
-                        text=str(choice["message"].get("content") or "").strip(),
+                        text=text.strip(),
                         prompt_tokens=int(usage.get("prompt_tokens") or 0),
                         completion_tokens=int(usage.get("completion_tokens") or 0),
                         finish_reason="length" if choice.get("finish_reason") == "length" else "stop",

@@ -368,8 +368,15 @@ def _generate_frame(
                     )
                     messages = [*base, {"role": "user", "content": text.strip()}]
                 seed = _step_seed(int(p.generation_seed), step, attempt)
+                continuation = spec.generation.mode == "continuation" and step == FIRST_STEP
+                if continuation:
+                    messages = [{"role": "user", "content": p.prompt_text}]
                 request = ChatRequest(
-                    key=call_key(backend.fingerprint, messages, identity, seed), messages=messages, seed=seed
+                    key=call_key(backend.fingerprint, messages, identity, seed),
+                    messages=messages,
+                    seed=seed,
+                    continuation=continuation,
+                    stop=spec.generation.stop_strings(),
                 )
                 requests.append(request)
                 prompt_of[request.key] = p.prompt_id

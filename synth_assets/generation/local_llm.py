@@ -44,9 +44,14 @@ _ROLES = frozenset({"system", "user", "assistant"})
 
 @dataclass(frozen=True)
 class ChatRequest:
+    """One completion to make. In continuation mode the single message's content is raw text the
+    model continues (no chat template); a completion ends at the first of `stop`, which is cut off."""
+
     key: str
     messages: list[dict[str, str]]
     seed: int
+    continuation: bool = False
+    stop: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -237,6 +242,7 @@ class LocalChatModel:
         if self._tokenizer.pad_token_id is None:
             self._tokenizer.pad_token = self._tokenizer.eos_token
         self._stop_ids = self._collect_stop_ids()
+        self._stop_id_memo: dict[tuple[str, ...], list[int]] = {}
         self._max_positions = int(getattr(self._model.config, "max_position_embeddings", 0) or 0)
         self._load_seconds = time.perf_counter() - started
         logger.info(
@@ -375,6 +381,23 @@ class LocalChatModel:
             stop.append(endoftext)
         return sorted(set(stop))
 
+    def _ids_containing(self, stop_strings: tuple[str, ...]) -> list[int]:
+        """Vocabulary ids whose text contains a stop string (e.g. every token with a newline), so a
+        row stops on the token that completes its item. A stop string split across two tokens does
+        not stop the row early, but it is still cut from the text."""
+        if not stop_strings:
+            return []
+        memo = self._stop_id_memo.get(stop_strings)
+        if memo is None:
+            vocabulary = self._tokenizer.convert_ids_to_tokens(list(range(len(self._tokenizer))))
+            decoded = [
+                self._tokenizer.convert_tokens_to_string([token]) if token is not None else ""
+                for token in vocabulary
+            ]
+            memo = [i for i, text in enumerate(decoded) if any(stop in text for stop in stop_strings)]
+            self._stop_id_memo[stop_strings] = memo
+        return memo
+
     # ---- generation ----------------------------------------------------------------------------
 
     def generate(
@@ -449,7 +472,63 @@ class LocalChatModel:
                     on_progress(ProgressUpdate(done, len(requests), tokens, time.perf_counter() - started))
         return [result for result in results if result is not None]
 
+    def log_likelihood(
+        self, prefixes: Sequence[str], continuations: Sequence[str], batch_size: int = 32
+    ) -> list[float]:
+        """Sum of log p(continuation tokens | prefix) under the model, one float (nats) per pair.
+
+        Prefix and continuation are tokenized separately and concatenated, so the score is of exactly
+        the continuation's tokens; texts are raw (a chat prompt must be rendered by the caller, see
+        `render_chat`). Pairs longer than the context are scored on their last tokens that fit.
+        Raises ValueError when the two sequences differ in length."""
+        if len(prefixes) != len(continuations):
+            raise ValueError(f"{len(prefixes)} prefixes for {len(continuations)} continuations")
+        import torch
+
+        pad_id = int(self._tokenizer.pad_token_id)
+        pairs = []
+        for prefix, continuation in zip(prefixes, continuations, strict=True):
+            head = self._tokenizer(prefix, add_special_tokens=False)["input_ids"] or [pad_id]
+            tail = self._tokenizer(continuation, add_special_tokens=False)["input_ids"]
+            if self._max_positions and len(head) + len(tail) > self._max_positions:
+                head = head[-max(1, self._max_positions - len(tail)) :]
+                tail = tail[: self._max_positions - len(head)]
+            pairs.append((head, tail))
+        order = sorted(range(len(pairs)), key=lambda i: (len(pairs[i][0]) + len(pairs[i][1]), i))
+        scores = [0.0] * len(pairs)
+        with self._lock, torch.inference_mode():
+            torch.set_num_threads(self._threads)
+            for start in range(0, len(order), batch_size):
+                batch = order[start : start + batch_size]
+                width = max(len(pairs[i][0]) + len(pairs[i][1]) for i in batch)
+                input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+                attention = torch.zeros((len(batch), width), dtype=torch.long)
+                for row, i in enumerate(batch):
+                    ids = pairs[i][0] + pairs[i][1]
+                    input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+                    attention[row, : len(ids)] = 1
+                logits = self._model(
+                    input_ids=input_ids.to(self._device), attention_mask=attention.to(self._device)
+                ).logits.float()
+                log_probs = torch.log_softmax(logits[:, :-1], dim=-1)
+                targets = input_ids[:, 1:].to(self._device)
+                token_scores = log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1).cpu()
+                for row, i in enumerate(batch):
+                    head, tail = pairs[i]
+                    # the token at position p is predicted by the logits at p - 1
+                    first, last = len(head) - 1, len(head) + len(tail) - 1
+                    scores[i] = float(token_scores[row, first:last].sum()) if tail else 0.0
+        return scores
+
+    def render_chat(self, messages: list[dict[str, str]]) -> str:
+        """The model's chat template applied to `messages`, ending where the assistant's answer starts."""
+        return self._render(ChatRequest(key="render", messages=messages, seed=0))
+
     def _render(self, request: ChatRequest) -> str:
+        if request.continuation:
+            if len(request.messages) != 1 or not isinstance(request.messages[0].get("content"), str):
+                raise ValueError(f"request {request.key!r}: continuation needs exactly one text message")
+            return request.messages[0]["content"]
         for message in request.messages:
             if message.get("role") not in _ROLES or not isinstance(message.get("content"), str):
                 raise ValueError(
@@ -474,6 +553,8 @@ class LocalChatModel:
         from transformers import GenerationConfig, LogitsProcessorList
 
         pad_id = int(self._tokenizer.pad_token_id)
+        stop_strings = tuple(sorted({text for request in requests for text in request.stop}))
+        stop_ids = sorted(set(self._stop_ids) | set(self._ids_containing(stop_strings)))
         width = max(len(ids) for ids in encoded)
         input_ids = torch.full((len(encoded), width), pad_id, dtype=torch.long)
         attention_mask = torch.zeros((len(encoded), width), dtype=torch.long)
@@ -495,7 +576,7 @@ class LocalChatModel:
             max_new_tokens=max_new_tokens,
             do_sample=False,
             num_beams=1,
-            eos_token_id=self._stop_ids,
+            eos_token_id=stop_ids,
             pad_token_id=pad_id,
             bos_token_id=self._model.generation_config.bos_token_id,
         )
@@ -507,15 +588,18 @@ class LocalChatModel:
         )
         completions = output[:, width:].cpu().tolist()
 
-        stop = set(self._stop_ids)
+        stop = set(stop_ids)
         results = []
         for request, ids, completion in zip(requests, encoded, completions, strict=True):
             end = next((position for position, token in enumerate(completion) if token in stop), None)
             kept = completion if end is None else completion[: end + 1]
+            text = self._tokenizer.decode(kept, skip_special_tokens=True)
+            for marker in request.stop:
+                text = text.split(marker, 1)[0]
             results.append(
                 ChatResult(
                     key=request.key,
-                    text=self._tokenizer.decode(kept, skip_special_tokens=True).strip(),
+                    text=text.strip(),
                     prompt_tokens=len(ids),
                     completion_tokens=len(kept),
                     finish_reason="length" if end is None else "stop",

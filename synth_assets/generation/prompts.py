@@ -10,6 +10,7 @@ import itertools
 import json
 import math
 import random
+import statistics
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any
@@ -38,7 +39,12 @@ _ENVIRONMENT = SandboxedEnvironment(
 
 
 def _template_context(
-    spec: GenerationSpec, label: str, attributes: dict[str, str], demos: list[dict[str, str]]
+    spec: GenerationSpec,
+    label: str,
+    attributes: dict[str, str],
+    demos: list[dict[str, str]],
+    anchor: dict[str, str] | None = None,
+    typical_words: int = 0,
 ) -> dict[str, Any]:
     return {
         "task": spec.task.strip(),
@@ -46,8 +52,23 @@ def _template_context(
         "labels": list(spec.labels),
         "attributes": attributes,
         "demos": demos,
+        # the seed row this prompt is built around (seed rewriting: "a new text like this one")
+        "anchor": anchor or {"text": "", "label": label},
+        # the median word count of the label's real rows: "in about {{ typical_words }} words" steers
+        # a chat model toward the seed's shape (an unsteered 135M model wrote reviews 2.5x too long)
+        "typical_words": typical_words,
         **attributes,
     }
+
+
+def uses_anchor(spec: GenerationSpec) -> bool:
+    """Whether prompts are built around an anchor seed row (the template names `anchor`, or demos
+    are retrieved as its nearest neighbours); the anchor's id then joins the prompt's lineage."""
+    from jinja2 import meta
+
+    return spec.few_shot.strategy == "nearest" or "anchor" in meta.find_undeclared_variables(
+        _ENVIRONMENT.parse(spec.template)
+    )
 
 
 def check_template(template: str, spec: GenerationSpec | None = None) -> str | None:
@@ -60,22 +81,37 @@ def check_template(template: str, spec: GenerationSpec | None = None) -> str | N
         return None
     attributes = {a.name: a.values[0] for a in spec.attributes}
     demos = [{"text": "example text", "label": spec.labels[0]}] * spec.few_shot.k
+    anchor = {"text": "example text", "label": spec.labels[0]}
     try:
-        compiled.render(_template_context(spec, spec.labels[0], attributes, demos))
+        compiled.render(_template_context(spec, spec.labels[0], attributes, demos, anchor, 12))
     except TemplateError as exc:
         return f"cannot render: {exc}"
     return None
 
 
 def render_prompt(
-    spec: GenerationSpec, label: str, attributes: dict[str, str], demos: list[dict[str, str]]
+    spec: GenerationSpec,
+    label: str,
+    attributes: dict[str, str],
+    demos: list[dict[str, str]],
+    anchor: dict[str, str] | None = None,
+    typical_words: int = 0,
 ) -> str:
     """The user message for one prompt (used again by self-instruct rounds with pooled demos)."""
     return (
         _ENVIRONMENT.from_string(spec.template)
-        .render(_template_context(spec, label, attributes, demos))
+        .render(_template_context(spec, label, attributes, demos, anchor, typical_words))
         .strip()
     )
+
+
+def typical_words_by_label(rows_by_label: dict[str, list[dict[str, str]]]) -> dict[str, int]:
+    """Median word count of each label's seed rows (whitespace words; at least 1)."""
+    return {
+        label: max(1, round(statistics.median(len(r["text"].split()) for r in rows)))
+        for label, rows in rows_by_label.items()
+        if rows
+    }
 
 
 def allocate_counts(total: int, weights: Sequence[float]) -> list[int]:
@@ -84,6 +120,41 @@ def allocate_counts(total: int, weights: Sequence[float]) -> list[int]:
     positions = list(range(len(weights)))
     chosen = label_sequence(positions, weights, total)
     return [chosen.count(i) for i in positions]
+
+
+class _NearestRows:
+    """kNN demo retrieval: a label's seed rows ranked by embedding cosine to an anchor row."""
+
+    def __init__(self, rows_by_label: dict[str, list[dict[str, str]]]) -> None:
+        from synth_assets.embeddings import embed
+
+        self.rows_by_label = rows_by_label
+        self.vectors = {label: embed([r["text"] for r in rows]) for label, rows in rows_by_label.items()}
+
+    def around(self, anchor: dict[str, str], k: int) -> list[dict[str, str]]:
+        """The k rows of the anchor's label nearest to it (the anchor excluded), least similar first,
+        so the most similar demo sits next to the slot the model fills."""
+        rows = self.rows_by_label.get(anchor["label"], [])
+        vectors = self.vectors.get(anchor["label"])
+        if not rows or vectors is None:
+            return []
+        position = next(i for i, row in enumerate(rows) if row["seed_id"] == anchor["seed_id"])
+        similarity = vectors @ vectors[position]
+        # ties (duplicate texts) resolve by seed order, so retrieval is deterministic
+        ranked = sorted((i for i in range(len(rows)) if i != position), key=lambda i: (-similarity[i], i))
+        return [rows[i] for i in reversed(ranked[:k])]
+
+
+def _anchor_rows(
+    spec: GenerationSpec, rows_by_label: dict[str, list[dict[str, str]]]
+) -> dict[str, list[dict[str, str]]]:
+    """Per label, the seed rows in a fixed shuffled order; the n-th prompt of a label takes the
+    (n mod rows)-th as its anchor, so every seed row is rewritten about equally often."""
+    ordered = {}
+    for label, rows in rows_by_label.items():
+        rng = random.Random(content_hash([spec.random_seed, "anchors", label]))
+        ordered[label] = rng.sample(rows, len(rows))
+    return ordered
 
 
 def _pick_demos(
@@ -179,6 +250,11 @@ def expand_prompts(spec: GenerationSpec, seed_rows: pd.DataFrame) -> pd.DataFram
         "template": spec.template,
         "system_prompt": spec.generation.system_prompt,
     }
+    words_of_label = typical_words_by_label(rows_by_label)
+    with_anchor = uses_anchor(spec)
+    anchors = _anchor_rows(spec, rows_by_label) if with_anchor else {}
+    nearest = _NearestRows(rows_by_label) if spec.few_shot.strategy == "nearest" and all_rows else None
+    prompts_of_label: Counter[str] = Counter()
     seen: Counter[str] = Counter()
     records: list[dict[str, Any]] = []
     for index, (label, fixed, cell) in enumerate(plan):
@@ -188,16 +264,29 @@ def expand_prompts(spec: GenerationSpec, seed_rows: pd.DataFrame) -> pd.DataFram
             a.name: fixed.get(a.name) or rng.choices(a.values, weights=a.normalized_weights())[0]
             for a in spec.attributes
         }
-        demos = _pick_demos(rng, rows_by_label, all_rows, label, spec.few_shot.k, spec.few_shot.strategy)
+        anchor = None
+        if with_anchor and anchors.get(label):
+            anchor = anchors[label][prompts_of_label[label] % len(anchors[label])]
+        prompts_of_label[label] += 1
+        if nearest is not None:
+            demos = nearest.around(anchor, spec.few_shot.k) if anchor else []
+        else:
+            demos = _pick_demos(rng, rows_by_label, all_rows, label, spec.few_shot.k, spec.few_shot.strategy)
         try:
             text = compiled.render(
                 _template_context(
-                    spec, label, attributes, [{"text": d["text"], "label": d["label"]} for d in demos]
+                    spec,
+                    label,
+                    attributes,
+                    [{"text": d["text"], "label": d["label"]} for d in demos],
+                    {"text": anchor["text"], "label": anchor["label"]} if anchor else None,
+                    words_of_label.get(label, 0),
                 )
             ).strip()
         except TemplateError as exc:
             raise SpecError(f"{spec.source_path}: template: cannot render prompt {index}: {exc}") from exc
-        demo_ids = [d["seed_id"] for d in demos]
+        # the anchor is a seed row the prompt was built from: it leads the prompt's lineage
+        demo_ids = ([anchor["seed_id"]] if anchor else []) + [d["seed_id"] for d in demos]
         base = {**spec_identity, "label": label, "attributes": attributes, "demo_ids": demo_ids}
         key = content_hash(base)
         # identical prompts are legitimate (few conditions, many samples); the replicate keeps ids unique

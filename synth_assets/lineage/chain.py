@@ -58,7 +58,7 @@ class LineageChain:
     def status(self) -> str:
         current = [d for d in self.decisions if d["in_promoted_curated_set"]]
         if current:
-            return f"curated: in the promoted curated_set (run {current[-1]['run_id']})"
+            return f"curated: in the published curated_set (run {current[-1]['run_id']})"
         if not self.decisions:
             return "generated, never curated"
         last = self.decisions[-1]
@@ -373,7 +373,7 @@ def format_chain(chain: LineageChain) -> str:
     if not chain.decisions:
         lines.append("  (not curated yet)")
     for decision in chain.decisions:
-        current = "  <- in the promoted curated_set" if decision["in_promoted_curated_set"] else ""
+        current = "  <- in the published curated_set" if decision["in_promoted_curated_set"] else ""
         gate = _verdict(decision["curated_set_gate_passed"])
         lines.append(f"  run {decision['run_id']}: {decision['decision'].upper()} ({gate}){current}")
         details = decision["details"] if isinstance(decision["details"], dict) else {}
