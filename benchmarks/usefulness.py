@@ -239,8 +239,83 @@ def _mean_sd(values: list[float]) -> str:
     return f"{np.nanmean(array):.3f} ± {np.nanstd(array, ddof=1) if len(array) > 1 else 0.0:.3f}"
 
 
+def _read_only(database: Path, attempts: int = 120) -> Any:
+    """A read-only connection, retried while a writer (a product run) holds the file."""
+    import duckdb
+
+    for attempt in range(attempts):
+        try:
+            return duckdb.connect(str(database), read_only=True)
+        except duckdb.IOException:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(1.0)
+    raise AssertionError("unreachable")
+
+
+def recurate(dataset: str, variant: str, draw: int, seed: pd.DataFrame, workdir: Path) -> RunResult:
+    """A curation-only ablation: the default variant's generated samples of this draw, curated again
+    in this process by the product's own `curate` with the variant's curation settings. Costs no
+    generation; the variant may change only `curation.*` (checked)."""
+    from synth_assets.curation.pipeline import CurationContext, curate
+    from synth_assets.embeddings import embed
+    from synth_assets.generation.local_llm import get_local_model
+    from synth_assets.spec import load_spec
+
+    overrides = variants_of(dataset)[variant]
+    if any(not key.startswith("curation.") for key in overrides):
+        raise SystemExit(f"--recurate: variant '{variant}' changes more than curation: {sorted(overrides)}")
+    spec = load_spec(write_spec(dataset, variant, draw, seed, workdir / dataset / f"d{draw}"))
+    default_name = f"bench-{dataset}-default-d{draw}".replace("_", "-")
+    with _read_only(workdir / "bench.duckdb") as connection:
+        run = connection.execute(
+            "SELECT run_id FROM generated_samples_history WHERE spec_name = ? "
+            "ORDER BY materialized_at DESC LIMIT 1",
+            [default_name],
+        ).fetchone()
+        if run is None:
+            raise SystemExit(f"--recurate: run the default variant of {dataset} d{draw} first")
+        frames = {
+            stage: connection.execute(
+                f"SELECT * FROM {stage}_history WHERE spec_name = ? AND run_id = ?", [default_name, run[0]]
+            ).df()
+            for stage in ("generated_samples", "expanded_prompts", "seed_data")
+        }
+    started = time.perf_counter()
+    needs_model = spec.curation.label_fidelity in ("likelihood", "both")
+    outcome = curate(
+        frames["generated_samples"],
+        frames["expanded_prompts"],
+        spec.curation,
+        CurationContext.for_spec(
+            spec,
+            seed_rows=frames["seed_data"],
+            embed=embed,
+            likelihood_model=get_local_model() if needs_model else None,
+        ),
+    )
+    shown = {
+        pid: set(json.loads(ids))
+        for pid, ids in zip(
+            frames["expanded_prompts"]["prompt_id"], frames["expanded_prompts"]["demo_ids"], strict=True
+        )
+    }
+    generated, curated = frames["generated_samples"], outcome.curated.copy()
+    for frame in (generated, curated):
+        frame["shown_seed_ids"] = [shown.get(pid, set()) for pid in frame["prompt_id"]]
+    return RunResult(
+        curated=curated,
+        generated=generated,
+        wall_s=time.perf_counter() - started,
+        completion_tokens=0,
+        prompt_tokens=0,
+        ok=True,
+        log_tail="",
+    )
+
+
 def bench_dataset(
-    dataset: str, variants: list[str], draws: int, workdir: Path, log: Any
+    dataset: str, variants: list[str], draws: int, workdir: Path, log: Any, recurated: bool = False
 ) -> list[dict[str, Any]]:
     corpus = LOADERS[dataset]()
     train, test = split(corpus)
@@ -252,8 +327,11 @@ def bench_dataset(
         for draw in range(draws):
             seed = draw_seed(train, draw)
             spec_name = f"bench-{dataset}-{variant}-d{draw}".replace("_", "-")
-            spec_path = write_spec(dataset, variant, draw, seed, workdir / dataset / f"d{draw}")
-            result = run_product(spec_path, spec_name, workdir)
+            if recurated:
+                result = recurate(dataset, variant, draw, seed, workdir)
+            else:
+                spec_path = write_spec(dataset, variant, draw, seed, workdir / dataset / f"d{draw}")
+                result = run_product(spec_path, spec_name, workdir)
             real_t, real_l = seed["text"].tolist(), seed["label"].tolist()
             curated = result.curated
             cur_t, cur_l = curated["text"].astype(str).tolist(), curated["label"].astype(str).tolist()
@@ -346,6 +424,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--draws", type=int, default=5)
     parser.add_argument("--workdir", type=Path, default=ROOT / ".bench" / "usefulness")
     parser.add_argument("--json", type=Path, help="also write every number here")
+    parser.add_argument(
+        "--recurate",
+        action="store_true",
+        help="curation-only ablations: re-curate the default run's samples in-process (no generation)",
+    )
     args = parser.parse_args(argv)
     args.workdir = args.workdir.resolve()
     args.workdir.mkdir(parents=True, exist_ok=True)
@@ -361,7 +444,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"{dataset}: unknown variants {unknown}; known: {sorted(variants_of(dataset))}")
     summaries = []
     for dataset in args.datasets:
-        summaries += bench_dataset(dataset, args.variants, args.draws, args.workdir, print)
+        summaries += bench_dataset(dataset, args.variants, args.draws, args.workdir, print, args.recurate)
     print()
     for summary in summaries:
         print(result_line(summary))
