@@ -13,7 +13,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from synth_assets.generation.local_llm import ChatRequest, ChatResult, ProgressUpdate, get_local_model
+from synth_assets.generation.local_llm import (
+    ChatRequest,
+    ChatResult,
+    ProgressUpdate,
+    cut_at_stop,
+    get_local_model,
+)
 from synth_assets.spec import GenerationParams
 
 RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
@@ -160,9 +166,8 @@ class OpenAICompatibleBackend:
                     choice = payload["choices"][0]
                     usage = payload.get("usage") or {}
                     text = choice["text"] if request.continuation else choice["message"].get("content")
-                    text = str(text or "")
-                    for marker in request.stop:  # servers that ignore `stop` still get cut here
-                        text = text.split(marker, 1)[0]
+                    # servers that ignore `stop` still get cut here
+                    text = cut_at_stop(str(text or ""), request.stop)
                     return ChatResult(
                         key=request.key,
                         text=text.strip(),

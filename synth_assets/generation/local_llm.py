@@ -42,6 +42,13 @@ _STALE_TMP_SECONDS = 3600
 _ROLES = frozenset({"system", "user", "assistant"})
 
 
+def cut_at_stop(text: str, stop: Sequence[str]) -> str:
+    """`text` up to the first occurrence of any stop string (the stop string itself removed)."""
+    for marker in stop:
+        text = text.split(marker, 1)[0]
+    return text
+
+
 @dataclass(frozen=True)
 class ChatRequest:
     """One completion to make. In continuation mode the single message's content is raw text the
@@ -593,9 +600,7 @@ class LocalChatModel:
         for request, ids, completion in zip(requests, encoded, completions, strict=True):
             end = next((position for position, token in enumerate(completion) if token in stop), None)
             kept = completion if end is None else completion[: end + 1]
-            text = self._tokenizer.decode(kept, skip_special_tokens=True)
-            for marker in request.stop:
-                text = text.split(marker, 1)[0]
+            text = cut_at_stop(self._tokenizer.decode(kept, skip_special_tokens=True), request.stop)
             results.append(
                 ChatResult(
                     key=request.key,
