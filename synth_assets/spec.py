@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from synth_assets import templates
 
 SEED_SUFFIXES = {".csv": "csv", ".parquet": "parquet", ".jsonl": "jsonl", ".json": "json"}
 # template variables every prompt gets; an attribute with one of these names would shadow it
@@ -23,6 +26,13 @@ RESERVED_TEMPLATE_NAMES = {
 }  # fmt: skip
 LOCAL_MODEL = "smollm2-135m-instruct"
 SPEC_NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_\-]{0,63}$")
+# the most prompts one spec may plan: `num_samples`' own cap, and per_cell's cells x budget
+MAX_PROMPTS = 100_000
+
+
+def _off_for_false(value: Any) -> Any:
+    """YAML 1.1 reads a bare `off` as `false`; a setting whose choices include "off" takes it as "off"."""
+    return "off" if value is False else value
 
 
 class SpecError(ValueError):
@@ -334,6 +344,11 @@ class CurationSpec(_Strict):
     )
     judge_min_score: float | None = Field(default=None, ge=1.0, le=5.0, description="reject below")
 
+    @field_validator("label_check", "label_fidelity", "pii", mode="before")
+    @classmethod
+    def _yaml_off(cls, value: Any) -> Any:
+        return _off_for_false(value)
+
     @field_validator("language")
     @classmethod
     def _known_language(cls, value: str | None) -> str | None:
@@ -347,13 +362,10 @@ class CurationSpec(_Strict):
     @classmethod
     def _relevance_template(cls, value: str | None) -> str | None:
         if value is not None:
-            from jinja2 import TemplateSyntaxError
-            from jinja2.sandbox import SandboxedEnvironment
-
             try:
-                SandboxedEnvironment().parse(value)
-            except TemplateSyntaxError as exc:
-                raise ValueError(f"not a valid Jinja template: {exc.message}") from exc
+                templates.compile_template(value)
+            except templates.TemplateProblem as exc:
+                raise ValueError(f"not a valid Jinja template: {exc}") from exc
         return value
 
     @model_validator(mode="after")
@@ -378,7 +390,9 @@ class GateSpec(_Strict):
         le=1.0,
         description="share of generated samples that must be within the length bounds",
     )
-    curated_min_rows: int = Field(default=5, ge=0)
+    curated_min_rows: int = Field(
+        default=5, ge=1, description="at least this many curated rows (an empty set is never promoted)"
+    )
     curated_min_yield: float = Field(default=0.0, ge=0.0, le=1.0, description="curated / generated")
     curated_max_yield: float = Field(default=1.0, ge=0.0, le=1.0)
     max_duplicate_rate: float = Field(
@@ -525,10 +539,15 @@ class GenerationSpec(_Strict):
     def _consistent(self) -> GenerationSpec:
         if len(set(self.labels)) != len(self.labels):
             raise ValueError("labels: repeated label")
-        if self.label_weights is not None and len(self.label_weights) != len(self.labels):
-            raise ValueError(
-                f"label_weights: {len(self.label_weights)} weights for {len(self.labels)} labels"
-            )
+        if self.label_weights is not None:
+            if len(self.label_weights) != len(self.labels):
+                raise ValueError(
+                    f"label_weights: {len(self.label_weights)} weights for {len(self.labels)} labels"
+                )
+            if any(not math.isfinite(w) or w < 0 for w in self.label_weights):
+                raise ValueError("label_weights: every weight must be a finite number >= 0")
+            if sum(self.label_weights) <= 0:
+                raise ValueError("label_weights: all weights are 0 (no label could be asked for)")
         names = [a.name for a in self.attributes]
         if len(set(names)) != len(names):
             raise ValueError("attributes: repeated attribute name")
@@ -541,6 +560,7 @@ class GenerationSpec(_Strict):
                 "structured_output need chat mode"
             )
         if self.structured_output is not None:
+            _check_json_schema(self.structured_output.json_schema)
             properties = self.structured_output.json_schema.get("properties", {})
             if self.structured_output.text_field not in properties:
                 raise ValueError(
@@ -555,10 +575,41 @@ class GenerationSpec(_Strict):
             unknown = sorted(set(self.per_cell.attributes) - set(names) - {"label"})
             if unknown:
                 raise ValueError(f"per_cell.attributes: {unknown} are not attributes of this spec")
+            planned = self.planned_prompts()
+            if planned > MAX_PROMPTS:
+                raise ValueError(
+                    f"per_cell: {self.cell_count():,} cells x ceil(n x budget_factor) plans {planned:,} "
+                    f"prompts, more than the {MAX_PROMPTS:,} allowed"
+                )
+        if self.gates.curated_min_rows > self.max_curated_rows():
+            what = "per_cell cells x n" if self.per_cell is not None else "num_samples"
+            raise ValueError(
+                f"gates.curated_min_rows: {self.gates.curated_min_rows} can never be met: the spec "
+                f"makes at most {self.max_curated_rows():,} samples ({what})"
+            )
         reserved = sorted(set(names) & RESERVED_TEMPLATE_NAMES)
         if reserved:
             raise ValueError(f"attributes: {reserved} are reserved template variable names")
         return self
+
+    def cell_count(self) -> int:
+        """Number of per_cell cells (combinations of the per-cell attributes' values); 0 without per_cell."""
+        if self.per_cell is None:
+            return 0
+        sizes = {a.name: len(a.values) for a in self.attributes} | {"label": len(self.labels)}
+        return math.prod(sizes[name] for name in self.per_cell.attributes)
+
+    def planned_prompts(self) -> int:
+        """Prompts `expanded_prompts` will make: num_samples, or cells x ceil(n x budget_factor)."""
+        if self.per_cell is None:
+            return self.num_samples
+        return self.cell_count() * math.ceil(self.per_cell.n * self.per_cell.budget_factor)
+
+    def max_curated_rows(self) -> int:
+        """The most samples a run can produce and curate: one per prompt, or n per per_cell cell."""
+        if self.per_cell is None:
+            return self.num_samples
+        return self.cell_count() * self.per_cell.n
 
     def normalized_label_weights(self) -> list[float]:
         raw = self.label_weights or [1.0] * len(self.labels)
@@ -584,6 +635,21 @@ class GenerationSpec(_Strict):
         return content_hash(self.model_dump(mode="json"))
 
 
+def _check_json_schema(schema: dict[str, Any]) -> None:
+    """Raise ValueError (one line) when `schema` is not a valid JSON schema for its declared draft
+    (`jsonschema`'s `check_schema`; the latest draft when `$schema` is absent)."""
+    import jsonschema
+
+    try:
+        jsonschema.validators.validator_for(schema).check_schema(schema)
+    except jsonschema.SchemaError as exc:
+        where = exc.json_path if exc.path else "$"
+        message = " ".join(exc.message.split())
+        raise ValueError(
+            f"structured_output.json_schema: not a valid JSON schema at {where}: {message[:200]}"
+        ) from exc
+
+
 def content_hash(value: Any, length: int = 16) -> str:
     """Stable short hash of any JSON-able value (keys sorted), used for all ids."""
     encoded = json.dumps(value, sort_keys=True, ensure_ascii=False, default=str).encode()
@@ -603,17 +669,96 @@ def _describe_validation_error(error: ValidationError) -> str:
     return f"{location}: {message}{suffix}"
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key written twice in one mapping is an error (PyYAML
+    keeps the last one silently, so a second `template:` would quietly replace the first)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _value in node.value:
+            key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+            if isinstance(key, list | dict):
+                continue  # unhashable keys: let PyYAML report them as it always has
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key '{key}'", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_spec_yaml(text: str) -> Any:
+    """Parse spec YAML (safe loader, duplicate keys refused). Raises `yaml.YAMLError`."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)
+
+
+def _sample_rows(spec: GenerationSpec) -> list[tuple[str, dict[str, str]]]:
+    """(label, attribute values) pairs that together use every label and every attribute value
+    at least once: the representative contexts every template is rendered with at load time."""
+    count = max([len(spec.labels), *(len(a.values) for a in spec.attributes)])
+    return [
+        (spec.labels[i % len(spec.labels)], {a.name: a.values[i % len(a.values)] for a in spec.attributes})
+        for i in range(count)
+    ]
+
+
+def template_problem(spec: GenerationSpec) -> tuple[str, str] | None:
+    """(field, problem) for the first template of `spec` that cannot be rendered, or None.
+
+    Every template — `template`, each step's, `output_template`, `curation.relevance_text` — is
+    rendered through `synth_assets.templates` (bounded in time and size) with the variables it will
+    get at run time, for every label and every attribute value, with placeholder seed texts and step
+    outputs: an undefined variable, a sandbox violation or a runaway loop is found here, before any
+    stage runs, instead of after generation has been paid for.
+    """
+    example = "An example text of a few words."
+    step_names = ["answer", *(step.name for step in spec.steps)]
+    for label, attributes in _sample_rows(spec):
+        base = {"task": spec.task, "label": label, "labels": list(spec.labels), "attributes": attributes}
+        demos = [
+            {"text": example, "label": spec.labels[i % len(spec.labels)]} for i in range(spec.few_shot.k)
+        ]
+        checks = [
+            (
+                "template",
+                spec.template,
+                templates.prompt_context(
+                    **base, demos=demos, anchor={"text": example, "label": label}, typical_words=12
+                ),
+            )
+        ]
+        for index, step in enumerate(spec.steps):
+            earlier = dict.fromkeys(step_names[: index + 1], example)
+            context = templates.step_context(**base, prompt=example, steps=earlier)
+            checks.append((f"steps.{index}.template", step.template, context))
+        if spec.output_template:
+            context = templates.step_context(**base, prompt=example, steps=dict.fromkeys(step_names, example))
+            checks.append(("output_template", spec.output_template, context))
+        if spec.curation.relevance_text:
+            checks.append(
+                ("curation.relevance_text", spec.curation.relevance_text, templates.relevance_context(**base))
+            )
+        for field, source, context in checks:
+            try:
+                templates.render(source, context)
+            except templates.TemplateProblem as exc:
+                return field, str(exc)
+    return None
+
+
 def load_spec(path: str | Path) -> GenerationSpec:
     """Read and validate a spec file; raise `SpecError` with a one-line reason."""
     spec_path = Path(path).resolve()
     if not spec_path.is_file():
         raise SpecError(f"{path}: spec file not found")
     try:
-        raw = yaml.safe_load(spec_path.read_text(encoding="utf-8"))
+        raw = read_spec_yaml(spec_path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise SpecError(f"{path}: not valid YAML{where}") from exc
+        problem = getattr(exc, "problem", None) or ""
+        detail = f": {problem}" if problem.startswith("duplicate key") else ""
+        raise SpecError(f"{path}: not valid YAML{where}{detail}") from exc
     except UnicodeDecodeError as exc:
         raise SpecError(f"{path}: not UTF-8 text") from exc
     if not isinstance(raw, dict):
@@ -625,15 +770,7 @@ def load_spec(path: str | Path) -> GenerationSpec:
     for field, seed_file in (("seed.path", spec.seed_path), ("seed.holdout_path", spec.holdout_path)):
         if seed_file is not None and not seed_file.is_file():
             raise SpecError(f"{path}: {field}: file not found: {seed_file}")
-    from synth_assets.generation.prompts import check_template
-
-    problem = check_template(spec.template, spec)
-    if problem:
-        raise SpecError(f"{path}: template: {problem}")
-    for index, step in enumerate(spec.steps):
-        problem = check_template(step.template)
-        if problem:
-            raise SpecError(f"{path}: steps.{index}.template: {problem}")
-    if spec.output_template and (problem := check_template(spec.output_template)):
-        raise SpecError(f"{path}: output_template: {problem}")
+    found = template_problem(spec)
+    if found:
+        raise SpecError(f"{path}: {found[0]}: {found[1]}")
     return spec

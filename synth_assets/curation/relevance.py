@@ -12,12 +12,10 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import pandas as pd
-from jinja2 import StrictUndefined
-from jinja2.sandbox import SandboxedEnvironment
+
+from synth_assets import templates
 
 Embed = Callable[[Sequence[str]], np.ndarray]
-
-_ENV = SandboxedEnvironment(undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
 
 
 def default_condition(task: str, label: str, attributes: dict[str, str]) -> str:
@@ -28,19 +26,20 @@ def default_condition(task: str, label: str, attributes: dict[str, str]) -> str:
 def condition_texts(
     prompts: pd.DataFrame, task: str, labels: Sequence[str], relevance_text: str | None
 ) -> dict[str, str]:
-    """prompt_id -> the text its samples are compared with."""
-    template = _ENV.from_string(relevance_text) if relevance_text else None
+    """prompt_id -> the text its samples are compared with. Raises `templates.TemplateProblem` when
+    `relevance_text` cannot be rendered (the spec's load-time check renders it first)."""
     texts: dict[str, str] = {}
     for row in prompts.itertuples(index=False):
         raw = getattr(row, "attributes", None)
         attributes = json.loads(raw) if isinstance(raw, str) and raw else {}
         label = str(row.label)
-        if template is None:
+        if not relevance_text:
             texts[row.prompt_id] = default_condition(task, label, attributes)
         else:
-            texts[row.prompt_id] = template.render(
-                task=task, label=label, labels=list(labels), attributes=attributes, **attributes
-            ).strip()
+            context = templates.relevance_context(
+                task=task, label=label, labels=list(labels), attributes=attributes
+            )
+            texts[row.prompt_id] = templates.render(relevance_text, context).strip()
     return texts
 
 

@@ -19,8 +19,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
-from jinja2 import StrictUndefined
-from jinja2.sandbox import SandboxedEnvironment
 
 from synth_assets.generation.backends import Backend, CallFailure
 from synth_assets.generation.local_llm import ChatRequest, ChatResult, ProgressUpdate
@@ -29,6 +27,7 @@ from synth_assets.generation.self_instruct import NoveltyPool
 from synth_assets.generation.structured import parse_structured
 from synth_assets.spec import GenerationSpec, content_hash
 from synth_assets.storage import Warehouse, stage_columns
+from synth_assets.templates import TemplateProblem, render, step_context
 
 FIRST_STEP = "answer"
 
@@ -39,7 +38,6 @@ _LEAD_IN = re.compile(
     r"(?:\([^)]*\))?\s*:\s*",
     re.I,
 )
-_ENVIRONMENT = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False, trim_blocks=True)
 
 
 def clean_completion(text: str) -> str:
@@ -195,16 +193,14 @@ class CachedCaller:
 
 
 def _context(spec: GenerationSpec, prompt: Any, steps: dict[str, str]) -> dict[str, Any]:
-    attributes = json.loads(prompt.attributes)
-    return {
-        "task": spec.task.strip(),
-        "label": prompt.label,
-        "labels": list(spec.labels),
-        "attributes": attributes,
-        "prompt": prompt.prompt_text,
-        "steps": steps,
-        **attributes,
-    }
+    return step_context(
+        task=spec.task,
+        label=prompt.label,
+        labels=list(spec.labels),
+        attributes=json.loads(prompt.attributes),
+        prompt=prompt.prompt_text,
+        steps=steps,
+    )
 
 
 def generate_samples(
@@ -358,11 +354,9 @@ def _generate_frame(
                     messages = conversations[p.prompt_id]
                 else:
                     try:
-                        text = _ENVIRONMENT.from_string(template or "").render(
-                            _context(spec, p, outputs[p.prompt_id])
-                        )
-                    except Exception as exc:  # a template error is the spec's fault: name the step
-                        raise ValueError(f"{spec.source_path}: steps.{step}: cannot render: {exc}") from exc
+                        text = render(template or "", _context(spec, p, outputs[p.prompt_id]))
+                    except TemplateProblem as exc:  # a template error is the spec's fault: name the step
+                        raise ValueError(f"{spec.source_path}: steps.{step}: {exc}") from exc
                     base = (
                         conversations[p.prompt_id] if continues else prompt_messages(p.system_prompt, "")[:-1]
                     )
@@ -443,7 +437,10 @@ def _generate_frame(
         steps = outputs[p.prompt_id]
         final_calls = calls[p.prompt_id]
         if spec.output_template:
-            text = _ENVIRONMENT.from_string(spec.output_template).render(_context(spec, p, steps))
+            try:
+                text = render(spec.output_template, _context(spec, p, steps))
+            except TemplateProblem as exc:
+                raise ValueError(f"{spec.source_path}: output_template: {exc}") from exc
         else:
             text = steps[step_plan[-1][0]]
         structured_value = next((c["structured"] for c in reversed(final_calls) if "structured" in c), None)

@@ -16,9 +16,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import pandas as pd
-from jinja2 import StrictUndefined, TemplateError
-from jinja2.sandbox import SandboxedEnvironment
 
+from synth_assets import templates
 from synth_assets.spec import GenerationSpec, SpecError, content_hash
 
 PROMPT_COLUMNS = [
@@ -33,9 +32,13 @@ PROMPT_COLUMNS = [
     "cell",
 ]
 
-_ENVIRONMENT = SandboxedEnvironment(
-    undefined=StrictUndefined, autoescape=False, trim_blocks=True, lstrip_blocks=True
-)
+# SmolLM2-135M-Instruct's context (config.json: max_position_embeddings = 8192).
+LOCAL_CONTEXT_TOKENS = 8192
+# The longest token in SmolLM2's vocabulary is 81 characters (a newline and 80 spaces; measured over
+# tokenizer.json's 49,152 entries), so a text of c characters is at least ceil(c / 81) tokens. This
+# bound never refuses a prompt that fits; it is used instead of the tokenizer because it needs no
+# model files (the openai backend has none here) and costs nothing on a 1 MB cell.
+MAX_CHARS_PER_TOKEN = 81
 
 
 def _template_context(
@@ -46,47 +49,21 @@ def _template_context(
     anchor: dict[str, str] | None = None,
     typical_words: int = 0,
 ) -> dict[str, Any]:
-    return {
-        "task": spec.task.strip(),
-        "label": label,
-        "labels": list(spec.labels),
-        "attributes": attributes,
-        "demos": demos,
-        # the seed row this prompt is built around (seed rewriting: "a new text like this one")
-        "anchor": anchor or {"text": "", "label": label},
-        # the median word count of the label's real rows: "in about {{ typical_words }} words" steers
-        # a chat model toward the seed's shape (an unsteered 135M model wrote reviews 2.5x too long)
-        "typical_words": typical_words,
-        **attributes,
-    }
+    return templates.prompt_context(
+        task=spec.task,
+        label=label,
+        labels=list(spec.labels),
+        attributes=attributes,
+        demos=demos,
+        anchor=anchor,
+        typical_words=typical_words,
+    )
 
 
 def uses_anchor(spec: GenerationSpec) -> bool:
     """Whether prompts are built around an anchor seed row (the template names `anchor`, or demos
     are retrieved as its nearest neighbours); the anchor's id then joins the prompt's lineage."""
-    from jinja2 import meta
-
-    return spec.few_shot.strategy == "nearest" or "anchor" in meta.find_undeclared_variables(
-        _ENVIRONMENT.parse(spec.template)
-    )
-
-
-def check_template(template: str, spec: GenerationSpec | None = None) -> str | None:
-    """The problem with a template (syntax, unknown variable, sandbox violation), or None."""
-    try:
-        compiled = _ENVIRONMENT.from_string(template)
-    except TemplateError as exc:
-        return f"Jinja2 syntax error at line {getattr(exc, 'lineno', '?')}: {exc.message}"
-    if spec is None:
-        return None
-    attributes = {a.name: a.values[0] for a in spec.attributes}
-    demos = [{"text": "example text", "label": spec.labels[0]}] * spec.few_shot.k
-    anchor = {"text": "example text", "label": spec.labels[0]}
-    try:
-        compiled.render(_template_context(spec, spec.labels[0], attributes, demos, anchor, 12))
-    except TemplateError as exc:
-        return f"cannot render: {exc}"
-    return None
+    return spec.few_shot.strategy == "nearest" or "anchor" in templates.variables(spec.template)
 
 
 def render_prompt(
@@ -97,12 +74,52 @@ def render_prompt(
     anchor: dict[str, str] | None = None,
     typical_words: int = 0,
 ) -> str:
-    """The user message for one prompt (used again by self-instruct rounds with pooled demos)."""
-    return (
-        _ENVIRONMENT.from_string(spec.template)
-        .render(_template_context(spec, label, attributes, demos, anchor, typical_words))
-        .strip()
-    )
+    """The user message for one prompt (used again by self-instruct rounds with pooled demos).
+    Raises `SpecError` naming the spec file and `template` when the template cannot be rendered."""
+    context = _template_context(spec, label, attributes, demos, anchor, typical_words)
+    try:
+        return templates.render(spec.template, context).strip()
+    except templates.TemplateProblem as exc:
+        raise SpecError(f"{spec.source_path}: template: {exc}") from exc
+
+
+def check_seed_rows_fit(spec: GenerationSpec, seed_rows: pd.DataFrame) -> None:
+    """Refuse, before any prompt is rendered, a seed row that cannot fit the local model's context
+    with room for `max_new_tokens`: raises `SpecError` naming the seed file and row. Only for the
+    local backend, whose context is known; a server's own limit is its to report."""
+    if spec.generation.backend != "local" or seed_rows.empty:
+        return
+    room = LOCAL_CONTEXT_TOKENS - spec.generation.max_new_tokens
+    lengths = seed_rows["text"].astype(str).str.len()
+    longest = int(lengths.to_numpy().argmax())
+    at_least = math.ceil(int(lengths.iloc[longest]) / MAX_CHARS_PER_TOKEN)
+    if at_least > room:
+        row = seed_rows.iloc[longest]
+        raise SpecError(
+            f"{row.get('source_file', spec.seed_path)}: row {row.get('source_row', longest + 1)}: text of "
+            f"{int(lengths.iloc[longest]):,} characters is at least {at_least:,} tokens and cannot fit the "
+            f"model's {LOCAL_CONTEXT_TOKENS:,}-token context with max_new_tokens "
+            f"{spec.generation.max_new_tokens}"
+        )
+
+
+def _check_prompt_fits(spec: GenerationSpec, index: int, text: str, rows: list[dict[str, str]]) -> None:
+    """A rendered prompt whose own length already passes the local context: name its longest seed row."""
+    if spec.generation.backend != "local":
+        return
+    at_least = math.ceil(len(text) / MAX_CHARS_PER_TOKEN)
+    if at_least + spec.generation.max_new_tokens > LOCAL_CONTEXT_TOKENS:
+        where = max(rows, key=lambda r: len(r["text"]), default=None)
+        source = (
+            f"{where.get('source_file', spec.seed_path)}: row {where.get('source_row', '?')}"
+            if where
+            else f"{spec.source_path}: template"
+        )
+        raise SpecError(
+            f"{source}: prompt {index} with this seed row is {len(text):,} characters, at least "
+            f"{at_least:,} tokens: it cannot fit the model's {LOCAL_CONTEXT_TOKENS:,}-token context with "
+            f"max_new_tokens {spec.generation.max_new_tokens}"
+        )
 
 
 def typical_words_by_label(rows_by_label: dict[str, list[dict[str, str]]]) -> dict[str, int]:
@@ -234,8 +251,16 @@ def _prompt_plan(spec: GenerationSpec, rng: random.Random) -> list[tuple[str, di
 def expand_prompts(spec: GenerationSpec, seed_rows: pd.DataFrame) -> pd.DataFrame:
     """One row per prompt in `PROMPT_COLUMNS` order; demos come only from the 'train' split."""
     train = seed_rows[seed_rows["split"] == "train"]
+    check_seed_rows_fit(spec, train)
     all_rows = [
-        {"seed_id": r.seed_id, "text": r.text, "label": r.label} for r in train.itertuples(index=False)
+        {
+            "seed_id": r.seed_id,
+            "text": r.text,
+            "label": r.label,
+            "source_file": getattr(r, "source_file", str(spec.seed_path)),
+            "source_row": getattr(r, "source_row", "?"),
+        }
+        for r in train.itertuples(index=False)
     ]
     rows_by_label: dict[str, list[dict[str, str]]] = {}
     for row in all_rows:
@@ -244,7 +269,6 @@ def expand_prompts(spec: GenerationSpec, seed_rows: pd.DataFrame) -> pd.DataFram
     rng = random.Random(spec.random_seed)
     plan = _prompt_plan(spec, rng)
 
-    compiled = _ENVIRONMENT.from_string(spec.template)
     spec_identity = {
         "task": spec.task,
         "template": spec.template,
@@ -273,7 +297,8 @@ def expand_prompts(spec: GenerationSpec, seed_rows: pd.DataFrame) -> pd.DataFram
         else:
             demos = _pick_demos(rng, rows_by_label, all_rows, label, spec.few_shot.k, spec.few_shot.strategy)
         try:
-            text = compiled.render(
+            text = templates.render(
+                spec.template,
                 _template_context(
                     spec,
                     label,
@@ -281,10 +306,14 @@ def expand_prompts(spec: GenerationSpec, seed_rows: pd.DataFrame) -> pd.DataFram
                     [{"text": d["text"], "label": d["label"]} for d in demos],
                     {"text": anchor["text"], "label": anchor["label"]} if anchor else None,
                     words_of_label.get(label, 0),
-                )
+                ),
             ).strip()
-        except TemplateError as exc:
-            raise SpecError(f"{spec.source_path}: template: cannot render prompt {index}: {exc}") from exc
+        except templates.TemplateProblem as exc:
+            # an output bound passed because the seed rows alone are too long: name the row instead
+            sources = ([anchor] if anchor else []) + demos
+            _check_prompt_fits(spec, index, "".join(row["text"] for row in sources), sources)
+            raise SpecError(f"{spec.source_path}: template: prompt {index}: {exc}") from exc
+        _check_prompt_fits(spec, index, text, ([anchor] if anchor else []) + demos)
         # the anchor is a seed row the prompt was built from: it leads the prompt's lineage
         demo_ids = ([anchor["seed_id"]] if anchor else []) + [d["seed_id"] for d in demos]
         base = {**spec_identity, "label": label, "attributes": attributes, "demo_ids": demo_ids}
