@@ -666,6 +666,8 @@ def _describe_validation_error(error: ValidationError) -> str:
         message = "required field is missing"
     more = len(error.errors()) - 1
     suffix = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
+    if not first["loc"] and re.match(r"^[a-z_][a-z0-9_.]*: ", message):
+        return f"{message}{suffix}"  # a whole-spec check whose message names its field already
     return f"{location}: {message}{suffix}"
 
 

@@ -149,7 +149,7 @@ def test_new_samples_duplicating_earlier_versions_are_rejected(env: Env) -> None
 def test_a_failing_gate_keeps_the_last_good_version_and_says_so(env: Env) -> None:
     good_run = env.store.staged_runs(SPEC)[0]
     strict = write_tiny_spec(
-        env.root / "strict", num_samples=12, replacements={"curated_min_rows: 1": "curated_min_rows: 50"}
+        env.root / "strict", num_samples=60, replacements={"curated_min_rows: 1": "curated_min_rows: 50"}
     )
     env.generate("gen3", [("blender", "A lovely blender that purees soup fast and pours without dripping.")])
     result = env.curate(strict)

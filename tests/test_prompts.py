@@ -136,3 +136,49 @@ def test_continuation_mode_rejects_chat_only_features(tmp_path: Path) -> None:
             tmp_path / "ok", replacements={"  batch_size: 8": "  batch_size: 8\n  mode: continuation"}
         )
     ).generation.stop_strings() == ("\n",)
+
+
+def _seed_with_long_rows(tmp_path: Path, lengths: list[int], strategy: str = "stratified") -> Path:
+    path = write_tiny_spec(
+        tmp_path, num_samples=12, replacements={"strategy: stratified": f"strategy: {strategy}"}
+    )
+    seed = tmp_path / "data" / "tiny_seed.csv"
+    frame = pd.read_csv(seed)
+    if strategy == "same_label":  # every positive row is long, so every positive prompt holds two of them
+        frame = frame[frame["sentiment"] != "positive"]
+    long_rows = pd.DataFrame(
+        {"review": [f"row{i} " + "word " * (n // 5) for i, n in enumerate(lengths)], "sentiment": "positive"}
+    )
+    pd.concat([frame, long_rows]).to_csv(seed, index=False)
+    return path
+
+
+def test_a_seed_row_that_cannot_fit_the_context_is_named_before_any_prompt_is_made(tmp_path: Path) -> None:
+    spec = load_spec(_seed_with_long_rows(tmp_path, [1_000_000]))  # a 1 MB cell
+    seed = load_seed_data(spec)
+    with pytest.raises(SpecError) as caught:
+        expand_prompts(spec, seed)
+    message = str(caught.value)
+    assert "\n" not in message
+    assert message.startswith(f"{tmp_path / 'data' / 'tiny_seed.csv'}: row 10: text of 1,000,00")
+    assert "cannot fit the model's 8,192-token context with max_new_tokens 24" in message
+
+
+def test_a_prompt_whose_demos_together_overflow_the_context_names_its_longest_row(tmp_path: Path) -> None:
+    # each row alone fits (450k characters >= 5,556 tokens), two in one prompt cannot (>= 11,112)
+    spec = load_spec(_seed_with_long_rows(tmp_path, [450_000, 455_000, 460_000], strategy="same_label"))
+    with pytest.raises(SpecError) as caught:
+        expand_prompts(spec, load_seed_data(spec))
+    message = str(caught.value)
+    assert "\n" not in message and "tiny_seed.csv: row " in message
+    assert "cannot fit the model's 8,192-token context" in message
+
+
+def test_a_template_that_fails_on_real_rows_names_the_spec_field_and_prompt(tmp_path: Path) -> None:
+    # the load-time check renders placeholder demos; a branch only real seed text reaches fails here
+    branch = "{% for d in demos %}{% if ' the ' in d.text %}{{ colour }}{% endif %}{% endfor %}"
+    spec = load_spec(write_tiny_spec(tmp_path, replacements={"{{ task }}": "{{ task }}" + branch}))
+    with pytest.raises(
+        SpecError, match=r"tiny_reviews.yaml: template: prompt \d+: cannot render: 'colour' is undefined"
+    ):
+        expand_prompts(spec, load_seed_data(spec))

@@ -120,3 +120,122 @@ def test_holdout_that_leaks_into_training_is_refused(tmp_path: Path) -> None:
     holdout.write_text(holdout.read_text() + '"Average desk chair, fine for short sessions.",neutral\n')
     with pytest.raises(SpecError, match="held-out texts also appear in the training seed"):
         load_seed_data(load_spec(path))
+
+
+# --- fail before spending: every template, schema, weight and bound is checked at load --------------
+LABELS = "labels: [positive, neutral, negative]"
+PER_CELL = "random_seed: 7\nper_cell: {attributes: [label, product], "
+STEP = "random_seed: 7\nsteps:\n  - name: critique\n    template: |-\n      {body}"
+
+
+@pytest.mark.parametrize(
+    ("replacements", "expected"),
+    [
+        (
+            {"random_seed: 7": STEP.format(body="Improve: {{ steps.answer }} {{ colour }}")},
+            "steps.0.template: cannot render: 'colour' is undefined",
+        ),
+        (
+            {"random_seed: 7": STEP.format(body="{{ steps.rewrite }}")},
+            "steps.0.template: cannot render: 'dict object' has no attribute 'rewrite'",
+        ),
+        (
+            {"random_seed: 7": "random_seed: 7\noutput_template: '{{ steps.answer }} {{ colour }}'"},
+            "output_template: cannot render: 'colour' is undefined",
+        ),
+        (
+            {"random_seed: 7": "random_seed: 7\noutput_template: '{{ steps.critique }}'"},
+            "output_template: cannot render: 'dict object' has no attribute 'critique'",
+        ),
+        (
+            {"max_chars: 600": "max_chars: 600\n  relevance_text: 'A {{ colour }} review'"},
+            "curation.relevance_text: cannot render: 'colour' is undefined",
+        ),
+        (
+            {"max_chars: 600": "max_chars: 600\n  relevance_text: 'A {{ colour } review'"},
+            "curation.relevance_text: not a valid Jinja template: Jinja2 syntax error",
+        ),
+        (
+            {
+                "random_seed: 7": "random_seed: 7\nstructured_output:\n  text_field: review\n  json_schema:\n"
+                "    type: objekt\n    properties: {review: {type: string}}"
+            },
+            "structured_output.json_schema: not a valid JSON schema at $.type",
+        ),
+        (
+            {
+                "random_seed: 7": "random_seed: 7\nstructured_output:\n  text_field: review\n  json_schema:\n"
+                "    type: object\n    properties: {review: {type: string}}\n    required: review"
+            },
+            "structured_output.json_schema: not a valid JSON schema at $.required",
+        ),
+        (
+            {LABELS: LABELS + "\nlabel_weights: [0, 0, 0]"},
+            "label_weights: all weights are 0",
+        ),
+        (
+            {LABELS: LABELS + "\nlabel_weights: [2, -1, 1]"},
+            "label_weights: every weight must be a finite number >= 0",
+        ),
+        (
+            {"curated_min_rows: 1": "curated_min_rows: 0"},
+            "gates.curated_min_rows: Input should be greater than or equal to 1",
+        ),
+        (
+            {"curated_min_rows: 1": "curated_min_rows: 7"},
+            "gates.curated_min_rows: 7 can never be met: the spec makes at most 6 samples (num_samples)",
+        ),
+        (
+            {
+                "random_seed: 7": "random_seed: 7\nper_cell: {attributes: [label, product], n: 2}",
+                "curated_min_rows: 1": "curated_min_rows: 19",
+            },
+            "gates.curated_min_rows: 19 can never be met: the spec makes at most 18 samples (per_cell",
+        ),
+        (
+            {"random_seed: 7": PER_CELL + "n: 10000, budget_factor: 2}"},
+            "per_cell: 9 cells x ceil(n x budget_factor) plans 180,000 prompts, more than the 100,000",
+        ),
+        (
+            {"random_seed: 7": "random_seed: 7\nnum_samples: 9"},
+            "not valid YAML at line 26: duplicate key 'num_samples'",
+        ),
+        ({"  k: 2\n": "  k: 2\n  k: 3\n"}, "not valid YAML at line 17: duplicate key 'k'"),
+    ],
+)
+def test_a_spec_that_would_fail_after_generation_fails_at_load_instead(
+    tmp_path: Path, replacements: dict[str, str], expected: str
+) -> None:
+    message = _error_for(tmp_path, replacements)
+    assert message.startswith(str(tmp_path / "tiny_reviews.yaml") + ": ")
+    assert expected in message
+
+
+@pytest.mark.parametrize("field", ["label_check", "label_fidelity", "pii"])
+def test_yaml_off_is_read_as_off_wherever_the_spec_takes_off(tmp_path: Path, field: str) -> None:
+    path = write_tiny_spec(tmp_path, replacements={"max_chars: 600": f"max_chars: 600\n  {field}: off"})
+    assert getattr(load_spec(path).curation, field) == "off"
+
+
+def test_per_cell_within_the_bound_and_reachable_gates_load(tmp_path: Path) -> None:
+    path = write_tiny_spec(
+        tmp_path,
+        replacements={
+            "random_seed: 7": "random_seed: 7\nper_cell: {attributes: [label, product], n: 2}",
+            "curated_min_rows: 1": "curated_min_rows: 18",
+        },
+    )
+    spec = load_spec(path)
+    assert (spec.cell_count(), spec.planned_prompts(), spec.max_curated_rows()) == (9, 54, 18)
+
+
+def test_the_gate_never_promotes_an_empty_set_whatever_the_threshold(tmp_path: Path) -> None:
+    from synth_assets.quality.gates import validate_curated_set
+    from synth_assets.storage import stage_columns
+
+    spec = load_spec(write_tiny_spec(tmp_path))
+    # a spec copied in code skips validation: the gate itself must still refuse
+    unchecked = spec.model_copy(update={"gates": spec.gates.model_copy(update={"curated_min_rows": 0})})
+    gate = validate_curated_set(pd.DataFrame(columns=stage_columns("curated_set")), unchecked)
+    assert not gate.passed
+    assert "expect_table_row_count_to_be_between" in {f.expectation for f in gate.failures}

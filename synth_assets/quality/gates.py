@@ -225,8 +225,11 @@ def validate_curated_set(
     rules, gates = spec.curation, spec.gates
     rows: list[Any] = [
         gxe.ExpectTableColumnsToMatchOrderedList(column_list=stage_columns("curated_set")),
+        # an empty dataset is never promoted, whatever the threshold says (a spec copied in code can
+        # carry curated_min_rows 0 past the spec's own validation)
         gxe.ExpectTableRowCountToBeBetween(
-            min_value=gates.curated_min_rows, description="gates.curated_min_rows"
+            min_value=max(1, gates.curated_min_rows),
+            description="gates.curated_min_rows",
         ),
         gxe.ExpectColumnValuesToBeUnique(column="sample_id"),
         gxe.ExpectColumnValuesToBeUnique(column="normalized_hash", description="no exact duplicates kept"),
