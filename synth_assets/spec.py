@@ -514,7 +514,11 @@ class GenerationSpec(_Strict):
     per_cell: PerCellSpec | None = Field(
         default=None, description="exact-N accepted per attribute cell (replaces num_samples)"
     )
-    template: str = Field(min_length=1, description="Jinja2 template of the user message")
+    template: str = Field(
+        min_length=1,
+        description="Jinja2 template of the user message (sandboxed and bounded in time and size, "
+        "synth_assets.templates; every template is rendered once when the spec is loaded)",
+    )
     steps: list[StepSpec] = Field(default_factory=list, description="follow-up steps after `answer`")
     output_template: str | None = Field(
         default=None, description="Jinja2 assembling the sample text from `steps` (default: the last step)"
