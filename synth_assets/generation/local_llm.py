@@ -13,6 +13,7 @@ import importlib.util
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -40,6 +41,15 @@ _FINGERPRINT_MEMO = "gguf_sha256.json"
 # A temp folder this old cannot belong to a save still in progress (a save takes about a second).
 _STALE_TMP_SECONDS = 3600
 _ROLES = frozenset({"system", "user", "assistant"})
+# Where message content sits in a chat template rendered with placeholders: private-use characters,
+# which no chat template writes (see LocalChatModel.encode).
+_PLACEHOLDER = re.compile("(\ue000\\d+\ue001)")
+
+
+class RenderedChat(str):
+    """A rendered chat prompt (the text) that remembers the token ids it must be fed as."""
+
+    token_ids: tuple[int, ...] = ()
 
 
 def cut_at_stop(text: str, stop: Sequence[str]) -> str:
@@ -442,8 +452,7 @@ class LocalChatModel:
 
         import torch
 
-        prompts = [self._render(request) for request in requests]
-        encoded = [self._tokenizer(text, add_special_tokens=False)["input_ids"] for text in prompts]
+        encoded = [self.encode(request) for request in requests]
         for request, ids in zip(requests, encoded, strict=True):
             if self._max_positions and len(ids) + max_new_tokens > self._max_positions:
                 raise ValueError(
@@ -495,8 +504,9 @@ class LocalChatModel:
         pad_id = int(self._tokenizer.pad_token_id)
         pairs = []
         for prefix, continuation in zip(prefixes, continuations, strict=True):
-            head = self._tokenizer(prefix, add_special_tokens=False)["input_ids"] or [pad_id]
-            tail = self._tokenizer(continuation, add_special_tokens=False)["input_ids"]
+            # a prefix from `render_chat` carries its safe token ids; any other text is content
+            head = list(getattr(prefix, "token_ids", None) or self._content_ids(prefix)) or [pad_id]
+            tail = self._content_ids(continuation)
             if self._max_positions and len(head) + len(tail) > self._max_positions:
                 head = head[-max(1, self._max_positions - len(tail)) :]
                 tail = tail[: self._max_positions - len(head)]
@@ -527,9 +537,49 @@ class LocalChatModel:
                     scores[i] = float(token_scores[row, first:last].sum()) if tail else 0.0
         return scores
 
-    def render_chat(self, messages: list[dict[str, str]]) -> str:
-        """The model's chat template applied to `messages`, ending where the assistant's answer starts."""
-        return self._render(ChatRequest(key="render", messages=messages, seed=0))
+    def render_chat(self, messages: list[dict[str, str]]) -> RenderedChat:
+        """The model's chat template applied to `messages`, ending where the assistant's answer starts.
+
+        The result is the prompt text, carrying in `.token_ids` the ids the model is fed: a control
+        token written inside a message stays plain text there (see `encode`)."""
+        request = ChatRequest(key="render", messages=messages, seed=0)
+        rendered = RenderedChat(self._render(request))
+        rendered.token_ids = tuple(self.encode(request))
+        return rendered
+
+    def encode(self, request: ChatRequest) -> list[int]:
+        """The token ids the model is fed for `request`: the chat template's own markup becomes
+        control tokens, message content never does.
+
+        Content (seed text, demos, attributes, earlier steps' outputs) is tokenized with
+        `split_special_tokens=True`, so a seed row holding `<|im_end|><|im_start|>assistant` reads as
+        those characters, not as the end of the user turn (issue 15). The template is rendered with a
+        placeholder per message, and the ids of markup and content pieces are spliced in order. For a
+        prompt without such strings the ids equal tokenizing the whole rendered text: the markup ends
+        in a newline or a control token at every splice, where the pre-tokenizer splits anyway
+        (`test_clean_prompts_tokenize_as_before`)."""
+        if request.continuation:
+            return self._content_ids(self._render(request))
+        self._render(request)  # validates roles and content
+        marks = [f"\ue000{index}\ue001" for index in range(len(request.messages))]
+        placeholders = [
+            {**message, "content": mark} for message, mark in zip(request.messages, marks, strict=True)
+        ]
+        rendered = str(
+            self._tokenizer.apply_chat_template(placeholders, tokenize=False, add_generation_prompt=True)
+        )
+        ids: list[int] = []
+        for piece in _PLACEHOLDER.split(rendered):
+            if not piece:
+                continue
+            if _PLACEHOLDER.fullmatch(piece):
+                ids += self._content_ids(request.messages[int(piece[1:-1])]["content"])
+            else:  # the template's markup: parse its control tokens
+                ids += self._tokenizer(piece, add_special_tokens=False)["input_ids"]
+        return ids
+
+    def _content_ids(self, text: str) -> list[int]:
+        return list(self._tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"])
 
     def _render(self, request: ChatRequest) -> str:
         if request.continuation:
