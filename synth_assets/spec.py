@@ -147,8 +147,15 @@ class GenerationParams(_Strict):
         "text then depends on its batch), else float32 (batch-independent). Part of the model fingerprint.",
     )
     max_concurrency: int = Field(default=8, ge=1, le=256, description="openai: requests in flight")
-    timeout_s: float = Field(default=120.0, gt=0, description="openai: per request")
+    timeout_s: float = Field(
+        default=120.0, gt=0, description="openai: deadline of each request, the whole answer included"
+    )
     max_retries: int = Field(default=4, ge=0, le=20, description="openai: on 429, 5xx, connection errors")
+    model_revision: str | None = Field(
+        default=None,
+        description="openai: what identifies the served weights (e.g. a checkpoint hash); part of the "
+        "model fingerprint instead of what the server reports in /models, so cached answers follow the model",
+    )
     system_prompt: str | None = None
     mode: Literal["chat", "continuation"] = Field(
         default="chat",
@@ -193,6 +200,7 @@ class GenerationParams(_Strict):
                 "timeout_s",
                 "max_retries",
                 "dtype",
+                "model_revision",  # in the model fingerprint
             }
         )
 
@@ -393,6 +401,13 @@ class GateSpec(_Strict):
     require_no_pii: bool = Field(default=True, description="no PII detector hit left in curated text")
     min_mean_relevance: float | None = Field(default=None, ge=-1.0, le=1.0)
     min_mean_judge_score: float | None = Field(default=None, ge=1.0, le=5.0)
+    max_failed_share: float = Field(
+        default=0.1,
+        ge=0.0,
+        le=1.0,
+        description="share of prompts left without a sample after retries (server errors, timeouts) that "
+        "still lets generated_samples pass",
+    )
 
     @model_validator(mode="after")
     def _yield_bounds(self) -> GateSpec:

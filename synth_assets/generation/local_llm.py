@@ -69,6 +69,8 @@ class ChatRequest:
     seed: int
     continuation: bool = False
     stop: tuple[str, ...] = ()
+    # a JSON schema the answer must follow; servers that can constrain decoding to it get it
+    json_schema: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
