@@ -331,7 +331,9 @@ class CurationSpec(_Strict):
         default_factory=lambda: ["EMAIL", "PHONE", "CARD", "IBAN", "ADDRESS", "NAME"]
     )
     # --- LLM as judge -------------------------------------------------------------------------
-    judge: bool = Field(default=False, description="score each sample 1-5 with the local chat model")
+    judge: bool = Field(
+        default=False, description="score each sample 1-5 with the spec's (or judge_model's) model"
+    )
     judge_rubric: str = Field(
         default=(
             "5: realistic, fluent, on-task, clearly expresses the intended label. "
@@ -341,6 +343,11 @@ class CurationSpec(_Strict):
         min_length=1,
     )
     judge_min_score: float | None = Field(default=None, ge=1.0, le=5.0, description="reject below")
+    judge_model: GenerationParams | None = Field(
+        default=None,
+        description="the judge's own model block (backend, model, base_url... as under generation); "
+        "default: the spec's generation block. Judge calls go through the LLM cache like generation",
+    )
 
     @field_validator("language")
     @classmethod

@@ -255,8 +255,8 @@ class OpenAICompatibleBackend:
         self.base_url = params.base_url.rstrip("/")
         self._api_key = api_key
         self._fingerprint: str | None = None
-        # which response_format shape this server accepts: OpenAI/vLLM/llama-server take `json_schema`,
-        # llama-cpp-python's server only `json_object` with a `schema`; None: no guided decoding
+        self._entry: dict[str, Any] | None = None
+        # the response_format shapes to try, best first; None: no guided decoding (see `_choose_format`)
         self._formats: list[str | None] = ["json_schema", "json_object", None]
         self.concurrency_history: list[int] = []
 
@@ -280,24 +280,32 @@ class OpenAICompatibleBackend:
     def _headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
 
+    def _model_entry(self) -> dict[str, Any]:
+        """The server's /models entry for our model, asked once ({} when absent or unreachable)."""
+        if self._entry is None:
+            import httpx
+
+            self._entry = {}
+            try:
+                response = httpx.get(
+                    f"{self.base_url}/models",
+                    headers=self._headers(),
+                    timeout=min(10.0, self.params.timeout_s),
+                )
+                entries = response.json().get("data", []) if response.status_code == 200 else []
+            except (httpx.HTTPError, ValueError, AttributeError) as exc:
+                logger.warning("could not read %s/models: %s", self.base_url, self.redact(str(exc)))
+                entries = []
+            for entry in entries if isinstance(entries, list) else []:
+                if isinstance(entry, dict) and entry.get("id") == self.params.model:
+                    self._entry = entry
+        return self._entry
+
     def _reported_model(self) -> dict[str, Any]:
         """What /models says about our model, less what changes per call or names nothing (empty when
         the server says nothing identifying, or cannot be asked)."""
-        import httpx
-
-        try:
-            response = httpx.get(
-                f"{self.base_url}/models", headers=self._headers(), timeout=min(10.0, self.params.timeout_s)
-            )
-            entries = response.json().get("data", []) if response.status_code == 200 else []
-        except (httpx.HTTPError, ValueError, AttributeError) as exc:
-            logger.warning("could not read %s/models: %s", self.base_url, self.redact(str(exc)))
-            return {}
-        for entry in entries if isinstance(entries, list) else []:
-            if isinstance(entry, dict) and entry.get("id") == self.params.model:
-                ignored = {"id", "object", "created", "owned_by", "permission", "permissions"}
-                return {key: value for key, value in entry.items() if key not in ignored}
-        return {}
+        ignored = {"id", "object", "created", "owned_by", "permission", "permissions"}
+        return {key: value for key, value in self._model_entry().items() if key not in ignored}
 
     def redact(self, text: str) -> str:
         """`text` with the API key replaced: servers echo request headers in error bodies."""
@@ -381,7 +389,7 @@ class OpenAICompatibleBackend:
             started = time.perf_counter()
             try:
                 endpoint = "/completions" if request.continuation else "/chat/completions"
-                body = self._body(request, params)
+                shape, body = self._formats[0], self._body(request, params)
                 # the deadline covers connecting, waiting and every byte of the body
                 response = await asyncio.wait_for(client.post(endpoint, json=body), params.timeout_s)
                 if response.status_code == 200:
@@ -394,7 +402,9 @@ class OpenAICompatibleBackend:
                 rejected_format = "response_format" in response.text or "schema" in response.text
                 if "response_format" in body and response.status_code in {400, 422} and rejected_format:
                     # this server does not take that shape of response_format: try the next, same attempt
-                    self._formats = self._formats[1:] if self._formats[0] is not None else self._formats
+                    # (requests in flight may all be rejected: move on once per shape, not once per reply)
+                    if self._formats[0] is not None and self._formats[0] == shape:
+                        self._formats = self._formats[1:]
                     continue
                 if response.status_code not in RETRYABLE_STATUS:
                     return CallFailure(request.key, last_error)
@@ -474,6 +484,14 @@ class OpenAICompatibleBackend:
                 )
                 raise GenerationAborted(self.redact(message)) from None
 
+    def _choose_format(self) -> None:
+        """Which response_format shape goes first. OpenAI, vLLM and llama-server take OpenAI's
+        `{"type": "json_schema", "json_schema": {...}}`; llama-cpp-python's server (`owned_by: me` in
+        /models) silently ignores that shape and constrains decoding only for `{"type": "json_object",
+        "schema": ...}`. A shape a server rejects (400/422 naming it) moves on to the next."""
+        if self._model_entry().get("owned_by") == "me" and self._formats[0] == "json_schema":
+            self._formats = ["json_object", "json_schema", None]
+
     def generate(
         self,
         requests: Sequence[ChatRequest],
@@ -481,6 +499,8 @@ class OpenAICompatibleBackend:
         on_batch: BatchCallback,
         on_progress: ProgressCallback | None = None,
     ) -> None:
+        if any(request.json_schema is not None for request in requests):
+            self._choose_format()
         if requests:
             asyncio.run(self._run(requests, params, on_batch, on_progress))
 
