@@ -239,6 +239,9 @@ def test_a_hostile_seed_row_stops_an_http_run_before_any_call(tmp_path: Path) ->
         refuse_control_tokens(prompts, spec)
     assert "\n" not in str(raised.value) and "tiny_reviews.yaml: prompt p-" in str(raised.value)
     refuse_control_tokens(expand_prompts(spec, load_seed_data(spec)), spec)  # clean rows pass
+    # with the seed rows at hand, the row that brought the token in is named
+    with pytest.raises(ValueError, match=r"tiny_seed.csv: row 1: review: contains the chat control token"):
+        refuse_control_tokens(prompts, spec, seed)
 
 
 # ---- the failed-prompt gate --------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """The `generated_samples` asset: one LLM completion per prompt, gated by GX."""
 
+import json
 import time
 from dataclasses import replace
 
@@ -51,10 +52,23 @@ def cheap_acceptance(samples: pd.DataFrame, prompts: pd.DataFrame, spec: Generat
     return pd.Series(~findings.any(), index=samples.index)
 
 
-def refuse_control_tokens(prompts: pd.DataFrame, spec: GenerationSpec) -> None:
+def refuse_control_tokens(
+    prompts: pd.DataFrame, spec: GenerationSpec, seed_rows: pd.DataFrame | None = None
+) -> None:
     """Raise a one-line ValueError when a prompt holds chat control tokens (`<|im_end|>`...), before any
     call: an OpenAI-compatible server applies its own chat template and would read them as markup
-    (issue 15). The local engine needs no such check: it never parses content for control tokens."""
+    (issue 15). The seed row that brought one in is named when `seed_rows` are given, else the prompt.
+    The local engine needs no such check: it never parses content for control tokens."""
+    if seed_rows is not None and len(seed_rows):
+        used = {seed_id for ids in prompts["demo_ids"] for seed_id in json.loads(ids or "[]")}
+        for row in seed_rows[seed_rows["seed_id"].isin(used)].itertuples(index=False):
+            found = control_tokens_in(str(row.text))
+            if found:
+                raise ValueError(
+                    f"{row.source_file}: row {row.source_row}: {spec.seed.text_column}: contains the chat "
+                    f"control token {found[0]!r}, which the server behind generation.base_url would read "
+                    "as chat markup: remove it from the seed file"
+                )
     for row in prompts.itertuples(index=False):
         found = control_tokens_in(str(row.prompt_text))
         if found:
@@ -119,7 +133,7 @@ def generated_samples(
     prompts = read_upstream(store, "expanded_prompts", spec)
     backend = build_backend(spec.generation, model_cache_dir=llm.cache_dir or None)
     if not isinstance(backend, LocalBackend):
-        refuse_control_tokens(prompts, spec)
+        refuse_control_tokens(prompts, spec, read_upstream(store, "seed_data", spec))
     if isinstance(backend, LocalBackend):
         context.log.info(
             f"model {spec.generation.model} ready in {backend.model.load_seconds:.1f}s "
