@@ -172,8 +172,11 @@ class GenerationParams(_Strict):
 
     @model_validator(mode="after")
     def _backend_settings(self) -> GenerationParams:
-        if self.backend == "local" and self.model != LOCAL_MODEL:
-            raise ValueError(f"the local backend runs '{LOCAL_MODEL}' only (got '{self.model}')")
+        if self.backend == "local" and self.model != LOCAL_MODEL and not self.names_a_model_path():
+            raise ValueError(
+                f"the local backend runs '{LOCAL_MODEL}', a .gguf file or a Hugging Face model folder "
+                f"given by path (got '{self.model}')"
+            )
         if self.backend == "openai" and not self.base_url:
             raise ValueError("the openai backend needs base_url (e.g. http://127.0.0.1:8000/v1)")
         if self.stop is not None and not all(self.stop):
@@ -181,6 +184,11 @@ class GenerationParams(_Strict):
         if self.mode == "continuation" and self.system_prompt:
             raise ValueError("system_prompt has no place in continuation mode (there is no chat turn)")
         return self
+
+    def names_a_model_path(self) -> bool:
+        """Whether `model` is a path (a .gguf file or a model folder) rather than a model name."""
+        text = self.model
+        return text.lower().endswith(".gguf") or "/" in text or "\\" in text or text.startswith((".", "~"))
 
     def stop_strings(self) -> tuple[str, ...]:
         """The strings that end a completion: `stop`, or a newline in continuation mode."""
@@ -594,6 +602,14 @@ class GenerationSpec(_Strict):
         return (self.source_path.parent / relative).resolve()
 
     @property
+    def local_model_path(self) -> Path | None:
+        """The local backend's model file or folder, resolved against the spec (None: the bundled one)."""
+        generation = self.generation
+        if generation.backend != "local" or not generation.names_a_model_path():
+            return None
+        return self.resolve(Path(generation.model).expanduser())
+
+    @property
     def seed_path(self) -> Path:
         return self.resolve(self.seed.path)
 
@@ -647,6 +663,11 @@ def load_spec(path: str | Path) -> GenerationSpec:
     for field, seed_file in (("seed.path", spec.seed_path), ("seed.holdout_path", spec.holdout_path)):
         if seed_file is not None and not seed_file.is_file():
             raise SpecError(f"{path}: {field}: file not found: {seed_file}")
+    model_path = spec.local_model_path
+    if model_path is not None and not (model_path.is_file() or (model_path / "config.json").is_file()):
+        raise SpecError(
+            f"{path}: generation.model: no .gguf file or model folder (with config.json) at {model_path}"
+        )
     from synth_assets.generation.prompts import check_template
 
     problem = check_template(spec.template, spec)

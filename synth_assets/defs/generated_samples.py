@@ -131,7 +131,7 @@ def generated_samples(
     spec = specs.spec_for(context)
     store = warehouse.warehouse()
     prompts = read_upstream(store, "expanded_prompts", spec)
-    backend = build_backend(spec.generation, model_cache_dir=llm.cache_dir or None)
+    backend = build_backend(spec.generation, llm.cache_dir or None, spec.local_model_path)
     if not isinstance(backend, LocalBackend):
         refuse_control_tokens(prompts, spec, read_upstream(store, "seed_data", spec))
     if isinstance(backend, LocalBackend):

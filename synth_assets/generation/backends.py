@@ -17,6 +17,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 from synth_assets.generation.local_llm import (
@@ -63,8 +64,8 @@ class LocalBackend:
 
     name = "local"
 
-    def __init__(self, cache_dir: Any = None, dtype: str = "float32") -> None:
-        self.model = get_local_model(cache_dir, dtype)
+    def __init__(self, cache_dir: Any = None, dtype: str = "float32", source: Path | None = None) -> None:
+        self.model = get_local_model(cache_dir, dtype, source)
 
     @property
     def fingerprint(self) -> str:
@@ -505,10 +506,14 @@ class OpenAICompatibleBackend:
             asyncio.run(self._run(requests, params, on_batch, on_progress))
 
 
-def build_backend(params: GenerationParams, model_cache_dir: Any = None) -> Backend:
-    """The backend a spec asks for; the API key is read through Dagster's EnvVar, never stored."""
+def build_backend(
+    params: GenerationParams, model_cache_dir: Any = None, model_path: Path | None = None
+) -> Backend:
+    """The backend a spec asks for; the API key is read through Dagster's EnvVar, never stored.
+    `model_path`: the local model's file or folder when `params.model` names one (resolved against the
+    spec, see `GenerationSpec.local_model_path`)."""
     if params.backend == "local":
-        return LocalBackend(model_cache_dir, params.dtype)
+        return LocalBackend(model_cache_dir, params.dtype, model_path)
     api_key = None
     if params.api_key_env:
         import dagster as dg

@@ -154,7 +154,8 @@ def _write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
 
 
 def gguf_sha256(gguf: Path, cache_dir: Path) -> str:
-    """sha256 of the GGUF bytes, memoised by (path, size, mtime) so it is hashed once per install."""
+    """sha256 of a weights file's bytes (a GGUF, a safetensors shard...), memoised by (path, size,
+    mtime) so it is hashed once per install."""
     memo_path = cache_dir / "models" / _FINGERPRINT_MEMO
     stat = gguf.stat()
     entry_key = str(gguf.resolve())
@@ -174,6 +175,31 @@ def gguf_sha256(gguf: Path, cache_dir: Path) -> str:
     except OSError as error:  # a read-only cache only costs a re-hash next time
         logger.warning("could not memoise the GGUF hash in %s: %s", memo_path, error)
     return digest
+
+
+def weights_fingerprint(source: Path | None, cache_dir: Path) -> tuple[Path | None, str, str]:
+    """(GGUF file or None for a model folder, sha256 of the weights, model fingerprint) of `source`.
+
+    None is the bundled SmolLM2 GGUF; a `.gguf` file or a Hugging Face model folder (what
+    `save_pretrained` writes) is a user's model. The hash covers every file the model loads from, so a
+    changed checkpoint never reuses cached answers; the bundled GGUF named by path keeps its name.
+    Raises ValueError (one line) when the path is neither."""
+    if source is None or (source.is_file() and source.name == GGUF_FILENAME):
+        gguf = source or find_gguf_file()
+        digest = gguf_sha256(gguf, cache_dir)
+        return gguf, digest, f"{MODEL_NAME}-{digest[:16]}"
+    slug = re.sub(r"[^a-z0-9]+", "-", source.stem.lower()).strip("-") or "model"
+    if source.is_file() and source.suffix.lower() == ".gguf":
+        digest = gguf_sha256(source, cache_dir)
+        return source, digest, f"gguf-{slug}-{digest[:16]}"
+    if source.is_dir() and (source / "config.json").is_file():
+        files = sorted(f for f in source.rglob("*") if f.is_file() and not f.name.startswith("."))
+        per_file = [[str(f.relative_to(source)), gguf_sha256(f, cache_dir)] for f in files]
+        digest = hashlib.sha256(json.dumps(per_file).encode()).hexdigest()
+        return None, digest, f"hf-{slug}-{digest[:16]}"
+    raise ValueError(
+        f"generation.model: {source} is neither a .gguf file nor a model folder with config.json"
+    )
 
 
 def _set_offline() -> None:
@@ -217,19 +243,23 @@ def _strip_gguf_quantization(model: PreTrainedModel) -> None:
 
 
 class LocalChatModel:
-    """SmolLM2-135M-Instruct loaded once; `generate` runs batched, seeded chat completions."""
+    """A chat model loaded once (SmolLM2-135M-Instruct, or `source`: a `.gguf` file or a Hugging Face
+    model folder); `generate` runs batched, seeded chat completions."""
 
     def __init__(
-        self, cache_dir: Path | None = None, threads: int | None = None, dtype: str = "float32"
+        self,
+        cache_dir: Path | None = None,
+        threads: int | None = None,
+        dtype: str = "float32",
+        source: Path | None = None,
     ) -> None:
         started = time.perf_counter()
         _set_offline()
         import torch
 
         self._cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-        self._gguf = find_gguf_file()
-        self._gguf_sha256 = gguf_sha256(self._gguf, self._cache_dir)
-        self._fingerprint = f"{MODEL_NAME}-{self._gguf_sha256[:16]}"
+        self._source = Path(source).expanduser().resolve() if source is not None else None
+        self._gguf, self._gguf_sha256, self._fingerprint = weights_fingerprint(self._source, self._cache_dir)
         self._model_dir = self._cache_dir / "models" / self._fingerprint
         self._threads = threads if threads is not None and threads > 0 else _cpu_threads()
         torch.set_num_threads(self._threads)
@@ -313,6 +343,13 @@ class LocalChatModel:
     def _load_gguf(self) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
         from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
+        if self._gguf is None:  # a model folder loads as it is: nothing to dequantize or cache
+            assert self._source is not None
+            self._model_dir = self._source
+            with _quiet_progress():
+                model = AutoModelForCausalLM.from_pretrained(self._source, dtype=self._dtype)
+                tokenizer = AutoTokenizer.from_pretrained(self._source)
+            return model, tokenizer
         folder, name = str(self._gguf.parent), self._gguf.name
         with _quiet_progress():
             tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
@@ -783,7 +820,7 @@ def _quiet_progress() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
-_MODELS: dict[tuple[Path, str], LocalChatModel] = {}
+_MODELS: dict[tuple[Path, str, Path | None], LocalChatModel] = {}
 _MODELS_LOCK = threading.Lock()
 
 
@@ -799,13 +836,21 @@ def resolve_dtype(requested: str) -> str:
     return "bfloat16" if native_bf16 else "float32"
 
 
-def get_local_model(cache_dir: Path | None = None, dtype: str = "float32") -> LocalChatModel:
-    """The process-wide model for a cache dir and dtype: loading costs seconds and ~0.5 GB, so once."""
+def get_local_model(
+    cache_dir: Path | None = None, dtype: str = "float32", source: Path | None = None
+) -> LocalChatModel:
+    """The process-wide model for a cache dir, dtype and source (None: the bundled SmolLM2; else a
+    `.gguf` file or model folder): loading costs seconds and ~0.5 GB, so once. A source whose files
+    changed since it was loaded is loaded again (its fingerprint changed)."""
     resolved = (Path(cache_dir) if cache_dir is not None else default_cache_dir()).expanduser().resolve()
-    key = (resolved, resolve_dtype(dtype))
+    where = Path(source).expanduser().resolve() if source is not None else None
+    key = (resolved, resolve_dtype(dtype), where)
     with _MODELS_LOCK:
         model = _MODELS.get(key)
+        changed = model is not None and where is not None
+        if changed and weights_fingerprint(where, resolved)[2] != model.fingerprint.removesuffix("-bf16"):
+            model = None
         if model is None:
-            model = LocalChatModel(cache_dir=resolved, dtype=key[1])
+            model = LocalChatModel(cache_dir=resolved, dtype=key[1], source=where)
             _MODELS[key] = model
         return model
