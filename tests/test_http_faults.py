@@ -25,6 +25,7 @@ from conftest import (
 )
 
 from synth_assets.defs.generated_samples import failed_prompt_share, refuse_control_tokens, with_failed_share
+from synth_assets.generation import backends
 from synth_assets.generation.backends import (
     MAX_RETRY_AFTER_S,
     GenerationAborted,
@@ -148,6 +149,21 @@ def test_most_calls_failing_stops_the_run_early_and_keeps_what_finished(
     assert "\n" not in message and message.startswith("stopped early:") and "HTTP 503" in message
     assert time.monotonic() - started < 10
     assert 10 <= len(kept) < 60 and server.handler.count < 60  # the rest was never sent
+
+
+def test_a_server_that_is_down_stops_the_run_before_prompts_give_up(
+    loopback: Callable[..., LoopbackServer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # three prompts with 20 retries each never reach the 10 finished calls of the share rule; the run
+    # still stops once 20 attempts in a row failed over ABORT_CONSECUTIVE_SECONDS (shortened here)
+    monkeypatch.setattr(backends, "ABORT_CONSECUTIVE_SECONDS", 0.5)
+    server = loopback(
+        lambda handler, body, number: handler.send(503, {"error": "down"}, {"Retry-After": "0"})
+    )
+    backend = OpenAICompatibleBackend(_params(server.url, max_retries=20, max_concurrency=3))
+    with pytest.raises(GenerationAborted, match=r"stopped early: the last \d+ attempts failed over \d+s"):
+        backend.generate([_ask(f"q{i}") for i in range(3)], backend.params, lambda results, failures: None)
+    assert 20 <= server.handler.count < 63
 
 
 def test_retry_after_is_capped_and_read_as_seconds_dates_and_milliseconds() -> None:

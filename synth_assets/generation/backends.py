@@ -106,7 +106,7 @@ ABORT_ERROR_SHARE = 0.5
 # a row failed over at least this long: the server is down or unreachable, not merely flaky.
 ABORT_CONSECUTIVE_ATTEMPTS = 20
 ABORT_CONSECUTIVE_SECONDS = 30.0
-# A reply this many times slower per token than the fastest recent one means the server is queueing.
+# Replies this many times slower per token than usual mean the server is queueing (see _AdaptiveLimit.slow).
 LATENCY_TOLERANCE = 2.0
 
 
