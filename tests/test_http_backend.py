@@ -191,13 +191,16 @@ def test_structured_output_is_decoded_by_the_server_under_the_schema(
     backend = build_backend(spec.generation)
     outcome = generate_samples(spec, prompts, backend, Warehouse(tmp_path / "w.duckdb"), "run-1")
     # llama-cpp-python's server takes the schema as {"type": "json_object", "schema": ...} (it ignores
-    # OpenAI's json_schema shape) and constrains decoding to it: an answer fails to parse only when
-    # max_new_tokens cut it off, and parse -> repair -> retry still covers that
+    # OpenAI's json_schema shape) and constrains decoding to it: every answer not cut off by
+    # max_new_tokens is JSON with the schema's keys and types. Its grammar ignores `minimum`/`maximum`,
+    # so a rating out of range is still possible: parse -> validate -> retry covers that.
     assert backend._formats[0] == "json_object"
-    assert len(outcome.samples) == 4
+    assert len(outcome.samples) + len(outcome.failures) == 4 and len(outcome.samples) >= 3
     for row in outcome.samples.itertuples():
-        calls = json.loads(row.steps)["calls"]
-        assert all(call["finish_reason"] == "length" for call in calls if "parse_error" in call)
+        for call in json.loads(row.steps)["calls"]:
+            if call["finish_reason"] != "length":
+                answer = json.loads(call["text"])
+                assert isinstance(answer["review"], str) and isinstance(answer["rating"], int)
         structured = json.loads(row.steps)["structured"]
         assert set(structured) == {"review", "rating"} and 1 <= structured["rating"] <= 5
 
