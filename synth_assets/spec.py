@@ -157,8 +157,15 @@ class GenerationParams(_Strict):
         "text then depends on its batch), else float32 (batch-independent). Part of the model fingerprint.",
     )
     max_concurrency: int = Field(default=8, ge=1, le=256, description="openai: requests in flight")
-    timeout_s: float = Field(default=120.0, gt=0, description="openai: per request")
+    timeout_s: float = Field(
+        default=120.0, gt=0, description="openai: deadline of each request, the whole answer included"
+    )
     max_retries: int = Field(default=4, ge=0, le=20, description="openai: on 429, 5xx, connection errors")
+    model_revision: str | None = Field(
+        default=None,
+        description="openai: what identifies the served weights (e.g. a checkpoint hash); part of the "
+        "model fingerprint instead of what the server reports in /models, so cached answers follow the model",
+    )
     system_prompt: str | None = None
     mode: Literal["chat", "continuation"] = Field(
         default="chat",
@@ -175,8 +182,11 @@ class GenerationParams(_Strict):
 
     @model_validator(mode="after")
     def _backend_settings(self) -> GenerationParams:
-        if self.backend == "local" and self.model != LOCAL_MODEL:
-            raise ValueError(f"the local backend runs '{LOCAL_MODEL}' only (got '{self.model}')")
+        if self.backend == "local" and self.model != LOCAL_MODEL and not self.names_a_model_path():
+            raise ValueError(
+                f"the local backend runs '{LOCAL_MODEL}', a .gguf file or a Hugging Face model folder "
+                f"given by path (got '{self.model}')"
+            )
         if self.backend == "openai" and not self.base_url:
             raise ValueError("the openai backend needs base_url (e.g. http://127.0.0.1:8000/v1)")
         if self.stop is not None and not all(self.stop):
@@ -184,6 +194,11 @@ class GenerationParams(_Strict):
         if self.mode == "continuation" and self.system_prompt:
             raise ValueError("system_prompt has no place in continuation mode (there is no chat turn)")
         return self
+
+    def names_a_model_path(self) -> bool:
+        """Whether `model` is a path (a .gguf file or a model folder) rather than a model name."""
+        text = self.model
+        return text.lower().endswith(".gguf") or "/" in text or "\\" in text or text.startswith((".", "~"))
 
     def stop_strings(self) -> tuple[str, ...]:
         """The strings that end a completion: `stop`, or a newline in continuation mode."""
@@ -203,6 +218,7 @@ class GenerationParams(_Strict):
                 "timeout_s",
                 "max_retries",
                 "dtype",
+                "model_revision",  # in the model fingerprint
             }
         )
 
@@ -333,7 +349,9 @@ class CurationSpec(_Strict):
         default_factory=lambda: ["EMAIL", "PHONE", "CARD", "IBAN", "ADDRESS", "NAME"]
     )
     # --- LLM as judge -------------------------------------------------------------------------
-    judge: bool = Field(default=False, description="score each sample 1-5 with the local chat model")
+    judge: bool = Field(
+        default=False, description="score each sample 1-5 with the spec's (or judge_model's) model"
+    )
     judge_rubric: str = Field(
         default=(
             "5: realistic, fluent, on-task, clearly expresses the intended label. "
@@ -343,6 +361,11 @@ class CurationSpec(_Strict):
         min_length=1,
     )
     judge_min_score: float | None = Field(default=None, ge=1.0, le=5.0, description="reject below")
+    judge_model: GenerationParams | None = Field(
+        default=None,
+        description="the judge's own model block (backend, model, base_url... as under generation); "
+        "default: the spec's generation block. Judge calls go through the LLM cache like generation",
+    )
 
     @field_validator("label_check", "label_fidelity", "pii", mode="before")
     @classmethod
@@ -407,6 +430,13 @@ class GateSpec(_Strict):
     require_no_pii: bool = Field(default=True, description="no PII detector hit left in curated text")
     min_mean_relevance: float | None = Field(default=None, ge=-1.0, le=1.0)
     min_mean_judge_score: float | None = Field(default=None, ge=1.0, le=5.0)
+    max_failed_share: float = Field(
+        default=0.1,
+        ge=0.0,
+        le=1.0,
+        description="share of prompts left without a sample after retries (server errors, timeouts) that "
+        "still lets generated_samples pass",
+    )
 
     @model_validator(mode="after")
     def _yield_bounds(self) -> GateSpec:
@@ -627,6 +657,14 @@ class GenerationSpec(_Strict):
         return (self.source_path.parent / relative).resolve()
 
     @property
+    def local_model_path(self) -> Path | None:
+        """The local backend's model file or folder, resolved against the spec (None: the bundled one)."""
+        generation = self.generation
+        if generation.backend != "local" or not generation.names_a_model_path():
+            return None
+        return self.resolve(Path(generation.model).expanduser())
+
+    @property
     def seed_path(self) -> Path:
         return self.resolve(self.seed.path)
 
@@ -776,6 +814,11 @@ def load_spec(path: str | Path) -> GenerationSpec:
     for field, seed_file in (("seed.path", spec.seed_path), ("seed.holdout_path", spec.holdout_path)):
         if seed_file is not None and not seed_file.is_file():
             raise SpecError(f"{path}: {field}: file not found: {seed_file}")
+    model_path = spec.local_model_path
+    if model_path is not None and not (model_path.is_file() or (model_path / "config.json").is_file()):
+        raise SpecError(
+            f"{path}: generation.model: no .gguf file or model folder (with config.json) at {model_path}"
+        )
     found = template_problem(spec)
     if found:
         raise SpecError(f"{path}: {found[0]}: {found[1]}")

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import http.server
+import json
 import os
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -90,3 +95,111 @@ def write_tiny_spec(
 @pytest.fixture
 def tiny_spec_path(tmp_path: Path) -> Path:
     return write_tiny_spec(tmp_path / "specs")
+
+
+def write_openai_spec(
+    folder: Path,
+    base_url: str,
+    model: str = "m",
+    num_samples: int = 2,
+    extra: str = "",
+    max_new_tokens: int = 24,
+    replacements: dict[str, str] | None = None,
+) -> Path:
+    """The tiny spec with `backend: openai` at `base_url`; `extra` adds generation settings (YAML lines,
+    each indented two spaces and ending in a newline); `replacements` as in `write_tiny_spec`."""
+    generation = f"  backend: openai\n  model: {model}\n  base_url: {base_url}\n{extra}  temperature: 0.8"
+    return write_tiny_spec(
+        folder,
+        num_samples=num_samples,
+        max_new_tokens=max_new_tokens,
+        replacements={"  temperature: 0.8": generation, **(replacements or {})},
+    )
+
+
+# ---- a loopback OpenAI-compatible server that misbehaves on request -------------------------------
+
+Respond = Callable[["LoopbackHandler", dict[str, Any], int], None]
+
+
+def completion_payload(content: str = "fine answer") -> dict[str, Any]:
+    return {
+        "choices": [{"message": {"content": content}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 5, "completion_tokens": 3},
+    }
+
+
+class LoopbackHandler(http.server.BaseHTTPRequestHandler):
+    respond: Respond
+    models: list[dict[str, Any]]
+    count: int
+    in_flight: int
+    lock: threading.Lock
+    bodies: list[dict[str, Any]]
+    protocol_version = "HTTP/1.1"
+
+    def send(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
+        data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+        self.send_response(status)
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self) -> None:
+        self.send(200, {"object": "list", "data": type(self).models})
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        cls = type(self)
+        with cls.lock:
+            cls.count += 1
+            cls.in_flight += 1
+            number = cls.count
+            cls.bodies.append(body)
+        try:
+            cls.respond(self, body, number)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        finally:
+            with cls.lock:
+                cls.in_flight -= 1
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+class LoopbackServer:
+    """A real threaded HTTP server on 127.0.0.1 standing in for an OpenAI-compatible one: POST answers
+    with `respond(handler, body, request_number)`, GET /models with `models`. Misbehaviour on purpose
+    (outages, slow drips, malformed bodies, load-dependent latency) is written as `respond`."""
+
+    def __init__(self, respond: Respond, models: list[dict[str, Any]] | None = None) -> None:
+        attributes = {"respond": staticmethod(respond), "models": models or [], "count": 0, "in_flight": 0}
+        handler = type("Handler", (LoopbackHandler,), {**attributes, "lock": threading.Lock(), "bodies": []})
+        self.handler: type[LoopbackHandler] = handler
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def loopback() -> Iterator[Callable[..., LoopbackServer]]:
+    """Start loopback OpenAI-compatible servers (`loopback(respond, models)`); all closed afterwards."""
+    servers: list[LoopbackServer] = []
+
+    def start(respond: Respond, models: list[dict[str, Any]] | None = None) -> LoopbackServer:
+        servers.append(LoopbackServer(respond, models))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.close()

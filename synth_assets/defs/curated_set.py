@@ -1,10 +1,13 @@
 """The `curated_set` asset: bad samples removed with reasons; a version that passes its GX gate is
 *staged*, and `evaluation_report` publishes it only if its usefulness gate passes too."""
 
+from pathlib import Path
+
 import dagster as dg
 import numpy as np
 import pandas as pd
 
+from synth_assets.curation.judge import judge_for_spec
 from synth_assets.curation.pipeline import CurationContext, CurationOutcome, cap_per_cell, curate
 from synth_assets.defs.common import (
     GATE_CHECK,
@@ -67,7 +70,11 @@ def curated_set(
     previous = (
         _earlier_versions(store, spec.name, run_id) if spec.curation.dedup_against_previous_versions else None
     )
-    judge_model = llm.model() if spec.curation.judge else None
+    judge_model = (
+        judge_for_spec(spec, store, run_id, Path(llm.cache_dir) if llm.cache_dir else None)
+        if spec.curation.judge
+        else None
+    )
     # label_fidelity's likelihood half scores with the local model, whichever backend generated
     likelihood_model = llm.model() if spec.curation.label_fidelity in ("likelihood", "both") else None
     outcome = curate(

@@ -7,10 +7,17 @@ can persist every finished call before the next one starts.
 from __future__ import annotations
 
 import asyncio
+import email.utils
+import logging
+import math
 import random
+import re
+import statistics
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 from synth_assets.generation.local_llm import (
@@ -20,7 +27,9 @@ from synth_assets.generation.local_llm import (
     cut_at_stop,
     get_local_model,
 )
-from synth_assets.spec import GenerationParams
+from synth_assets.spec import GenerationParams, content_hash
+
+logger = logging.getLogger(__name__)
 
 RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 
@@ -55,8 +64,8 @@ class LocalBackend:
 
     name = "local"
 
-    def __init__(self, cache_dir: Any = None, dtype: str = "float32") -> None:
-        self.model = get_local_model(cache_dir, dtype)
+    def __init__(self, cache_dir: Any = None, dtype: str = "float32", source: Path | None = None) -> None:
+        self.model = get_local_model(cache_dir, dtype, source)
 
     @property
     def fingerprint(self) -> str:
@@ -81,41 +90,161 @@ class LocalBackend:
         )
 
 
+# A chat-template control marker written as text: ChatML and its relatives (`<|im_end|>`, Llama 3's
+# `<|eot_id|>`, Phi's `<|end|>`), Llama 2 / Mistral (`[INST]`, `<<SYS>>`, `</s>`), Gemma (`<start_of_turn>`).
+_CONTROL_TOKEN = re.compile(
+    r"<\|[A-Za-z0-9_]{1,40}\|>|\[/?INST\]|<</?SYS>>|</?s>|<(?:start|end)_of_turn>", re.IGNORECASE
+)
+# openai-python's rule (`_calculate_retry_timeout`): a server's Retry-After is obeyed up to 60 s; beyond
+# that, or when absent or unreadable, our own exponential backoff applies.
+MAX_RETRY_AFTER_S = 60.0
+# Data Designer's rule: stop when at least half of the recent calls failed, once 10 have finished.
+ABORT_MIN_CALLS = 10
+ABORT_WINDOW = 20
+ABORT_ERROR_SHARE = 0.5
+# ...and, before that many prompts have given up (each may retry for minutes), when this many attempts in
+# a row failed over at least this long: the server is down or unreachable, not merely flaky.
+ABORT_CONSECUTIVE_ATTEMPTS = 20
+ABORT_CONSECUTIVE_SECONDS = 30.0
+# Replies this many times slower per token than usual mean the server is queueing (see _AdaptiveLimit.slow).
+LATENCY_TOLERANCE = 2.0
+
+
+class GenerationAborted(RuntimeError):
+    """Most recent calls to the server failed: the run stops instead of failing every prompt slowly."""
+
+
+def control_tokens_in(text: str) -> list[str]:
+    """The chat-template control markers written in `text` (e.g. `<|im_end|>`, `[INST]`), in order."""
+    return _CONTROL_TOKEN.findall(text)
+
+
+def retry_after_seconds(headers: Any, now: float | None = None) -> float | None:
+    """How long a server asks us to wait: `retry-after-ms`, else `Retry-After` as seconds or an HTTP
+    date (RFC 9110 §10.2.3), as openai-python reads them. None when absent, unreadable, negative or
+    above MAX_RETRY_AFTER_S (a server answering 3600 would park a prompt for an hour per attempt)."""
+    seconds: float | None = None
+    milliseconds = headers.get("retry-after-ms")
+    if milliseconds is not None:
+        try:
+            seconds = float(milliseconds) / 1000
+        except ValueError:
+            seconds = None
+    value = headers.get("retry-after")
+    if seconds is None and value is not None:
+        try:
+            seconds = float(value)
+        except ValueError:
+            parsed = email.utils.parsedate_tz(value)
+            if parsed is not None:
+                seconds = email.utils.mktime_tz(parsed) - (time.time() if now is None else now)
+    if seconds is None or math.isnan(seconds) or not 0 <= seconds <= MAX_RETRY_AFTER_S:
+        return None
+    return seconds
+
+
 class _AdaptiveLimit:
-    """AIMD concurrency: +1 slot after a window of successes, halve on overload (429, timeouts)."""
+    """AIMD concurrency: +1 slot after a window of good replies, halve on overload.
+
+    Overload is a 429, a 5xx, a timeout, or a reply slower per completion token than LATENCY_TOLERANCE
+    times the usual (see `slow`; vLLM and llama-server saturate by queueing, not by answering 429;
+    the delay-based signal of TCP Vegas / Netflix concurrency-limits). The limit is halved at most once
+    per round trip: replies to requests sent before the last cut do not cut again.
+    """
 
     def __init__(self, maximum: int) -> None:
         self.maximum = maximum
         self.limit = max(1, maximum // 2)
         self.in_flight = 0
+        self.history = [self.limit]
         self._successes = 0
+        self._epoch = 0
+        self._latencies: deque[float] = deque(maxlen=100)
         self._condition = asyncio.Condition()
 
-    async def acquire(self) -> None:
+    async def acquire(self) -> int:
+        """Wait for a free slot; returns the epoch to hand back to `release`."""
         async with self._condition:
             await self._condition.wait_for(lambda: self.in_flight < self.limit)
             self.in_flight += 1
+            return self._epoch
 
-    async def release(self, overloaded: bool) -> None:
+    def slow(self, seconds_per_token: float) -> bool:
+        """Whether replies are now slow enough per token to signal queueing: the median of the last 5
+        against the 10th percentile of the last 100 (one slow reply is noise, not a queue)."""
+        self._latencies.append(seconds_per_token)
+        if len(self._latencies) < 10:
+            return False
+        recent = statistics.median(list(self._latencies)[-5:])
+        baseline = statistics.quantiles(self._latencies, n=10)[0]
+        return recent > LATENCY_TOLERANCE * baseline
+
+    async def release(self, epoch: int, overloaded: bool) -> None:
         async with self._condition:
             self.in_flight -= 1
             if overloaded:
-                self.limit = max(1, self.limit // 2)
+                if epoch == self._epoch:
+                    self.limit = max(1, self.limit // 2)
+                    self._epoch += 1
                 self._successes = 0
             else:
                 self._successes += 1
                 if self._successes >= self.limit and self.limit < self.maximum:
                     self.limit += 1
                     self._successes = 0
+            if self.limit != self.history[-1]:
+                self.history.append(self.limit)
             self._condition.notify_all()
+
+
+class _Health:
+    """Recent outcomes of one run, to stop it early when the server is gone (see the ABORT_ constants)."""
+
+    def __init__(self) -> None:
+        self.finished: deque[bool] = deque(maxlen=ABORT_WINDOW)
+        self.failed_in_a_row = 0
+        self.first_failure_at = 0.0
+        self.last_error = ""
+
+    def attempt(self, ok: bool, error: str = "") -> None:
+        if ok:
+            self.failed_in_a_row = 0
+            return
+        if self.failed_in_a_row == 0:
+            self.first_failure_at = time.monotonic()
+        self.failed_in_a_row += 1
+        self.last_error = error
+
+    def verdict(self) -> str | None:
+        """Why the run should stop now, or None."""
+        failed = sum(self.finished)
+        if len(self.finished) >= ABORT_MIN_CALLS and failed >= ABORT_ERROR_SHARE * len(self.finished):
+            return f"{failed} of the last {len(self.finished)} prompts failed"
+        if (
+            self.failed_in_a_row >= ABORT_CONSECUTIVE_ATTEMPTS
+            and time.monotonic() - self.first_failure_at >= ABORT_CONSECUTIVE_SECONDS
+        ):
+            seconds = time.monotonic() - self.first_failure_at
+            return f"the last {self.failed_in_a_row} attempts failed over {seconds:.0f}s"
+        return None
+
+
+class _MalformedResponse(ValueError):
+    """A 200 whose body is not a completion (cut off, no `choices`): transient, retried like a 503."""
 
 
 class OpenAICompatibleBackend:
     """Chat completions over HTTP: vLLM, llama.cpp server, Ollama, or a hosted API.
 
-    Bounded adaptive concurrency, per-request timeouts, retries with exponential backoff and jitter
-    on 429/5xx/connection errors (Retry-After honoured). A prompt that still fails is reported as a
-    failure with its reason; the others go on. The API key is sent as a bearer token and nowhere else.
+    Bounded adaptive concurrency (backs off on 429, 5xx, timeouts and rising latency); `timeout_s` is
+    the deadline of each whole request, not of each read (a server dripping one byte a second cannot
+    hold a prompt); retries with exponential backoff and jitter on 429, 5xx, malformed 200 bodies and
+    connection errors (Retry-After honoured up to MAX_RETRY_AFTER_S). A prompt that still fails is
+    reported with its reason and the others go on, unless most recent calls fail: then the run stops
+    with GenerationAborted. The API key is sent as a bearer token and redacted from every error text.
+    Content holding chat control tokens is refused without a call (the server applies its own chat
+    template and would read them as markup). With a JSON schema on a request the schema goes to the
+    server as `response_format` (guided decoding); a server that rejects it is asked without one.
     """
 
     name = "openai"
@@ -126,11 +255,64 @@ class OpenAICompatibleBackend:
         self.params = params
         self.base_url = params.base_url.rstrip("/")
         self._api_key = api_key
+        self._fingerprint: str | None = None
+        self._entry: dict[str, Any] | None = None
+        # the response_format shapes to try, best first; None: no guided decoding (see `_choose_format`)
+        self._formats: list[str | None] = ["json_schema", "json_object", None]
+        self.concurrency_history: list[int] = []
 
     @property
     def fingerprint(self) -> str:
-        # the server's model name is what a user can control; the URL may change for the same model
-        return f"openai:{self.params.model}"
+        """`openai:<model>@<what identifies it>`: the declared `model_revision`, else a hash of what the
+        server reports about the model in /models (vLLM's `root`, llama-server's `meta`), else a hash
+        of the base URL, so another server's answers for a model of the same name are never reused."""
+        if self._fingerprint is None:
+            model = self.params.model
+            if self.params.model_revision:
+                self._fingerprint = f"openai:{model}@{self.params.model_revision}"
+            else:
+                reported = self._reported_model()
+                if reported:
+                    self._fingerprint = f"openai:{model}@model-{content_hash(reported, length=12)}"
+                else:
+                    self._fingerprint = f"openai:{model}@url-{content_hash(self.base_url, length=12)}"
+        return self._fingerprint
+
+    def _headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
+
+    def _model_entry(self) -> dict[str, Any]:
+        """The server's /models entry for our model, asked once ({} when absent or unreachable)."""
+        if self._entry is None:
+            import httpx
+
+            self._entry = {}
+            try:
+                response = httpx.get(
+                    f"{self.base_url}/models",
+                    headers=self._headers(),
+                    timeout=min(10.0, self.params.timeout_s),
+                )
+                entries = response.json().get("data", []) if response.status_code == 200 else []
+            except (httpx.HTTPError, ValueError, AttributeError) as exc:
+                logger.warning("could not read %s/models: %s", self.base_url, self.redact(str(exc)))
+                entries = []
+            for entry in entries if isinstance(entries, list) else []:
+                if isinstance(entry, dict) and entry.get("id") == self.params.model:
+                    self._entry = entry
+        return self._entry
+
+    def _reported_model(self) -> dict[str, Any]:
+        """What /models says about our model, less what changes per call or names nothing (empty when
+        the server says nothing identifying, or cannot be asked)."""
+        ignored = {"id", "object", "created", "owned_by", "permission", "permissions"}
+        return {key: value for key, value in self._model_entry().items() if key not in ignored}
+
+    def redact(self, text: str) -> str:
+        """`text` with the API key replaced: servers echo request headers in error bodies."""
+        if self._api_key:
+            text = text.replace(self._api_key, "[redacted]")
+        return text
 
     def _body(self, request: ChatRequest, params: GenerationParams) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -146,51 +328,106 @@ class OpenAICompatibleBackend:
             # raw text continued by the server's model: the legacy completions endpoint, which vLLM,
             # llama.cpp's server and Ollama all serve
             return {**body, "prompt": request.messages[0]["content"]}
+        if request.json_schema is not None and self._formats[0] is not None:
+            schema = request.json_schema
+            body["response_format"] = (
+                {"type": "json_schema", "json_schema": {"name": "sample", "schema": schema}}
+                if self._formats[0] == "json_schema"
+                else {"type": "json_object", "schema": schema}
+            )
         return {**body, "messages": request.messages}
 
+    def _refusal(self, request: ChatRequest) -> str | None:
+        for index, message in enumerate(request.messages):
+            found = control_tokens_in(str(message.get("content", "")))
+            if found:
+                where = (
+                    "the prompt" if request.continuation else f"message {index + 1} ({message.get('role')})"
+                )
+                return (
+                    f"refused: {where} contains the chat control token {found[0]!r}; the server would read "
+                    "it as chat markup (remove it from the seed file, attributes or templates)"
+                )
+        return None
+
+    def _parse(self, request: ChatRequest, response: Any) -> ChatResult:
+        try:
+            payload = response.json()
+            choice = payload["choices"][0]
+            usage = payload.get("usage") or {}
+            text = choice["text"] if request.continuation else choice["message"].get("content")
+            result = ChatResult(
+                key=request.key,
+                # servers that ignore `stop` still get cut here
+                text=cut_at_stop(str(text or ""), request.stop).strip(),
+                prompt_tokens=int(usage.get("prompt_tokens") or 0),
+                completion_tokens=int(usage.get("completion_tokens") or 0),
+                finish_reason="length" if choice.get("finish_reason") == "length" else "stop",
+            )
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
+            raise _MalformedResponse(f"malformed response: {type(exc).__name__}: {exc}") from exc
+        return result
+
     async def _call(
-        self, client: Any, limit: _AdaptiveLimit, request: ChatRequest, params: GenerationParams
+        self,
+        client: Any,
+        limit: _AdaptiveLimit,
+        health: _Health,
+        request: ChatRequest,
+        params: GenerationParams,
     ) -> ChatResult | CallFailure:
         import httpx
 
+        refusal = self._refusal(request)
+        if refusal is not None:
+            return CallFailure(request.key, refusal)
         last_error = "no attempt made"
-        for attempt in range(params.max_retries + 1):
-            await limit.acquire()
+        attempt = 0
+        while attempt <= params.max_retries:
+            epoch = await limit.acquire()
             overloaded = False
             retry_after: float | None = None
+            started = time.perf_counter()
             try:
                 endpoint = "/completions" if request.continuation else "/chat/completions"
-                response = await client.post(endpoint, json=self._body(request, params))
+                shape, body = self._formats[0], self._body(request, params)
+                # the deadline covers connecting, waiting and every byte of the body
+                response = await asyncio.wait_for(client.post(endpoint, json=body), params.timeout_s)
                 if response.status_code == 200:
-                    payload = response.json()
-                    choice = payload["choices"][0]
-                    usage = payload.get("usage") or {}
-                    text = choice["text"] if request.continuation else choice["message"].get("content")
-                    # servers that ignore `stop` still get cut here
-                    text = cut_at_stop(str(text or ""), request.stop)
-                    return ChatResult(
-                        key=request.key,
-                        text=text.strip(),
-                        prompt_tokens=int(usage.get("prompt_tokens") or 0),
-                        completion_tokens=int(usage.get("completion_tokens") or 0),
-                        finish_reason="length" if choice.get("finish_reason") == "length" else "stop",
-                    )
-                last_error = f"HTTP {response.status_code}: {response.text[:200]}"
+                    result = self._parse(request, response)
+                    seconds_per_token = (time.perf_counter() - started) / (1 + result.completion_tokens)
+                    overloaded = limit.slow(seconds_per_token)
+                    health.attempt(True)
+                    return result
+                last_error = self.redact(f"HTTP {response.status_code}: {response.text[:200]}")
+                rejected_format = "response_format" in response.text or "schema" in response.text
+                if "response_format" in body and response.status_code in {400, 422} and rejected_format:
+                    # this server does not take that shape of response_format: try the next, same attempt
+                    # (requests in flight may all be rejected: move on once per shape, not once per reply)
+                    if self._formats[0] is not None and self._formats[0] == shape:
+                        self._formats = self._formats[1:]
+                    continue
                 if response.status_code not in RETRYABLE_STATUS:
                     return CallFailure(request.key, last_error)
-                overloaded = response.status_code == 429
-                header = response.headers.get("retry-after")
-                retry_after = float(header) if header and header.replace(".", "", 1).isdigit() else None
+                overloaded = response.status_code == 429 or response.status_code >= 500
+                retry_after = retry_after_seconds(response.headers)
+            except TimeoutError:
+                overloaded = True
+                last_error = f"no complete answer within timeout_s={params.timeout_s:g}s"
             except (httpx.TimeoutException, httpx.TransportError) as exc:
                 overloaded = isinstance(exc, httpx.TimeoutException)
-                last_error = f"{type(exc).__name__}: {exc}"
-            except (KeyError, IndexError, ValueError) as exc:
-                return CallFailure(request.key, f"malformed response: {exc}")
+                last_error = self.redact(f"{type(exc).__name__}: {exc}")
+            except _MalformedResponse as exc:
+                last_error = self.redact(str(exc))
             finally:
-                await limit.release(overloaded)
+                await limit.release(epoch, overloaded)
+            health.attempt(False, last_error)
+            if health.verdict() is not None:
+                raise GenerationAborted(health.verdict())
             if attempt < params.max_retries:
                 backoff = min(30.0, 0.5 * 2**attempt) * (0.5 + random.random())
                 await asyncio.sleep(retry_after if retry_after is not None else backoff)
+            attempt += 1
         return CallFailure(request.key, f"gave up after {params.max_retries + 1} attempts: {last_error}")
 
     async def _run(
@@ -202,29 +439,59 @@ class OpenAICompatibleBackend:
     ) -> None:
         import httpx
 
-        headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
         limit = _AdaptiveLimit(params.max_concurrency)
+        self.concurrency_history = limit.history
+        health = _Health()
         started = time.perf_counter()
         done = tokens = 0
         pending_results: list[ChatResult] = []
         pending_failures: list[CallFailure] = []
         async with httpx.AsyncClient(
-            base_url=self.base_url, headers=headers, timeout=httpx.Timeout(params.timeout_s)
+            base_url=self.base_url, headers=self._headers(), timeout=httpx.Timeout(params.timeout_s)
         ) as client:
-            tasks = [asyncio.create_task(self._call(client, limit, r, params)) for r in requests]
-            for finished in asyncio.as_completed(tasks):
-                outcome = await finished
-                done += 1
-                if isinstance(outcome, ChatResult):
-                    pending_results.append(outcome)
-                    tokens += outcome.completion_tokens
-                else:
-                    pending_failures.append(outcome)
-                if len(pending_results) + len(pending_failures) >= params.batch_size or done == len(tasks):
-                    on_batch(pending_results, pending_failures)
-                    pending_results, pending_failures = [], []
-                    if on_progress is not None:
-                        on_progress(ProgressUpdate(done, len(tasks), tokens, time.perf_counter() - started))
+            tasks = [asyncio.create_task(self._call(client, limit, health, r, params)) for r in requests]
+            try:
+                for finished in asyncio.as_completed(tasks):
+                    outcome = await finished
+                    done += 1
+                    if isinstance(outcome, ChatResult):
+                        pending_results.append(outcome)
+                        tokens += outcome.completion_tokens
+                    else:
+                        pending_failures.append(outcome)
+                        health.last_error = outcome.error
+                    health.finished.append(not isinstance(outcome, ChatResult))
+                    verdict = health.verdict()
+                    if verdict is not None:
+                        raise GenerationAborted(verdict)
+                    if len(pending_results) + len(pending_failures) >= params.batch_size or done == len(
+                        tasks
+                    ):
+                        on_batch(pending_results, pending_failures)
+                        pending_results, pending_failures = [], []
+                        if on_progress is not None:
+                            on_progress(
+                                ProgressUpdate(done, len(tasks), tokens, time.perf_counter() - started)
+                            )
+            except GenerationAborted as exc:
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+                # what finished is kept: the next run resumes from the cache
+                on_batch(pending_results, pending_failures)
+                message = (
+                    f"stopped early: {exc} at {self.base_url} (last error: {health.last_error}); "
+                    f"{done} of {len(tasks)} calls finished and are kept, the next run resumes"
+                )
+                raise GenerationAborted(self.redact(message)) from None
+
+    def _choose_format(self) -> None:
+        """Which response_format shape goes first. OpenAI, vLLM and llama-server take OpenAI's
+        `{"type": "json_schema", "json_schema": {...}}`; llama-cpp-python's server (`owned_by: me` in
+        /models) silently ignores that shape and constrains decoding only for `{"type": "json_object",
+        "schema": ...}`. A shape a server rejects (400/422 naming it) moves on to the next."""
+        if self._model_entry().get("owned_by") == "me" and self._formats[0] == "json_schema":
+            self._formats = ["json_object", "json_schema", None]
 
     def generate(
         self,
@@ -233,14 +500,20 @@ class OpenAICompatibleBackend:
         on_batch: BatchCallback,
         on_progress: ProgressCallback | None = None,
     ) -> None:
+        if any(request.json_schema is not None for request in requests):
+            self._choose_format()
         if requests:
             asyncio.run(self._run(requests, params, on_batch, on_progress))
 
 
-def build_backend(params: GenerationParams, model_cache_dir: Any = None) -> Backend:
-    """The backend a spec asks for; the API key is read through Dagster's EnvVar, never stored."""
+def build_backend(
+    params: GenerationParams, model_cache_dir: Any = None, model_path: Path | None = None
+) -> Backend:
+    """The backend a spec asks for; the API key is read through Dagster's EnvVar, never stored.
+    `model_path`: the local model's file or folder when `params.model` names one (resolved against the
+    spec, see `GenerationSpec.local_model_path`)."""
     if params.backend == "local":
-        return LocalBackend(model_cache_dir, params.dtype)
+        return LocalBackend(model_cache_dir, params.dtype, model_path)
     api_key = None
     if params.api_key_env:
         import dagster as dg

@@ -371,6 +371,7 @@ def _generate_frame(
                     seed=seed,
                     continuation=continuation,
                     stop=spec.generation.stop_strings(),
+                    json_schema=structured.json_schema if (structured and last) else None,
                 )
                 requests.append(request)
                 prompt_of[request.key] = p.prompt_id

@@ -13,6 +13,7 @@ import importlib.util
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -40,6 +41,15 @@ _FINGERPRINT_MEMO = "gguf_sha256.json"
 # A temp folder this old cannot belong to a save still in progress (a save takes about a second).
 _STALE_TMP_SECONDS = 3600
 _ROLES = frozenset({"system", "user", "assistant"})
+# Where message content sits in a chat template rendered with placeholders: private-use characters,
+# which no chat template writes (see LocalChatModel.encode).
+_PLACEHOLDER = re.compile("(\ue000\\d+\ue001)")
+
+
+class RenderedChat(str):
+    """A rendered chat prompt (the text) that remembers the token ids it must be fed as."""
+
+    token_ids: tuple[int, ...] = ()
 
 
 def cut_at_stop(text: str, stop: Sequence[str]) -> str:
@@ -59,6 +69,8 @@ class ChatRequest:
     seed: int
     continuation: bool = False
     stop: tuple[str, ...] = ()
+    # a JSON schema the answer must follow; servers that can constrain decoding to it get it
+    json_schema: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -142,7 +154,8 @@ def _write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
 
 
 def gguf_sha256(gguf: Path, cache_dir: Path) -> str:
-    """sha256 of the GGUF bytes, memoised by (path, size, mtime) so it is hashed once per install."""
+    """sha256 of a weights file's bytes (a GGUF, a safetensors shard...), memoised by (path, size,
+    mtime) so it is hashed once per install."""
     memo_path = cache_dir / "models" / _FINGERPRINT_MEMO
     stat = gguf.stat()
     entry_key = str(gguf.resolve())
@@ -162,6 +175,31 @@ def gguf_sha256(gguf: Path, cache_dir: Path) -> str:
     except OSError as error:  # a read-only cache only costs a re-hash next time
         logger.warning("could not memoise the GGUF hash in %s: %s", memo_path, error)
     return digest
+
+
+def weights_fingerprint(source: Path | None, cache_dir: Path) -> tuple[Path | None, str, str]:
+    """(GGUF file or None for a model folder, sha256 of the weights, model fingerprint) of `source`.
+
+    None is the bundled SmolLM2 GGUF; a `.gguf` file or a Hugging Face model folder (what
+    `save_pretrained` writes) is a user's model. The hash covers every file the model loads from, so a
+    changed checkpoint never reuses cached answers; the bundled GGUF named by path keeps its name.
+    Raises ValueError (one line) when the path is neither."""
+    if source is None or (source.is_file() and source.name == GGUF_FILENAME):
+        gguf = source or find_gguf_file()
+        digest = gguf_sha256(gguf, cache_dir)
+        return gguf, digest, f"{MODEL_NAME}-{digest[:16]}"
+    slug = re.sub(r"[^a-z0-9]+", "-", source.stem.lower()).strip("-") or "model"
+    if source.is_file() and source.suffix.lower() == ".gguf":
+        digest = gguf_sha256(source, cache_dir)
+        return source, digest, f"gguf-{slug}-{digest[:16]}"
+    if source.is_dir() and (source / "config.json").is_file():
+        files = sorted(f for f in source.rglob("*") if f.is_file() and not f.name.startswith("."))
+        per_file = [[str(f.relative_to(source)), gguf_sha256(f, cache_dir)] for f in files]
+        digest = hashlib.sha256(json.dumps(per_file).encode()).hexdigest()
+        return None, digest, f"hf-{slug}-{digest[:16]}"
+    raise ValueError(
+        f"generation.model: {source} is neither a .gguf file nor a model folder with config.json"
+    )
 
 
 def _set_offline() -> None:
@@ -205,19 +243,23 @@ def _strip_gguf_quantization(model: PreTrainedModel) -> None:
 
 
 class LocalChatModel:
-    """SmolLM2-135M-Instruct loaded once; `generate` runs batched, seeded chat completions."""
+    """A chat model loaded once (SmolLM2-135M-Instruct, or `source`: a `.gguf` file or a Hugging Face
+    model folder); `generate` runs batched, seeded chat completions."""
 
     def __init__(
-        self, cache_dir: Path | None = None, threads: int | None = None, dtype: str = "float32"
+        self,
+        cache_dir: Path | None = None,
+        threads: int | None = None,
+        dtype: str = "float32",
+        source: Path | None = None,
     ) -> None:
         started = time.perf_counter()
         _set_offline()
         import torch
 
         self._cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-        self._gguf = find_gguf_file()
-        self._gguf_sha256 = gguf_sha256(self._gguf, self._cache_dir)
-        self._fingerprint = f"{MODEL_NAME}-{self._gguf_sha256[:16]}"
+        self._source = Path(source).expanduser().resolve() if source is not None else None
+        self._gguf, self._gguf_sha256, self._fingerprint = weights_fingerprint(self._source, self._cache_dir)
         self._model_dir = self._cache_dir / "models" / self._fingerprint
         self._threads = threads if threads is not None and threads > 0 else _cpu_threads()
         torch.set_num_threads(self._threads)
@@ -301,6 +343,13 @@ class LocalChatModel:
     def _load_gguf(self) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
         from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
+        if self._gguf is None:  # a model folder loads as it is: nothing to dequantize or cache
+            assert self._source is not None
+            self._model_dir = self._source
+            with _quiet_progress():
+                model = AutoModelForCausalLM.from_pretrained(self._source, dtype=self._dtype)
+                tokenizer = AutoTokenizer.from_pretrained(self._source)
+            return model, tokenizer
         folder, name = str(self._gguf.parent), self._gguf.name
         with _quiet_progress():
             tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
@@ -442,8 +491,7 @@ class LocalChatModel:
 
         import torch
 
-        prompts = [self._render(request) for request in requests]
-        encoded = [self._tokenizer(text, add_special_tokens=False)["input_ids"] for text in prompts]
+        encoded = [self.encode(request) for request in requests]
         for request, ids in zip(requests, encoded, strict=True):
             if self._max_positions and len(ids) + max_new_tokens > self._max_positions:
                 raise ValueError(
@@ -495,8 +543,9 @@ class LocalChatModel:
         pad_id = int(self._tokenizer.pad_token_id)
         pairs = []
         for prefix, continuation in zip(prefixes, continuations, strict=True):
-            head = self._tokenizer(prefix, add_special_tokens=False)["input_ids"] or [pad_id]
-            tail = self._tokenizer(continuation, add_special_tokens=False)["input_ids"]
+            # a prefix from `render_chat` carries its safe token ids; any other text is content
+            head = list(getattr(prefix, "token_ids", None) or self._content_ids(prefix)) or [pad_id]
+            tail = self._content_ids(continuation)
             if self._max_positions and len(head) + len(tail) > self._max_positions:
                 head = head[-max(1, self._max_positions - len(tail)) :]
                 tail = tail[: self._max_positions - len(head)]
@@ -527,9 +576,49 @@ class LocalChatModel:
                     scores[i] = float(token_scores[row, first:last].sum()) if tail else 0.0
         return scores
 
-    def render_chat(self, messages: list[dict[str, str]]) -> str:
-        """The model's chat template applied to `messages`, ending where the assistant's answer starts."""
-        return self._render(ChatRequest(key="render", messages=messages, seed=0))
+    def render_chat(self, messages: list[dict[str, str]]) -> RenderedChat:
+        """The model's chat template applied to `messages`, ending where the assistant's answer starts.
+
+        The result is the prompt text, carrying in `.token_ids` the ids the model is fed: a control
+        token written inside a message stays plain text there (see `encode`)."""
+        request = ChatRequest(key="render", messages=messages, seed=0)
+        rendered = RenderedChat(self._render(request))
+        rendered.token_ids = tuple(self.encode(request))
+        return rendered
+
+    def encode(self, request: ChatRequest) -> list[int]:
+        """The token ids the model is fed for `request`: the chat template's own markup becomes
+        control tokens, message content never does.
+
+        Content (seed text, demos, attributes, earlier steps' outputs) is tokenized with
+        `split_special_tokens=True`, so a seed row holding `<|im_end|><|im_start|>assistant` reads as
+        those characters, not as the end of the user turn (issue 15). The template is rendered with a
+        placeholder per message, and the ids of markup and content pieces are spliced in order. For a
+        prompt without such strings the ids equal tokenizing the whole rendered text: the markup ends
+        in a newline or a control token at every splice, where the pre-tokenizer splits anyway
+        (`test_clean_prompts_tokenize_as_before`)."""
+        if request.continuation:
+            return self._content_ids(self._render(request))
+        self._render(request)  # validates roles and content
+        marks = [f"\ue000{index}\ue001" for index in range(len(request.messages))]
+        placeholders = [
+            {**message, "content": mark} for message, mark in zip(request.messages, marks, strict=True)
+        ]
+        rendered = str(
+            self._tokenizer.apply_chat_template(placeholders, tokenize=False, add_generation_prompt=True)
+        )
+        ids: list[int] = []
+        for piece in _PLACEHOLDER.split(rendered):
+            if not piece:
+                continue
+            if _PLACEHOLDER.fullmatch(piece):
+                ids += self._content_ids(request.messages[int(piece[1:-1])]["content"])
+            else:  # the template's markup: parse its control tokens
+                ids += self._tokenizer(piece, add_special_tokens=False)["input_ids"]
+        return ids
+
+    def _content_ids(self, text: str) -> list[int]:
+        return list(self._tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"])
 
     def _render(self, request: ChatRequest) -> str:
         if request.continuation:
@@ -731,7 +820,7 @@ def _quiet_progress() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
-_MODELS: dict[tuple[Path, str], LocalChatModel] = {}
+_MODELS: dict[tuple[Path, str, Path | None], LocalChatModel] = {}
 _MODELS_LOCK = threading.Lock()
 
 
@@ -747,13 +836,21 @@ def resolve_dtype(requested: str) -> str:
     return "bfloat16" if native_bf16 else "float32"
 
 
-def get_local_model(cache_dir: Path | None = None, dtype: str = "float32") -> LocalChatModel:
-    """The process-wide model for a cache dir and dtype: loading costs seconds and ~0.5 GB, so once."""
+def get_local_model(
+    cache_dir: Path | None = None, dtype: str = "float32", source: Path | None = None
+) -> LocalChatModel:
+    """The process-wide model for a cache dir, dtype and source (None: the bundled SmolLM2; else a
+    `.gguf` file or model folder): loading costs seconds and ~0.5 GB, so once. A source whose files
+    changed since it was loaded is loaded again (its fingerprint changed)."""
     resolved = (Path(cache_dir) if cache_dir is not None else default_cache_dir()).expanduser().resolve()
-    key = (resolved, resolve_dtype(dtype))
+    where = Path(source).expanduser().resolve() if source is not None else None
+    key = (resolved, resolve_dtype(dtype), where)
     with _MODELS_LOCK:
         model = _MODELS.get(key)
+        changed = model is not None and where is not None
+        if changed and weights_fingerprint(where, resolved)[2] != model.fingerprint.removesuffix("-bf16"):
+            model = None
         if model is None:
-            model = LocalChatModel(cache_dir=resolved, dtype=key[1])
+            model = LocalChatModel(cache_dir=resolved, dtype=key[1], source=where)
             _MODELS[key] = model
         return model
