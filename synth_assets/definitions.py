@@ -1,6 +1,11 @@
 """The one Dagster entry point (`workspace.yaml` points here)."""
 
+# ruff: noqa: E402 (the process settings must come before any import that may load torch)
 from __future__ import annotations
+
+from synth_assets.runtime import prepare_process
+
+prepare_process()  # OMP_WAIT_POLICY=PASSIVE and thread counts, before torch starts (runtime.py)
 
 import dagster as dg
 
