@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from synth_assets.generation.backends import Backend, LocalBackend
-from synth_assets.generation.engine import call_key
+from synth_assets.generation.engine import call_key, format_duration
 from synth_assets.generation.local_llm import ChatRequest, ChatResult
 from synth_assets.generation.prompts import prompt_messages
 from synth_assets.spec import GenerationSpec
@@ -64,17 +64,6 @@ class RunPlan:
         if self.note:
             out.append(self.note)
         return out
-
-
-def format_duration(seconds: float) -> str:
-    """'45 s', '12 min 5 s', '2 h 41 min'."""
-    seconds = max(0.0, seconds)
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    minutes = int(seconds // 60)
-    if minutes < 90:
-        return f"{minutes} min {int(seconds % 60)} s"
-    return f"{minutes // 60} h {minutes % 60} min"
 
 
 def first_step_requests(spec: GenerationSpec, prompts: pd.DataFrame, fingerprint: str) -> list[ChatRequest]:
