@@ -284,3 +284,35 @@ def test_stopping_a_real_run_keeps_finished_calls_and_the_rerun_resumes(
         assert len(cache) == 24 and cache["cache_key"].is_unique
         # the rerun made only the calls the stopped run had not finished
         assert (cache["run_id"] == second.run_id).sum() == 24 - finished
+
+
+@pytest.mark.slow
+def test_dry_run_counts_calls_and_tokens_exactly_and_writes_nothing(tmp_path: Path) -> None:
+    spec_path = write_tiny_spec(tmp_path / "specs")  # 6 prompts, max_new_tokens 24
+    home, database = tmp_path / "home", tmp_path / "w.duckdb"
+    home.mkdir()
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    env = _clean_env(DAGSTER_HOME=str(home), SYNTH_ASSETS_DB=str(database))
+    dry = _cli("run", "--spec", str(spec_path), "--dry-run", env=env)
+    assert dry.returncode == 0, dry.stderr[-2000:]
+    lines = dry.stdout.splitlines()
+    assert "prompts: 6" in lines
+    assert (
+        "LLM calls: 6 for the first step, 0 already in llm_cache, 6 to make "
+        "(at most 6 with later steps and retries)"
+    ) in lines
+    assert "completion tokens: at most 144 (calls x max_new_tokens)" in lines
+    estimate = next(line for line in lines if line.startswith("estimated generation time: "))
+    assert "batches of 8" in estimate and "timed by a warm-up batch here" in estimate
+    counted = next(line for line in lines if line.startswith("prompt tokens to send: "))
+    assert not database.exists()  # nothing written, not even an empty file
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        assert instance.get_runs_count() == 0
+
+    ran = _cli("run", "--spec", str(spec_path), env=env)
+    assert ran.returncode == 0, ran.stderr[-2000:]
+    # "exactly": the prompt tokens the model was really given, as the run recorded them
+    sent = Warehouse(database).query("SELECT sum(prompt_tokens) AS n FROM llm_cache")["n"].iloc[0]
+    assert counted == f"prompt tokens to send: {int(sent):,} (exact)"
+    again = _cli("run", "--spec", str(spec_path), "--dry-run", env=env)
+    assert "LLM calls: 6 for the first step, 6 already in llm_cache, 0 to make" in again.stdout
