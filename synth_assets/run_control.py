@@ -10,7 +10,8 @@ unexpectedly"), because nothing marks it CANCELING first. `StopWatcher` does: it
 through `signal.set_wakeup_fd` (CPython writes the signal number there before any handler runs, so
 Dagster's handlers stay in place) and reports the run CANCELING from a helper thread; Dagster then
 closes it as CANCELED itself. `finish_stopped_run` is the fallback when the watcher could not see the
-signal (e.g. an asyncio loop had the wakeup fd at that moment).
+signal (e.g. an asyncio loop had the wakeup fd at that moment). A "Terminate" in the Dagster UI
+marks the run CANCELING; the watcher sees that within a second and interrupts the run the same way.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import select
 import signal
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -35,6 +37,8 @@ HOST_TAG = "synth_assets/host"
 PROCESS_START_TAG = "synth_assets/process_start"  # /proc start time: a reused pid is another process
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _INIT_LOCK = ".synth_assets_instance.lock"
+# how often a running CLI run looks for a "Terminate" from the UI
+TERMINATE_POLL_S = 1.0
 
 
 def _process_start(pid: int) -> str | None:
@@ -135,9 +139,13 @@ class StopWatcher:
         return self
 
     def _watch(self) -> None:
+        last_poll = 0.0
         while not self._closing:
             ready, _, _ = select.select([self._read_fd], [], [], 0.2)
             if not ready:
+                if time.monotonic() - last_poll >= TERMINATE_POLL_S:
+                    last_poll = time.monotonic()
+                    self._stop_if_terminated()
                 continue
             try:
                 data = os.read(self._read_fd, 64)
@@ -147,6 +155,20 @@ class StopWatcher:
                 if number in STOP_SIGNALS and self.signal_name is None:
                     self.signal_name = signal.Signals(number).name
                     self._mark_canceling()
+
+    def _stop_if_terminated(self) -> None:
+        """The UI's "Terminate" on a run of this process only marks it CANCELING (Dagster's launcher
+        has no process of ours to signal): turn that into the SIGINT a terminal's Ctrl-C would send."""
+        import dagster as dg
+
+        try:
+            run = self.instance.get_run_by_id(self.run_id)
+        except Exception:  # the instance is busy: look again next time
+            return
+        stopping = (dg.DagsterRunStatus.CANCELING, dg.DagsterRunStatus.CANCELED)
+        if run is not None and run.status in stopping and self.signal_name is None:
+            self.signal_name = "Dagster UI Terminate"
+            os.kill(os.getpid(), signal.SIGINT)
 
     def _mark_canceling(self) -> None:
         import dagster as dg

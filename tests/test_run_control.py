@@ -227,10 +227,8 @@ def _start_run(spec_path: Path, env: dict[str, str]) -> subprocess.Popen[str]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL], ids=lambda s: s.name)
-def test_stopping_a_real_run_keeps_finished_calls_and_the_rerun_resumes(
-    tmp_path: Path, stop: signal.Signals
-) -> None:
+@pytest.mark.parametrize("stop", ["SIGINT", "SIGTERM", "SIGKILL", "UI terminate"])
+def test_stopping_a_real_run_keeps_finished_calls_and_the_rerun_resumes(tmp_path: Path, stop: str) -> None:
     spec_path = write_tiny_spec(
         tmp_path / "specs", num_samples=24, max_new_tokens=16, replacements={"batch_size: 8": "batch_size: 4"}
     )
@@ -240,23 +238,25 @@ def test_stopping_a_real_run_keeps_finished_calls_and_the_rerun_resumes(
     env = _clean_env(DAGSTER_HOME=str(home), SYNTH_ASSETS_DB=str(database))
     process = _start_run(spec_path, env)
     assert process.stdout is not None
-    output = []
     deadline = time.monotonic() + 600
     for line in process.stdout:  # stop once two batches are stored and more are to come
-        output.append(line)
         if "generated 8/24 calls" in line or time.monotonic() > deadline:
             break
-    process.send_signal(stop)
-    sent = time.monotonic()
-    rest, _ = process.communicate(timeout=120)
-    stopped_in = time.monotonic() - sent
     with dg.DagsterInstance.from_config(str(home)) as instance:
         (run,) = instance.get_runs()
         run_id = run.run_id
+        if stop == "UI terminate":  # what the UI's Terminate button calls
+            instance.run_launcher.terminate(run_id)
+        else:
+            process.send_signal(signal.Signals[stop])
+        sent = time.monotonic()
+        rest, _ = process.communicate(timeout=120)
+        stopped_in = time.monotonic() - sent
+        run = instance.get_run_by_id(run_id)
         kept = Warehouse(database).query("SELECT count(*) AS n FROM llm_cache WHERE run_id = ?", [run_id])
         finished = int(kept["n"].iloc[0])
         assert 8 <= finished < 24, rest[-3000:]  # the stored batches survived; the run did not finish
-        if stop == signal.SIGKILL:
+        if stop == "SIGKILL":
             assert process.returncode == -signal.SIGKILL
             assert run.status == dg.DagsterRunStatus.STARTED  # nobody could record anything
         else:
@@ -264,7 +264,8 @@ def test_stopping_a_real_run_keeps_finished_calls_and_the_rerun_resumes(
             assert process.returncode == 130, rest[-3000:]
             assert run.status == dg.DagsterRunStatus.CANCELED
             last = rest.strip().splitlines()[-1]
-            assert last.startswith(f"error: stopped by {stop.name}: run {run_id} recorded as CANCELED")
+            by = "Dagster UI Terminate" if stop == "UI terminate" else stop
+            assert last.startswith(f"error: stopped by {by}: run {run_id} recorded as CANCELED"), last
             assert f"{finished} finished LLM calls of this run are kept in llm_cache" in last
             # nothing half-written: no stage after the prompts got a version in this run
             for stage in ("generated_samples", "curated_set"):
@@ -276,7 +277,7 @@ def test_stopping_a_real_run_keeps_finished_calls_and_the_rerun_resumes(
         rerun = _cli("run", "--spec", str(spec_path), env=env)
         assert rerun.returncode in (0, 1), rerun.stderr[-3000:]  # 1: a gate may refuse the tiny data
         assert "Traceback" not in rerun.stderr.strip().splitlines()[-1]
-        if stop == signal.SIGKILL:
+        if stop == "SIGKILL":
             assert f"note: run {run_id} had lost its process (killed); marked failed" in rerun.stdout
             assert instance.get_run_by_id(run_id).status == dg.DagsterRunStatus.FAILURE
         second = next(r for r in instance.get_runs() if r.run_id != run_id)
