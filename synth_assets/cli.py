@@ -7,11 +7,16 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
+
+import pandas as pd
 
 from synth_assets.paths import ensure_dagster_home
+from synth_assets.run_summary import promoted_stages, summary_lines
+from synth_assets.runtime import choose_threads, prepare_process, request_threads
 from synth_assets.seed import load_seed_data
 from synth_assets.spec import GenerationSpec, SpecError, load_spec
-from synth_assets.storage import HISTORY_TABLE, Warehouse
+from synth_assets.storage import HISTORY_TABLE, StorageError, Warehouse
 
 STAGES = ("seed_data", "expanded_prompts", "generated_samples", "curated_set", "rejected_samples")
 
@@ -35,29 +40,68 @@ def _latest_spec(store: Warehouse, spec_name: str | None) -> str:
     return str(latest["spec_name"].iloc[0])
 
 
+def _plan(args: argparse.Namespace, spec: GenerationSpec, seed_rows: pd.DataFrame) -> int:
+    """`run --dry-run`: prompts, calls, tokens and a measured time estimate; writes nothing."""
+    from synth_assets.generation.backends import build_backend
+    from synth_assets.generation.plan import plan_run
+    from synth_assets.generation.prompts import expand_prompts
+
+    prompts = expand_prompts(spec, seed_rows)
+    store = _warehouse(args)
+    print(f"dry run of spec '{spec.name}' ({spec.source_path}): nothing is written", flush=True)
+    backend = build_backend(spec.generation)
+    plan = plan_run(spec, prompts, backend, store if store.path.is_file() else None)
+    for line in plan.lines():
+        print(line)
+    if spec.generation.backend == "local":
+        print(f"local model: {choose_threads().describe()}")
+    return 0
+
+
 def command_run(args: argparse.Namespace) -> int:
     spec = load_spec(args.spec)
-    load_seed_data(spec)  # a bad seed file is reported in one line before any run starts
-    ensure_dagster_home()
-    import dagster as dg
+    seed_rows = load_seed_data(spec)  # a bad seed file is reported in one line before any run starts
+    request_threads(spec.generation.threads)
+    if args.dry_run:
+        return _plan(args, spec, seed_rows)
+    store = _warehouse(args)
+    store.check_usable()  # a bad --db fails here, in one line, before any work
+    home = ensure_dagster_home()
+    import uuid
 
     from synth_assets.definitions import build_definitions
     from synth_assets.defs.assets import spec_partitions
     from synth_assets.defs.resources import SPEC_PATH_TAG
+    from synth_assets.run_control import (
+        StopWatcher,
+        finish_stopped_run,
+        open_instance,
+        process_tags,
+        reap_dead_runs,
+        was_interrupted,
+    )
 
-    store = _warehouse(args)
     definitions = build_definitions(database=str(store.path))
     job = definitions.resolve_job_def("synth_refresh_job")
-    instance = dg.DagsterInstance.get()
+    instance = open_instance(home)
+    for dead in reap_dead_runs(instance):
+        print(f"note: run {dead} had lost its process (killed); marked failed", flush=True)
     if not instance.has_dynamic_partition(spec_partitions.name, spec.name):
         instance.add_dynamic_partitions(spec_partitions.name, [spec.name])
     print(f"materializing spec '{spec.name}' ({spec.source_path}) into {store.path}", flush=True)
-    result = job.execute_in_process(
-        instance=instance,
-        partition_key=spec.name,
-        tags={SPEC_PATH_TAG: str(spec.source_path)},
-        raise_on_error=False,
-    )
+    if spec.generation.backend == "local":
+        print(f"local model: {choose_threads().describe()}", flush=True)
+    run_id = str(uuid.uuid4())
+    with StopWatcher(instance, run_id) as watcher:
+        result = job.execute_in_process(
+            instance=instance,
+            partition_key=spec.name,
+            tags={SPEC_PATH_TAG: str(spec.source_path), **process_tags()},
+            run_id=run_id,
+            raise_on_error=False,
+        )
+    stopped = watcher.signal_name or ("a stop signal" if was_interrupted(result) else None)
+    status = finish_stopped_run(instance, run_id, stopped) if stopped else None
     for evaluation in result.get_asset_check_evaluations():
         verdict = "passed" if evaluation.passed else "FAILED"
         print(f"check {evaluation.asset_key.to_user_string()}:{evaluation.check_name} {verdict}")
@@ -66,30 +110,63 @@ def command_run(args: argparse.Namespace) -> int:
         frame = store.read_only_query(f'SELECT count(*) AS n FROM "{stage}" WHERE spec_name = ?', [spec.name])
         counts.append(f"{stage}={int(frame['n'].iloc[0])}")
     print("rows: " + " ".join(counts) + " (curated_set, rejected_samples: the published version)")
-    publication, held_back = publication_summary(store, spec.name, result.run_id)
+    for line in summary_lines(store, spec, run_id):
+        print(line)
+    publication, held_back = publication_summary(store, spec.name, run_id)
     print(publication)
     # this run's report, passed or not (the `evaluation_report` table keeps only the last good one)
     report = store.read_only_query(
         f"SELECT report_path FROM {HISTORY_TABLE['evaluation_report']} WHERE spec_name = ? AND run_id = ? "
         "UNION ALL SELECT report_path FROM evaluation_report WHERE spec_name = ?",
-        [spec.name, result.run_id, spec.name],
+        [spec.name, run_id, spec.name],
     )
     print(f"DuckDB: {store.path}")
     if not report.empty:
         print(f"report: {report['report_path'].iloc[0]}")
-    print(f"Dagster run {result.run_id} in DAGSTER_HOME={instance.root_directory}")
+    print(f"Dagster run {run_id} in DAGSTER_HOME={instance.root_directory}")
     print("UI: make ui  (dagster dev -w workspace.yaml), then open http://127.0.0.1:3000")
+    if stopped:
+        kept = store.read_only_query("SELECT count(*) AS n FROM llm_cache WHERE run_id = ?", [run_id])
+        print(
+            f"error: stopped by {stopped}: run {run_id} recorded as {status}; "
+            f"{int(kept['n'].iloc[0])} finished LLM calls of this run are kept in llm_cache, "
+            "rerun the same command to resume; "
+            f"{_current_note(store, spec, run_id)}",
+            file=sys.stderr,
+        )
+        return 130
     if not result.success:
         failed = ", ".join(result.get_failed_step_keys()) or "unknown step"
         if held_back:
             print(f"error: the usefulness gate failed at {failed}: {held_back}", file=sys.stderr)
         else:
             print(
-                f"error: run failed at {failed}; the previous promoted versions are unchanged",
+                f"error: run failed at {failed}{_step_error(result)}; {_current_note(store, spec, run_id)}",
                 file=sys.stderr,
             )
         return 1
     return 0
+
+
+def _current_note(store: Warehouse, spec: GenerationSpec, run_id: str) -> str:
+    """Exactly which stages this run made current, e.g. after a failure half-way."""
+    promoted, unchanged = promoted_stages(store, spec, run_id)
+    if not promoted:
+        return "the previous promoted versions are unchanged"
+    return (
+        f"this run's versions of {', '.join(promoted)} are now current; "
+        f"{', '.join(unchanged)} keep their previous versions"
+    )
+
+
+def _step_error(result: Any) -> str:
+    """': <the first failed step's error, its last line>' (e.g. a full disk), or ''."""
+    for event in result.all_events:
+        if event.is_step_failure and event.step_failure_data and event.step_failure_data.error:
+            message = str(event.step_failure_data.error.message).strip().splitlines()
+            if message:
+                return f": {message[-1][:300]}"
+    return ""
 
 
 def publication_summary(store: Warehouse, spec_name: str, run_id: str) -> tuple[str, str | None]:
@@ -264,6 +341,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="materialize all five assets for one spec")
     run.add_argument("--spec", required=True, help="path of a spec YAML file")
+    run.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="render the prompts, count calls and tokens, time a warm-up batch and estimate the run; "
+        "writes nothing",
+    )
     run.set_defaults(handler=command_run)
 
     lineage = commands.add_parser(
@@ -317,11 +400,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    prepare_process()  # OMP_WAIT_POLICY and thread counts, before anything imports torch
     args = build_parser().parse_args(argv)
     try:
         return int(args.handler(args))
-    except (SpecError, CliError, FileNotFoundError) as exc:
+    except (SpecError, CliError, FileNotFoundError, StorageError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a folder under a regular file, a full disk, no permission: one line
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"error: {where}{exc.strerror or exc}", file=sys.stderr)
         return 2
 
 

@@ -1,6 +1,11 @@
 """The one Dagster entry point (`workspace.yaml` points here)."""
 
+# ruff: noqa: E402 (the process settings must come before any import that may load torch)
 from __future__ import annotations
+
+from synth_assets.runtime import prepare_process
+
+prepare_process()  # OMP_WAIT_POLICY=PASSIVE and thread counts, before torch starts (runtime.py)
 
 import dagster as dg
 
@@ -40,6 +45,17 @@ def _wire_stage(asset: dg.AssetsDefinition) -> dg.AssetsDefinition:
 wired_stage_assets = [_wire_stage(asset) for asset in stage_assets]
 
 
+@dg.sensor(minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.RUNNING)
+def dead_run_reaper(context: dg.SensorEvaluationContext) -> dg.SkipReason:
+    """Marks failed the `synth-assets run` runs whose process is gone (SIGKILL, out of memory): with
+    `max_concurrent_runs: 1` such a run would hold every queued run forever. Runs launched by the UI
+    are watched by Dagster's own run monitoring (dagster.yaml)."""
+    from synth_assets.run_control import reap_dead_runs
+
+    reaped = reap_dead_runs(context.instance)
+    return dg.SkipReason(f"marked failed: {', '.join(reaped)}" if reaped else "no dead runs")
+
+
 def build_definitions(database: str = "", specs_dir: str = "", model_cache_dir: str = "") -> dg.Definitions:
     """Definitions with resources pointed at a DuckDB file, a specs folder and a model cache
     (empty strings: the defaults, `SYNTH_ASSETS_DB` and friends)."""
@@ -47,7 +63,7 @@ def build_definitions(database: str = "", specs_dir: str = "", model_cache_dir: 
         assets=[spec_inputs, *wired_stage_assets],
         jobs=[synth_refresh_job],
         schedules=[daily_refresh],
-        sensors=[spec_change_sensor, synth_automation],
+        sensors=[spec_change_sensor, synth_automation, dead_run_reaper],
         resources={
             "warehouse": WarehouseResource(database=database),
             "specs": SpecCatalog(specs_dir=specs_dir),

@@ -156,6 +156,13 @@ class GenerationParams(_Strict):
         description="local backend: auto = bfloat16 on CPUs with native bf16 (about 2x faster; a prompt's "
         "text then depends on its batch), else float32 (batch-independent). Part of the model fingerprint.",
     )
+    threads: int | None = Field(
+        default=None,
+        ge=1,
+        le=256,
+        description="local backend: CPU threads (default: the usable cores left free by the current load, "
+        "see synth_assets/runtime.py); not part of the fingerprint",
+    )
     max_concurrency: int = Field(default=8, ge=1, le=256, description="openai: requests in flight")
     timeout_s: float = Field(
         default=120.0, gt=0, description="openai: deadline of each request, the whole answer included"
@@ -219,6 +226,7 @@ class GenerationParams(_Strict):
                 "max_retries",
                 "dtype",
                 "model_revision",  # in the model fingerprint
+                "threads",
             }
         )
 

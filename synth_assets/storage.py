@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -167,6 +167,54 @@ HISTORY_TABLE = {stage: f"{stage}_history" for stage in STAGE_COLUMNS} | {
 }
 
 
+class StorageError(Exception):
+    """The DuckDB file cannot be used (not a DuckDB file, a directory, a full disk): one line that
+    names the file and the problem; nothing was half-written (the transaction was rolled back)."""
+
+
+def _storage_error(path: Path, exc: BaseException, doing: str) -> StorageError | None:
+    """A one-line StorageError for the failures a user can fix, None for anything else."""
+    text = str(exc)
+    if "No space left on device" in text or getattr(exc, "errno", None) == 28:
+        return StorageError(f"{path}: No space left on device while {doing}; nothing of it was kept")
+    if "not a valid DuckDB database" in text or "not a DuckDB" in text.lower():
+        return StorageError(f"{path}: not a DuckDB database file (--db / SYNTH_ASSETS_DB)")
+    if isinstance(exc, IsADirectoryError) or "Is a directory" in text:
+        return StorageError(f"{path}: is a directory, not a DuckDB file (--db / SYNTH_ASSETS_DB)")
+    if isinstance(exc, PermissionError) or "Permission denied" in text:
+        return StorageError(f"{path}: permission denied while {doing}")
+    return None
+
+
+@contextmanager
+def _transaction(connection: duckdb.DuckDBPyConnection, path: Path, doing: str) -> Iterator[None]:
+    """BEGIN ... COMMIT; on any failure ROLLBACK (a failed COMMIT has already ended the transaction,
+    so a second error there must not hide the first, e.g. a full disk) and re-raise, as a
+    StorageError when the cause is one the user can fix."""
+    connection.execute("BEGIN TRANSACTION")
+    try:
+        yield
+        connection.execute("COMMIT")
+    except BaseException as exc:
+        with suppress(duckdb.Error):
+            connection.execute("ROLLBACK")
+        friendly = _storage_error(path, exc, doing) if isinstance(exc, Exception) else None
+        if friendly is not None:
+            raise friendly from exc
+        raise
+
+
+@dataclass(frozen=True)
+class GateRecord:
+    """A blocking check's verdict on the version being written: a `gate_results` row committed in the
+    same transaction as that version, so a kill in between can never leave a version without it."""
+
+    asset: str
+    check_name: str
+    passed: bool
+    summary: str
+
+
 def default_database_path() -> Path:
     """`SYNTH_ASSETS_DB` if set, else `data/synth_assets.duckdb` under the project root."""
     configured = os.environ.get("SYNTH_ASSETS_DB")
@@ -207,7 +255,12 @@ class Warehouse:
         """A short-lived connection; waits while another process holds the write lock."""
         if read_only and not self.path.exists():
             raise FileNotFoundError(f"{self.path}: no DuckDB file yet (run `synth-assets run` first)")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.is_dir():
+            raise StorageError(f"{self.path}: is a directory, not a DuckDB file (--db / SYNTH_ASSETS_DB)")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(f"{self.path}: cannot create its folder: {exc.strerror}") from exc
         deadline = time.monotonic() + self.lock_timeout_s
         delay = 0.05
         while True:
@@ -216,15 +269,26 @@ class Warehouse:
                 break
             except duckdb.IOException as exc:
                 if "lock" not in str(exc).lower() or time.monotonic() > deadline:
-                    raise
+                    raise _storage_error(self.path, exc, "opening it") or exc from exc
                 time.sleep(delay)
                 delay = min(delay * 2, 2.0)
+            except duckdb.Error as exc:
+                raise _storage_error(self.path, exc, "opening it") or exc from exc
         try:
             if not read_only:
-                self._ensure_schema(connection)
+                try:
+                    self._ensure_schema(connection)
+                except duckdb.Error as exc:
+                    raise _storage_error(self.path, exc, "creating its tables") or exc from exc
             yield connection
         finally:
             connection.close()
+
+    def check_usable(self) -> None:
+        """Open the file for writing once (creating it and its tables if new): a bad `--db` fails here,
+        in one line (StorageError), before any run starts."""
+        with self.connect():
+            pass
 
     @staticmethod
     def _ensure_schema(connection: duckdb.DuckDBPyConnection) -> None:
@@ -264,10 +328,13 @@ class Warehouse:
         *,
         promote: bool,
         publication: Publication | None = None,
+        gate: GateRecord | None = None,
     ) -> None:
         """Append one version to history and, when `promote`, make it the current one; atomically
-        (with `publication`, see `write_versions`)."""
-        self.write_versions({stage: frame}, spec_name, run_id, promote=promote, publication=publication)
+        (with `publication` and `gate`, see `write_versions`)."""
+        self.write_versions(
+            {stage: frame}, spec_name, run_id, promote=promote, publication=publication, gate=gate
+        )
 
     def write_versions(
         self,
@@ -277,12 +344,15 @@ class Warehouse:
         *,
         promote: bool,
         publication: Publication | None = None,
+        gate: GateRecord | None = None,
     ) -> None:
         """Like `write_version` for several stages in one transaction (e.g. curated + rejected).
 
         `publication`, in the same transaction: publish (or hold back) a staged version of another
         stage, e.g. the evaluation report and the curated_set version it approved commit together.
-        Raises LookupError (and writes nothing) when the version to publish is not in history."""
+        `gate`: the blocking check's verdict on this version, its `gate_results` row in the same
+        transaction. Raises LookupError (and writes nothing) when the version to publish is not in
+        history, StorageError (nothing written) on a full disk."""
         stamped: dict[str, pd.DataFrame] = {}
         for stage, frame in frames.items():
             columns = stage_columns(stage)
@@ -294,26 +364,25 @@ class Warehouse:
             out["run_id"] = run_id
             out["materialized_at"] = _now()
             stamped[stage] = out
-        with self.connect() as connection:
-            connection.execute("BEGIN TRANSACTION")
-            try:
-                for stage, out in stamped.items():
-                    history = HISTORY_TABLE[stage]
-                    connection.register("incoming", out)
-                    connection.execute(
-                        f'DELETE FROM "{history}" WHERE spec_name = ? AND run_id = ?', [spec_name, run_id]
-                    )
-                    connection.execute(f'INSERT INTO "{history}" BY NAME SELECT * FROM incoming')
-                    if promote:
-                        connection.execute(f'DELETE FROM "{stage}" WHERE spec_name = ?', [spec_name])
-                        connection.execute(f'INSERT INTO "{stage}" BY NAME SELECT * FROM incoming')
-                    connection.unregister("incoming")
-                if publication is not None:
-                    self._decide(connection, spec_name, run_id, publication)
-                connection.execute("COMMIT")
-            except Exception:
-                connection.execute("ROLLBACK")
-                raise
+        with (
+            self.connect() as connection,
+            _transaction(connection, self.path, f"writing {', '.join(frames)}"),
+        ):
+            for stage, out in stamped.items():
+                history = HISTORY_TABLE[stage]
+                connection.register("incoming", out)
+                connection.execute(
+                    f'DELETE FROM "{history}" WHERE spec_name = ? AND run_id = ?', [spec_name, run_id]
+                )
+                connection.execute(f'INSERT INTO "{history}" BY NAME SELECT * FROM incoming')
+                if promote:
+                    connection.execute(f'DELETE FROM "{stage}" WHERE spec_name = ?', [spec_name])
+                    connection.execute(f'INSERT INTO "{stage}" BY NAME SELECT * FROM incoming')
+                connection.unregister("incoming")
+            if publication is not None:
+                self._decide(connection, spec_name, run_id, publication)
+            if gate is not None:
+                self._insert_gate(connection, spec_name, run_id, gate)
 
     @staticmethod
     def _decide(
@@ -403,11 +472,19 @@ class Warehouse:
     def record_gate(
         self, spec_name: str, run_id: str, asset: str, check_name: str, passed: bool, summary: str
     ) -> None:
+        """A verdict on its own; prefer `write_versions(..., gate=...)`, which commits it with its version."""
         with self.connect() as connection:
-            connection.execute(
-                "INSERT INTO gate_results VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [spec_name, run_id, asset, check_name, passed, summary, _now()],
-            )
+            self._insert_gate(connection, spec_name, run_id, GateRecord(asset, check_name, passed, summary))
+
+    @staticmethod
+    def _insert_gate(
+        connection: duckdb.DuckDBPyConnection, spec_name: str, run_id: str, gate: GateRecord
+    ) -> None:
+        connection.execute(
+            "INSERT INTO gate_results BY NAME SELECT ? AS spec_name, ? AS run_id, ? AS asset, "
+            "? AS check_name, ? AS passed, ? AS summary, ? AS evaluated_at",
+            [spec_name, run_id, gate.asset, gate.check_name, gate.passed, gate.summary, _now()],
+        )
 
     def cached_calls(self, cache_keys: list[str]) -> pd.DataFrame:
         """Rows of `llm_cache` for these keys (the ones never called are simply absent)."""
@@ -420,21 +497,16 @@ class Warehouse:
     def store_calls(self, calls: pd.DataFrame, failures: pd.DataFrame | None = None) -> None:
         """Persist finished calls (first write of a key wins) and failed ones, in one transaction."""
         calls = calls.assign(created_at=_now())
-        with self.connect() as connection:
-            connection.execute("BEGIN TRANSACTION")
-            try:
-                if len(calls):
-                    connection.register("incoming_calls", calls)
-                    connection.execute("INSERT OR IGNORE INTO llm_cache BY NAME SELECT * FROM incoming_calls")
-                if failures is not None and len(failures):
-                    connection.register("incoming_failures", failures.assign(failed_at=_now()))
-                    connection.execute(
-                        "INSERT INTO generation_failures BY NAME SELECT * FROM incoming_failures"
-                    )
-                connection.execute("COMMIT")
-            except Exception:
-                connection.execute("ROLLBACK")
-                raise
+        with (
+            self.connect() as connection,
+            _transaction(connection, self.path, "storing LLM calls in llm_cache"),
+        ):
+            if len(calls):
+                connection.register("incoming_calls", calls)
+                connection.execute("INSERT OR IGNORE INTO llm_cache BY NAME SELECT * FROM incoming_calls")
+            if failures is not None and len(failures):
+                connection.register("incoming_failures", failures.assign(failed_at=_now()))
+                connection.execute("INSERT INTO generation_failures BY NAME SELECT * FROM incoming_failures")
 
     def read_current(self, stage: str, spec_name: str) -> pd.DataFrame:
         """The promoted version of a stage for a spec, in the stage's column order (empty if none)."""

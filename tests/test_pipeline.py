@@ -178,6 +178,15 @@ def test_cli_run_lineage_report_and_bad_input(tmp_path: Path) -> None:
     # the run is in the instance the UI reads
     with dg.DagsterInstance.from_config(str(tmp_path / "home")) as instance:
         assert instance.get_runs_count() == 1
+    # the closing summary says what was made and promoted, and where to look
+    assert "made in this run, and what became current:" in ran.stdout
+    assert "  curated_set: " in ran.stdout and f"see them: synth-assets report --spec {SPEC}" in ran.stdout
+    # an export folder under a regular file: one line, no traceback
+    (tmp_path / "a_file").write_text("x")
+    under_file = _cli("export", "--spec", SPEC, "--out", str(tmp_path / "a_file" / "out"), env_vars=env_vars)
+    lines = under_file.stderr.strip().splitlines()
+    assert under_file.returncode == 2 and len(lines) == 1, under_file.stderr
+    assert str(tmp_path / "a_file") in lines[0] and "Not a directory" in lines[0]
 
     bad = tmp_path / "specs" / "bad.yaml"
     bad.write_text(spec_path.read_text().replace("label_column: sentiment", "label_column: mood"))

@@ -3,12 +3,14 @@ then published by a passing evaluation), writes are atomic."""
 
 from __future__ import annotations
 
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from synth_assets.storage import Publication, Warehouse, stage_columns
+from synth_assets.storage import GateRecord, Publication, StorageError, Warehouse, stage_columns
 
 
 def _curated(ids: list[str]) -> pd.DataFrame:
@@ -142,3 +144,80 @@ def test_publications_of_a_database_from_before_publication(tmp_path: Path) -> N
     path = tmp_path / "old.duckdb"
     duckdb.connect(str(path)).close()  # a file without the publications table
     assert Warehouse(path).publications("demo", read_only=True).empty
+
+
+def test_a_version_and_its_gate_verdict_commit_together(tmp_path: Path) -> None:
+    store = Warehouse(tmp_path / "w.duckdb")
+    verdict = GateRecord("curated_set", "gx_gate", True, "all passed")
+    store.write_versions({"curated_set": _curated(["a"])}, "demo", "run1", promote=False, gate=verdict)
+    gates = store.query("SELECT run_id, asset, check_name, passed, summary FROM gate_results")
+    assert gates.to_dict("records") == [
+        {
+            "run_id": "run1",
+            "asset": "curated_set",
+            "check_name": "gx_gate",
+            "passed": True,
+            "summary": "all passed",
+        }
+    ]
+    assert store.staged_runs("demo") == ["run1"]
+    # a write that fails part-way leaves neither the version nor its verdict (no version without one)
+    bad_rejected = pd.DataFrame({"sample_id": ["x"]})
+    with pytest.raises(ValueError, match="lacks columns"):
+        store.write_versions(
+            {"curated_set": _curated(["b"]), "rejected_samples": bad_rejected}, "demo", "run2",
+            promote=False, gate=GateRecord("curated_set", "gx_gate", True, "all passed"),
+        )  # fmt: skip
+    with pytest.raises(LookupError):
+        store.write_versions(
+            {"curated_set": _curated(["c"])}, "demo", "run3", promote=False,
+            publication=Publication("curated_set", "ghost", True, "x"),
+            gate=GateRecord("curated_set", "gx_gate", True, "all passed"),
+        )  # fmt: skip
+    assert store.query("SELECT count(*) AS n FROM gate_results")["n"].iloc[0] == 1
+    assert store.query("SELECT DISTINCT run_id FROM curated_set_history")["run_id"].tolist() == ["run1"]
+
+
+@pytest.mark.parametrize("kind", ["directory", "not duckdb"])
+def test_a_path_that_is_no_duckdb_file_is_one_clear_error(tmp_path: Path, kind: str) -> None:
+    path = tmp_path
+    if kind == "not duckdb":
+        path = tmp_path / "notes.duckdb"
+        path.write_text("a text file\n")
+    expected = "is a directory" if kind == "directory" else "not a DuckDB database file"
+    for read_only in (False, True):
+        with (
+            pytest.raises(StorageError, match=expected) as raised,
+            Warehouse(path).connect(read_only=read_only),
+        ):
+            pass
+        assert str(path) in str(raised.value) and "\n" not in str(raised.value)
+
+
+@pytest.fixture
+def full_disk(tmp_path: Path) -> Iterator[Path]:
+    """A real 1 MB filesystem (tmpfs), mounted for the test: needs root, skipped otherwise."""
+    mount_point = tmp_path / "small"
+    mount_point.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount_point)], capture_output=True, text=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", str(mount_point)], check=False)
+
+
+def test_a_full_disk_says_so_in_one_line_and_keeps_the_last_version(full_disk: Path) -> None:
+    store = Warehouse(full_disk / "w.duckdb")
+    store.write_version("curated_set", "demo", "run1", _curated(["a", "b"]), promote=True)
+    big = _curated([f"id{i}" for i in range(20000)])
+    big["text"] = ["x" * 200 + str(i) for i in range(len(big))]
+    with pytest.raises(StorageError) as raised:
+        store.write_version("curated_set", "demo", "run2", big, promote=True)
+    message = str(raised.value)
+    assert "No space left on device" in message and str(full_disk / "w.duckdb") in message
+    assert "\n" not in message and "cannot rollback" not in message
+    assert store.read_current("curated_set", "demo")["sample_id"].tolist() == ["a", "b"]

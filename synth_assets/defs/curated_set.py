@@ -28,7 +28,7 @@ from synth_assets.defs.resources import LocalModelResource, SpecCatalog, Warehou
 from synth_assets.defs.seed_data import seed_data
 from synth_assets.embeddings import embed
 from synth_assets.quality.gates import curation_metrics, validate_curated_set
-from synth_assets.storage import HISTORY_TABLE, Warehouse
+from synth_assets.storage import HISTORY_TABLE, GateRecord, Warehouse
 
 
 @dg.asset(
@@ -96,15 +96,15 @@ def curated_set(
         context.log.info(f"curation: {note}")
     gate = validate_curated_set(outcome.curated, spec, rejected=outcome.rejected)
     published = store.published_run("curated_set", spec.name)
-    # never promoted here: publication waits for the evaluation (staged -> published)
+    # never promoted here: publication waits for the evaluation (staged -> published). The passing
+    # verdict is what makes this version "staged" (Warehouse.staged_runs), so it commits with it.
     store.write_versions(
         {"curated_set": outcome.curated, "rejected_samples": outcome.rejected},
         spec.name,
         run_id,
         promote=False,
+        gate=GateRecord("curated_set", GATE_CHECK, gate.passed, gate.summary()),
     )
-    # the passing verdict is what makes this version "staged" (Warehouse.staged_runs)
-    store.record_gate(spec.name, run_id, "curated_set", GATE_CHECK, gate.passed, gate.summary())
     publication = _publication_note(gate.passed, spec.name, published)
     if gate.passed:
         context.log.info(publication)

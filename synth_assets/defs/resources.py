@@ -6,6 +6,7 @@ import dagster as dg
 
 from synth_assets.generation.local_llm import LocalChatModel, get_local_model
 from synth_assets.paths import default_specs_dir
+from synth_assets.runtime import request_threads
 from synth_assets.spec import GenerationSpec, SpecError, load_spec
 from synth_assets.storage import Warehouse, default_database_path
 
@@ -36,6 +37,7 @@ class SpecCatalog(dg.ConfigurableResource):
         spec = load_spec(path)
         if spec.name != partition:
             raise SpecError(f"{path}: name: '{spec.name}' does not match the partition '{partition}'")
+        request_threads(spec.generation.threads)  # before the local model is built in this process
         return spec
 
 

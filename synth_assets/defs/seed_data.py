@@ -22,6 +22,7 @@ from synth_assets.defs.common import (
     stage_metadata,
 )
 from synth_assets.defs.resources import SPEC_PATH_TAG, SpecCatalog, WarehouseResource
+from synth_assets.runtime import choose_threads
 from synth_assets.seed import load_seed_data, spec_inputs_digest
 from synth_assets.spec import GenerationSpec, SpecError, load_spec
 
@@ -114,6 +115,8 @@ def seed_data(
             "seed_file": dg.MetadataValue.path(str(spec.seed_path)),
             SPEC_PATH_METADATA: dg.MetadataValue.path(str(spec.source_path)),
             "spec_digest": spec_inputs_digest(spec),
+            # decided before torch started (runtime.py); the local model of this run uses the same
+            "local_threads": choose_threads().describe(),
             "rows_per_split_and_label": dg.MetadataValue.md(per_split_label.to_markdown()),
             "preview": preview(rows, ["seed_id", "split", "label", "text"]),
         },

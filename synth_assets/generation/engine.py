@@ -181,7 +181,7 @@ class CachedCaller:
                 errors.update({f.key: f.error for f in failures})
 
             started = time.perf_counter()
-            self.backend.generate(missing, self.params, persist, self.on_progress)
+            self.backend.generate(missing, self.params, persist, self._with_eta(step))
             self.stats.call_seconds += time.perf_counter() - started
             answered.update(
                 {
@@ -190,6 +190,30 @@ class CachedCaller:
                 }
             )
         return answered, errors
+
+    def _with_eta(self, step: str) -> Callable[[ProgressUpdate], None]:
+        """The caller's progress callback, followed by a log line with the time left in this step
+        (calls left at the pace of the calls done so far)."""
+
+        def progress(update: ProgressUpdate) -> None:
+            if self.on_progress is not None:
+                self.on_progress(update)
+            if 0 < update.done < update.total and update.elapsed_s > 0:
+                left = update.elapsed_s / update.done * (update.total - update.done)
+                self.log(f"step '{step}': {update.done}/{update.total} calls, ETA {format_duration(left)}")
+
+        return progress
+
+
+def format_duration(seconds: float) -> str:
+    """'45 s', '12 min 5 s', '2 h 41 min'."""
+    seconds = max(0.0, seconds)
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    minutes = int(seconds // 60)
+    if minutes < 90:
+        return f"{minutes} min {int(seconds % 60)} s"
+    return f"{minutes // 60} h {minutes % 60} min"
 
 
 def _context(spec: GenerationSpec, prompt: Any, steps: dict[str, str]) -> dict[str, Any]:

@@ -209,11 +209,11 @@ def _set_offline() -> None:
 
 
 def _cpu_threads() -> int:
-    # Respect CPU affinity (containers, taskset); os.cpu_count() reports the whole host.
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
+    # The spec's `threads`, the user's environment, or the usable cores left free by the load
+    # (affinity-aware: containers, taskset); decided in synth_assets/runtime.py.
+    from synth_assets.runtime import choose_threads
+
+    return choose_threads().threads
 
 
 def _remove_stale_tmp_dirs(models_dir: Path) -> None:
