@@ -31,6 +31,7 @@ from synth_assets.generation.engine import GenerationOutcome, generate_samples
 from synth_assets.generation.local_llm import ProgressUpdate
 from synth_assets.quality.gates import ExpectationOutcome, GateOutcome, validate_generated_samples
 from synth_assets.spec import GenerationSpec
+from synth_assets.storage import GateRecord
 
 
 def cheap_acceptance(samples: pd.DataFrame, prompts: pd.DataFrame, spec: GenerationSpec) -> pd.Series:
@@ -167,9 +168,13 @@ def generated_samples(
         )
     outcome = with_failed_share(validate_generated_samples(samples, spec), generation, spec)
     failed_share = failed_prompt_share(generation)
-    store.write_version("generated_samples", spec.name, context.run.run_id, samples, promote=outcome.passed)
-    store.record_gate(
-        spec.name, context.run.run_id, "generated_samples", GATE_CHECK, outcome.passed, outcome.summary()
+    store.write_version(
+        "generated_samples",
+        spec.name,
+        context.run.run_id,
+        samples,
+        promote=outcome.passed,
+        gate=GateRecord("generated_samples", GATE_CHECK, outcome.passed, outcome.summary()),
     )
     tokens = int(samples["completion_tokens"].sum())
     return dg.MaterializeResult(
