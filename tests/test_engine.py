@@ -44,6 +44,22 @@ def test_parse_structured_repairs_common_mistakes() -> None:
     assert parse_structured("no json here", REVIEW_SCHEMA).error == "no JSON object in the output"
 
 
+@pytest.mark.parametrize(
+    "output",
+    [
+        '{"review": "Great kettle.\nBoils fast.", "rating": 5}',  # newline inside a string
+        '{"review": "Great kettle.", "rating": 5, "recommend": True}',  # Python's True
+        '{"review": "Great kettle.", "rating": 5, "note": None}',  # Python's None
+        '{"review": "Great kettle.", // the text\n "rating": 5}',  # a // comment
+        '{"review": "The "best" kettle.", "rating": 5}',  # unescaped inner quotes
+    ],
+)
+def test_json_repair_parses_what_small_models_write(output: str) -> None:
+    parsed = parse_structured(output, REVIEW_SCHEMA)
+    assert parsed.error is None and parsed.repaired
+    assert parsed.value is not None and parsed.value["rating"] == 5 and "kettle" in parsed.value["review"]
+
+
 def _prompts(spec: GenerationSpec) -> pd.DataFrame:
     return expand_prompts(spec, load_seed_data(spec))
 
@@ -228,18 +244,31 @@ def test_self_instruct_rounds_draw_demos_from_the_growing_pool(tmp_path: Path, b
     outcome = generate_samples(
         spec, _prompts(spec), backend, store, "r", log=logs.append, seed_rows=seed_rows
     )
-    novelty = [json.loads(s)["novelty"] for s in outcome.samples["steps"]]
-    assert len(novelty) == 6 and all(0.0 <= n["max_rouge_l"] <= 1.0 for n in novelty)
-    first_texts = outcome.samples["text"][:3]
-    first_round_novel = [t for t, n in zip(first_texts, novelty[:3], strict=True) if n["novel"]]
-    assert first_round_novel, "the model produced no novel sample in round 1"
-    second_round_messages = store.query(
-        "SELECT messages FROM llm_cache WHERE cache_key IN (SELECT unnest(?))",
-        [outcome.samples["cache_key"].iloc[3:].tolist()],
-    )["messages"]
-    # every round-2 prompt shows one machine demo: a (cleaned) round-1 sample that joined the pool
-    for messages in second_round_messages:
-        assert any(text[:40] in messages for text in first_round_novel)
+    steps = [json.loads(s) for s in outcome.samples["steps"]]
+    # a sample that fails the ROUGE-L novelty check never reaches the dataset: it is a failure
+    assert len(outcome.samples) + len(outcome.failures) == 6
+    assert all(step["novelty"]["novel"] and 0.0 <= step["novelty"]["max_rouge_l"] < 0.7 for step in steps)
+    assert all(error.startswith("not novel: ROUGE-L") for error in outcome.failures["error"])
+    # the stored prompt_text is the prompt actually sent (with the pooled demos of its round)
+    sent = store.query(
+        "SELECT cache_key, messages FROM llm_cache WHERE cache_key IN (SELECT unnest(?))",
+        [outcome.samples["cache_key"].tolist()],
+    ).set_index("cache_key")["messages"]
+    for key, step in zip(outcome.samples["cache_key"], steps, strict=True):
+        assert json.loads(sent[key])[-1]["content"] == step["prompt_text"]
+    round_two = set(_prompts(spec)["prompt_id"].iloc[3:])
+    eligible = {
+        sid: text
+        for sid, text, step in zip(outcome.samples["sample_id"], outcome.samples["text"], steps, strict=True)
+        if step["novelty"]["demo_eligible"]
+    }
+    assert eligible, "the model produced no novel, demo-worthy sample in round 1"
+    for prompt_id, step in zip(outcome.samples["prompt_id"], steps, strict=True):
+        if prompt_id in round_two:
+            # every round-2 prompt shows one machine demo: a round-1 sample that passed the checks
+            machine = [d.removeprefix("machine:") for d in step["demo_ids"] if d.startswith("machine:")]
+            assert len(machine) == 1 and machine[0] in eligible
+            assert eligible[machine[0]][:40] in step["prompt_text"]
     assert any("self-instruct round 2: pool" in line for line in logs)
 
 

@@ -40,7 +40,7 @@ ASSISTANT_PATTERNS = [
     r"\bas an? ([\w-]+ ){0,3}(ai|language model|assistant|chatbot)\b",
     r"\bsorry for (the|any) (misunderstanding|confusion)\b",
     # addressing the requester about the task rather than being the data
-    r"\byour (review|reviews|request|description)\b",
+    r"\byour (review|reviews|description)\b",
     rf"\b(i am|i{_APOS}m) (an ai|a language model|an? (ai )?assistant|a chatbot)\b",
     rf"^\W*(i{_APOS}d|i would|i{_APOS}m|i am) (be )?(happy|glad|ready) to help\b",
     rf"\bwhat{_APOS}s your next question\b",
@@ -84,6 +84,13 @@ _MARKUP = (
 )
 
 
+# "your request" is talk to the requester in a single text, but ordinary data in a dialogue, where
+# the agent addresses the customer ("Agent: I've processed your request"): checked outside dialogues
+_REQUESTER_TALK_RE = r"(?i)\byour requests?\b"
+# a dialogue: at least two lines that open with a speaker tag ("Customer: ...", "Agent: ...")
+_DIALOGUE_RE = r"(?:^|\n)[ \t]*[\pL][\pL ]{0,20}:[^\n]*\n(?:[^\n]*\n)*?[ \t]*[\pL][\pL ]{0,20}:"
+
+
 def _combine(patterns: Sequence[str]) -> str:
     return "(?i)(" + "|".join(f"(?:{p})" for p in patterns) + ")"
 
@@ -100,6 +107,19 @@ def _first_match(text: str, pattern: str) -> str:
     # Python's re understands the RE2 subset used here except \p{..} classes, which details avoid
     found = re.search(pattern.replace(r"\x{FFFD}", "\ufffd"), text)
     return found.group(0).strip()[:60] if found else ""
+
+
+def chat_wrapping(texts: Sequence[str]) -> np.ndarray:
+    """Per text: whether it is chat-assistant wrapping, a refusal or an unfilled placeholder rather
+    than data ("Sure! Here is...", "I'm sorry, but I can't..."): the `assistant_talk` and
+    `refusal` patterns, usable before curation (e.g. to keep such samples out of few-shot demos)."""
+    array = pa.array(list(texts), type=pa.large_string())
+    return (
+        _matches(array, _ASSISTANT_RE)
+        | (_matches(array, _REQUESTER_TALK_RE) & ~_matches(array, _DIALOGUE_RE))
+        | _matches(array, _REFUSAL_RE)
+        | _matches(array, _PLACEHOLDER_RE)
+    )
 
 
 # "Here is a positive review of the kettle: <the review>" -> "<the review>": a lead-in that
@@ -335,6 +355,11 @@ def apply_heuristics(
             R.ASSISTANT_TALK,
             _matches(array, _ASSISTANT_RE),
             lambda i: f"'{_first_match(texts[i], _ASSISTANT_RE)}'",
+        )
+        findings.add(
+            R.ASSISTANT_TALK,
+            _matches(array, _REQUESTER_TALK_RE) & ~_matches(array, _DIALOGUE_RE),
+            lambda i: f"'{_first_match(texts[i], _REQUESTER_TALK_RE)}'",
         )
         findings.add(
             R.REFUSAL, _matches(array, _REFUSAL_RE), lambda i: f"'{_first_match(texts[i], _REFUSAL_RE)}'"
