@@ -273,6 +273,22 @@ def test_self_instruct_rounds_draw_demos_from_the_growing_pool(tmp_path: Path, b
 
 
 @pytest.mark.slow
+def test_multi_turn_dialogue_keeps_its_leading_speaker_tag(tmp_path: Path, backend: LocalBackend) -> None:
+    """The assembled support dialogue starts with "Customer:": only each turn is cleaned of a
+    lead-in, never the output_template's own speaker tags."""
+    spec = load_spec(Path(__file__).resolve().parent.parent / "specs" / "support_conversations.yaml")
+    spec = spec.model_copy(
+        update={"num_samples": 2, "generation": spec.generation.model_copy(update={"max_new_tokens": 12})}
+    )
+    outcome = generate_samples(spec, _prompts(spec), backend, Warehouse(tmp_path / "w.duckdb"), "r")
+    assert len(outcome.samples) == 2
+    for text in outcome.samples["text"]:
+        lines = text.splitlines()
+        assert lines[0].startswith("Customer: ") and text.count("\nAgent: ") == 2, text
+        assert sum(line.startswith("Customer: ") for line in lines) == 2, text
+
+
+@pytest.mark.slow
 def test_bfloat16_compute_is_its_own_model_fingerprint(tmp_path: Path) -> None:
     spec = load_spec(write_tiny_spec(tmp_path, num_samples=2, max_new_tokens=8))
     fast = LocalBackend(dtype="bfloat16")

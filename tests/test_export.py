@@ -286,8 +286,9 @@ def test_every_export_format_and_the_card_are_rescanned_for_personal_data(
 
 
 def test_card_task_category_and_language_follow_the_spec(store: Warehouse, tmp_path: Path) -> None:
-    conversation = load_spec(Path("specs/support_conversations.yaml"))
-    description = load_spec(Path("specs/backpack_descriptions.yaml"))
+    specs = Path(__file__).resolve().parent.parent / "specs"
+    conversation = load_spec(specs / "support_conversations.yaml")
+    description = load_spec(specs / "backpack_descriptions.yaml")
     data = load_export_data(store, SPEC)
     fronts = {}
     for spec in (conversation, description):

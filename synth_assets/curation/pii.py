@@ -48,6 +48,9 @@ _PHONE = re.compile(
 NATIONAL_REGIONS = ("GB", "DE", "FR", "IT", "ES", "NL", "AU")
 # the North American shape, also with the fictional 555 exchange a model writes: reads as a phone
 _NANP_SHAPE = re.compile(r"(?:1[\s.-]?)?\(?\d{3}\)?[\s.-]?\d{3}[\s.-]\d{4}")
+# the tail of a code just before a candidate ("tracking 1Z 999 AA1 01 2345 6784"): the digits
+# continue that code, they are not a phone number
+_CODE_BEFORE = re.compile(r"(?:\b[A-Za-z]+\d|\b\d+[A-Za-z])[A-Za-z0-9]*[\s.-]$")
 # dates and timestamps inside a candidate (2024-01-15, 15.01.2024, 2026-11-30 14:24)
 _DATE_LIKE = re.compile(r"\b\d{4}[./-]\d{1,2}[./-]\d{1,2}\b|\b\d{1,2}[./-]\d{1,2}[./-]\d{2,4}\b")
 _STREET_SUFFIX = (
@@ -200,7 +203,7 @@ def detect(text: str, kinds: Sequence[str] = PII_TYPES) -> list[PiiHit]:
         found += [
             PiiHit(PHONE, m.start(), m.end(), m.group())
             for m in _PHONE.finditer(text)
-            if _phone_valid(m.group())
+            if _phone_valid(m.group()) and not _CODE_BEFORE.search(text, 0, m.start())
         ]
     if ADDRESS in wanted:
         found += [PiiHit(ADDRESS, m.start(), m.end(), m.group()) for m in _ADDRESS.finditer(text)]
