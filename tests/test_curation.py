@@ -471,3 +471,39 @@ def test_your_request_is_data_in_a_dialogue_and_assistant_talk_alone() -> None:
     outcome = _curate([dialogue, single], rules=RULES.model_copy(update={"max_chars": 1000}))
     assert _reasons(outcome) == {"s1": ["assistant_talk"]}
     assert "your request" in _details(outcome, "s1")["assistant_talk"]
+
+
+def test_invisible_characters_do_not_hide_chat_wrapping_or_loops() -> None:
+    line = "The handle stays cool and the lid clicks shut every time."
+    outcome = _curate(
+        [
+            "Su\u200bre! Here is a new re\u00adview: the kettle boils fast and the handle stays cool.",
+            f"{line}\n{line.replace('handle', 'han' + chr(0x200B) + 'dle')}",
+        ],
+        rules=RULES.model_copy(update={"max_repeated_line_share": 0.3}),
+    )
+    reasons = _reasons(outcome)
+    assert "assistant_talk" in reasons["s0"] and "repeated_lines" in reasons["s1"]
+    assert "'Sure!'" in _details(outcome, "s0")["assistant_talk"]
+
+
+def test_chat_wrapping_marks_what_must_never_become_a_demo() -> None:
+    from synth_assets.curation.heuristics import chat_wrapping
+
+    flags = chat_wrapping(
+        [
+            "Sure! Here is a review: the kettle boils fast.",
+            "I'm sorry, but I can't help with that.",
+            "[Your Review Text]",
+            "Thanks for your request! The kettle boils fast.",
+            "Customer: Where is my order?\nAgent: I have checked your request, it ships today.",
+            "The kettle boils fast and the handle stays cool.",
+        ]
+    )
+    assert flags.tolist() == [True, True, True, True, False, False]
+
+
+def test_close_languages_are_not_wrong_languages() -> None:
+    norwegian = "Vannkokeren koker vannet veldig raskt, og håndtaket blir aldri varmt. Jeg er fornøyd."
+    outcome = _curate([norwegian], rules=RULES.model_copy(update={"language": "no"}))
+    assert _reasons(outcome) == {}

@@ -150,3 +150,14 @@ def test_international_phones_never_reach_the_curated_set() -> None:
     assert len(outcome.curated) == 3 and outcome.pii_by_type["PHONE"] == 3
     assert not any(phone in " ".join(outcome.curated["text"]) for phone in phones)
     assert scan(texts).by_type()["PHONE"] == 3  # what the no-PII gate re-scans with
+
+
+def test_invisible_characters_do_not_hide_personal_data() -> None:
+    text = "Call +81 3\u200b-1234-5678 or mail ja\u00adne.doe@example.com today."
+    hits = detect(text)
+    assert [(h.kind, h.value) for h in hits] == [
+        ("PHONE", "+81 3\u200b-1234-5678"),
+        ("EMAIL", "ja\u00adne.doe@example.com"),
+    ]
+    assert scrub_text(text) == "Call [PHONE] or mail [EMAIL] today."
+    assert scan([text]).counts.tolist() == [2]

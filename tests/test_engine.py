@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
+from typing import ClassVar
 
 import pandas as pd
 import pytest
@@ -270,6 +273,91 @@ def test_self_instruct_rounds_draw_demos_from_the_growing_pool(tmp_path: Path, b
             assert len(machine) == 1 and machine[0] in eligible
             assert eligible[machine[0]][:40] in step["prompt_text"]
     assert any("self-instruct round 2: pool" in line for line in logs)
+
+
+class _SequenceHandler(http.server.BaseHTTPRequestHandler):
+    """An OpenAI-compatible chat endpoint that answers requests in order from `answers`."""
+
+    answers: ClassVar[list[str]] = []
+    prompts: ClassVar[list[str]] = []
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        type(self).prompts.append(body["messages"][-1]["content"])
+        text = type(self).answers.pop(0)
+        data = json.dumps(
+            {
+                "choices": [{"message": {"content": text}, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 9, "completion_tokens": 9},
+            }
+        ).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_self_instruct_drops_copies_and_never_pools_chat_wrapping_as_a_demo(tmp_path: Path) -> None:
+    """Round 1 answers: chat wrapping (novel, but no demo), a copy of a seed row (not novel: never a
+    sample), a good review (the only machine demo of round 2)."""
+    from synth_assets.defs.generated_samples import cheap_acceptance
+    from synth_assets.generation.backends import build_backend
+
+    wrapped = "Sure! Here is a new review: The desk lamp is bright and its arm holds any angle well."
+    copy = "These headphones sound amazing and the battery lasts all week."  # a seed row
+    good = "The hiking backpack carries a whole weekend of gear and the straps never dig in."
+    later = [
+        "The blender crushes ice in seconds and rinses clean under the tap.",
+        "My new headphones fold flat and the ear cushions stay cool on long flights.",
+        "The travel backpack has a laptop sleeve that keeps my computer safe on the train.",
+    ]
+    _SequenceHandler.answers, _SequenceHandler.prompts = [wrapped, copy, good, *later], []
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _SequenceHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        base_url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+        extra = "self_instruct:\n  per_round: 3\n  machine_demos: 1\nnum_samples: 6"
+        backend_lines = (
+            f"  backend: openai\n  model: scripted\n  base_url: {base_url}\n  max_concurrency: 1\n"
+        )
+        spec = load_spec(
+            write_tiny_spec(
+                tmp_path,
+                replacements={
+                    "num_samples: 6": extra,
+                    "  temperature: 0.8": backend_lines + "  temperature: 0.8",
+                },
+            )
+        )
+        prompts = _prompts(spec)
+        outcome = generate_samples(
+            spec,
+            prompts,
+            build_backend(spec.generation),
+            Warehouse(tmp_path / "w.duckdb"),
+            "r",
+            accept=lambda samples: cheap_acceptance(samples, prompts, spec),
+            seed_rows=load_seed_data(spec),
+        )
+    finally:
+        server.shutdown()
+    texts = outcome.samples.set_index("text")
+    assert copy not in texts.index and set(texts.index) == {wrapped, good, *later}
+    assert outcome.failures["prompt_id"].tolist() == [prompts["prompt_id"].iloc[1]]
+    assert outcome.failures["error"].iloc[0].startswith("not novel: ROUGE-L 1.00")
+    steps = {
+        text: json.loads(s) for text, s in zip(outcome.samples["text"], outcome.samples["steps"], strict=True)
+    }
+    assert not steps[wrapped]["novelty"]["demo_eligible"] and steps[good]["novelty"]["demo_eligible"]
+    good_id = texts.loc[good, "sample_id"]
+    for text in later:  # round 2: the one machine demo is the good review, never the chat wrapping
+        assert [d for d in steps[text]["demo_ids"] if d.startswith("machine:")] == [f"machine:{good_id}"]
+        assert good in steps[text]["prompt_text"] and wrapped not in steps[text]["prompt_text"]
+    # the stored prompt_text is what the server received
+    assert [steps[t]["prompt_text"] for t in later] == _SequenceHandler.prompts[3:]
 
 
 @pytest.mark.slow

@@ -17,7 +17,14 @@ import pyarrow.compute as pc
 
 from synth_assets.curation import reasons as R
 from synth_assets.curation.language import check_language
-from synth_assets.curation.text import Tokens, keyed, normalize_many, tokenize
+from synth_assets.curation.text import (
+    Tokens,
+    keyed,
+    normalize_many,
+    strip_format_characters,
+    strip_format_characters_array,
+    tokenize,
+)
 from synth_assets.spec import CurationSpec
 
 # --- patterns (RE2 syntax for Arrow: no look-around, no back-references) ----------------------------
@@ -105,7 +112,7 @@ def _matches(texts: pa.Array, pattern: str) -> np.ndarray:
 
 def _first_match(text: str, pattern: str) -> str:
     # Python's re understands the RE2 subset used here except \p{..} classes, which details avoid
-    found = re.search(pattern.replace(r"\x{FFFD}", "\ufffd"), text)
+    found = re.search(pattern.replace(r"\x{FFFD}", "\ufffd"), strip_format_characters(text))
     return found.group(0).strip()[:60] if found else ""
 
 
@@ -113,7 +120,7 @@ def chat_wrapping(texts: Sequence[str]) -> np.ndarray:
     """Per text: whether it is chat-assistant wrapping, a refusal or an unfilled placeholder rather
     than data ("Sure! Here is...", "I'm sorry, but I can't..."): the `assistant_talk` and
     `refusal` patterns, usable before curation (e.g. to keep such samples out of few-shot demos)."""
-    array = pa.array(list(texts), type=pa.large_string())
+    array = strip_format_characters_array(pa.array(list(texts), type=pa.large_string()))
     return (
         _matches(array, _ASSISTANT_RE)
         | (_matches(array, _REQUESTER_TALK_RE) & ~_matches(array, _DIALOGUE_RE))
@@ -313,6 +320,9 @@ def apply_heuristics(
     array = pa.array(list(texts), type=pa.large_string())
     tokens = tokens if tokens is not None else tokenize(normalize_many(texts))
     stripped = pc.utf8_trim_whitespace(array)
+    # patterns read what a person sees ("Su\u200bre! Here is" is "Sure! Here is"); lengths and the
+    # non-text share still count every character
+    visible = strip_format_characters_array(array)
     lengths = pc.utf8_length(stripped).to_numpy(zero_copy_only=False).astype(np.int64)
     empty = lengths == 0
     findings.add(R.EMPTY, empty, "blank after stripping whitespace")
@@ -334,7 +344,7 @@ def apply_heuristics(
             ),
         )
     if rules.max_repeated_line_share < 1.0:
-        line_share = repeated_line_share(array)
+        line_share = repeated_line_share(visible)
         findings.add(
             R.REPEATED_LINES,
             line_share > rules.max_repeated_line_share,
@@ -348,32 +358,32 @@ def apply_heuristics(
             lambda i: f"{echo[i]:.2f} of n-grams copied from the prompt",
         )
     if template and rules.echo_threshold < 1.0:
-        copied, line = template_echo(array, template)
+        copied, line = template_echo(visible, template)
         findings.add(R.ECHOES_PROMPT, copied, lambda i: f"repeats the template line '{line[i][:60]}'")
     if rules.reject_assistant_talk:
         findings.add(
             R.ASSISTANT_TALK,
-            _matches(array, _ASSISTANT_RE),
+            _matches(visible, _ASSISTANT_RE),
             lambda i: f"'{_first_match(texts[i], _ASSISTANT_RE)}'",
         )
         findings.add(
             R.ASSISTANT_TALK,
-            _matches(array, _REQUESTER_TALK_RE) & ~_matches(array, _DIALOGUE_RE),
+            _matches(visible, _REQUESTER_TALK_RE) & ~_matches(visible, _DIALOGUE_RE),
             lambda i: f"'{_first_match(texts[i], _REQUESTER_TALK_RE)}'",
         )
         findings.add(
-            R.REFUSAL, _matches(array, _REFUSAL_RE), lambda i: f"'{_first_match(texts[i], _REFUSAL_RE)}'"
+            R.REFUSAL, _matches(visible, _REFUSAL_RE), lambda i: f"'{_first_match(texts[i], _REFUSAL_RE)}'"
         )
         findings.add(
             R.ASSISTANT_TALK,
-            _matches(array, _PLACEHOLDER_RE),
+            _matches(visible, _PLACEHOLDER_RE),
             lambda i: f"placeholder '{_first_match(texts[i], _PLACEHOLDER_RE)}'",
         )
         if labels:
             meta = label_talk_pattern(labels)
             findings.add(
                 R.ASSISTANT_TALK,
-                _matches(array, meta),
+                _matches(visible, meta),
                 lambda i: f"talks about the task: '{_first_match(texts[i], meta)}'",
             )
     if rules.max_non_text_share < 1.0:
@@ -389,7 +399,7 @@ def apply_heuristics(
             ),
         )
     if rules.language:
-        wrong, why = check_language(array, tokens, rules.language)
+        wrong, why = check_language(visible, tokens, rules.language)
         findings.add(R.WRONG_LANGUAGE, wrong & ~empty, lambda i: why[i])
 
 

@@ -27,6 +27,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import regex
 
+from synth_assets.curation.text import strip_format_characters, strip_format_characters_array
+
 EMAIL = "EMAIL"
 PHONE = "PHONE"
 CARD = "CARD"
@@ -184,7 +186,23 @@ def _is_name(words: str) -> bool:
 
 
 def detect(text: str, kinds: Sequence[str] = PII_TYPES) -> list[PiiHit]:
-    """Every PII span in `text`, longest-first on overlaps, in text order."""
+    """Every PII span in `text`, longest-first on overlaps, in text order.
+
+    Detection reads the text without format characters (a zero-width space inside a phone number
+    hides nothing); spans are given in positions of `text` itself, invisible characters included."""
+    visible = strip_format_characters(text)
+    if visible == text:
+        return _detect_visible(text, kinds)
+    kept = [index for index, char in enumerate(text) if strip_format_characters(char)]
+    return [
+        PiiHit(
+            hit.kind, kept[hit.start], kept[hit.end - 1] + 1, text[kept[hit.start] : kept[hit.end - 1] + 1]
+        )
+        for hit in _detect_visible(visible, kinds)
+    ]
+
+
+def _detect_visible(text: str, kinds: Sequence[str]) -> list[PiiHit]:
     found: list[PiiHit] = []
     wanted = set(kinds)
     if EMAIL in wanted:
@@ -235,6 +253,12 @@ def scrub(text: str, hits: Sequence[PiiHit]) -> str:
     return out
 
 
+def _candidates(texts: Sequence[str]) -> np.ndarray:
+    """Per text: whether the vectorised pre-filter (RE2, format characters removed) sees anything."""
+    visible = strip_format_characters_array(pa.array(list(texts), type=pa.large_string()))
+    return pc.match_substring_regex(visible, _PREFILTER).fill_null(False).to_numpy(zero_copy_only=False)
+
+
 def scrub_text(text: str, kinds: Sequence[str] = PII_TYPES) -> str:
     """`text` with every PII span of the given kinds replaced by its placeholder ("[PHONE]"): the
     public one-call scrubber for anything shown or exported (previews, exports, cards)."""
@@ -269,7 +293,6 @@ def scan(texts: Sequence[str], kinds: Sequence[str] = PII_TYPES) -> PiiScan:
     hits: list[list[PiiHit]] = [[] for _ in texts]
     if not texts:
         return PiiScan(hits)
-    candidates = pc.match_substring_regex(pa.array(list(texts), type=pa.large_string()), _PREFILTER)
-    for row in np.flatnonzero(candidates.fill_null(False).to_numpy(zero_copy_only=False)).tolist():
+    for row in np.flatnonzero(_candidates(texts)).tolist():
         hits[row] = detect(texts[row], kinds)
     return PiiScan(hits)

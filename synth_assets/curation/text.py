@@ -50,6 +50,11 @@ def strip_format_characters(text: str) -> str:
     return "".join(ch for ch in text if unicodedata.category(ch) != "Cf")
 
 
+def strip_format_characters_array(texts: pa.Array) -> pa.Array:
+    """`strip_format_characters` for a whole Arrow string column (one RE2 kernel)."""
+    return pc.replace_substring_regex(texts, r"\p{Cf}+", "")
+
+
 def normalize_text(text: str) -> str:
     """Invisible format characters removed, then case, compatibility forms (NFKC), punctuation and
     spacing folded; characters of scripts without word spaces (Han, kana, Thai, ...) separated by
