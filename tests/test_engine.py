@@ -356,8 +356,19 @@ def test_self_instruct_drops_copies_and_never_pools_chat_wrapping_as_a_demo(tmp_
     for text in later:  # round 2: the one machine demo is the good review, never the chat wrapping
         assert [d for d in steps[text]["demo_ids"] if d.startswith("machine:")] == [f"machine:{good_id}"]
         assert good in steps[text]["prompt_text"] and wrapped not in steps[text]["prompt_text"]
-    # the stored prompt_text is what the server received
+    # the stored prompt_text is what the server received, and lineage shows it
     assert [steps[t]["prompt_text"] for t in later] == _SequenceHandler.prompts[3:]
+    from synth_assets.lineage.chain import trace
+
+    store = Warehouse(tmp_path / "w.duckdb")
+    store.write_version("seed_data", spec.name, "r", load_seed_data(spec), promote=True)
+    store.write_version("expanded_prompts", spec.name, "r", prompts, promote=True)
+    store.write_version("generated_samples", spec.name, "r", outcome.samples, promote=True)
+    chain = trace(store, texts.loc[later[0], "sample_id"])
+    assert chain.prompt["prompt_text"] == _SequenceHandler.prompts[3]
+    # its seed demos (k=2, one of them replaced by the machine demo), not the expanded prompt's
+    assert len(chain.demos) == 1 and not chain.demos[0].get("missing")
+    assert chain.demos[0]["text"] in _SequenceHandler.prompts[3]
 
 
 @pytest.mark.slow

@@ -221,6 +221,7 @@ def trace(warehouse: Warehouse, row_id: str, runs: RunDirectory | None = None) -
     sent = _json(generations[-1].get("steps"), {}) if generations else {}
     if isinstance(sent, dict) and sent.get("prompt_text"):
         prompt["prompt_text"] = sent["prompt_text"]
+        prompt["demo_ids"] = [d for d in sent.get("demo_ids", []) if not str(d).startswith("machine:")]
 
     demos: list[dict[str, Any]] = []
     if prompt["demo_ids"]:
