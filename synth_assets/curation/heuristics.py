@@ -98,6 +98,16 @@ _REQUESTER_TALK_RE = r"(?i)\byour requests?\b"
 _DIALOGUE_RE = r"(?:^|\n)[ \t]*[\pL][\pL ]{0,20}:[^\n]*\n(?:[^\n]*\n)*?[ \t]*[\pL][\pL ]{0,20}:"
 
 
+def _requester_talk(texts: pa.Array) -> np.ndarray:
+    """Rows saying "your request" outside a dialogue. The dialogue pattern costs 0.7 s per 100k
+    rows, so it runs only on the few rows that say it."""
+    found = _matches(texts, _REQUESTER_TALK_RE)
+    rows = np.flatnonzero(found)
+    if len(rows):
+        found[rows[_matches(texts.take(pa.array(rows)), _DIALOGUE_RE)]] = False
+    return found
+
+
 def _combine(patterns: Sequence[str]) -> str:
     return "(?i)(" + "|".join(f"(?:{p})" for p in patterns) + ")"
 
@@ -123,7 +133,7 @@ def chat_wrapping(texts: Sequence[str]) -> np.ndarray:
     array = strip_format_characters_array(pa.array(list(texts), type=pa.large_string()))
     return (
         _matches(array, _ASSISTANT_RE)
-        | (_matches(array, _REQUESTER_TALK_RE) & ~_matches(array, _DIALOGUE_RE))
+        | _requester_talk(array)
         | _matches(array, _REFUSAL_RE)
         | _matches(array, _PLACEHOLDER_RE)
     )
@@ -368,7 +378,7 @@ def apply_heuristics(
         )
         findings.add(
             R.ASSISTANT_TALK,
-            _matches(visible, _REQUESTER_TALK_RE) & ~_matches(visible, _DIALOGUE_RE),
+            _requester_talk(visible),
             lambda i: f"'{_first_match(texts[i], _REQUESTER_TALK_RE)}'",
         )
         findings.add(
