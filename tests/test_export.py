@@ -252,6 +252,13 @@ def test_cli_export(
     printed = capsys.readouterr().out
     assert "wrote 3 rows of 'tiny_reviews' (curated_set run good-1)" in printed
     assert "```yaml" in (out / "README.md").read_text()
+    # the same export again: refused with one line, nothing replaced, unless --overwrite
+    again = ["--db", str(store.path), "export", "--spec", SPEC, "--format", "parquet", "--out", str(out)]
+    assert cli.main(again) == 2
+    error = capsys.readouterr().err.strip()
+    assert "already exists" in error and "--overwrite" in error and len(error.splitlines()) == 1
+    assert cli.main([*again, "--overwrite"]) == 0
+    capsys.readouterr()
     assert cli.main(["--db", str(store.path), "export", "--spec", "nope", "--out", str(out)]) == 2
     assert "spec 'nope' has no published curated_set to export" in capsys.readouterr().err
 
