@@ -293,7 +293,7 @@ def command_export(args: argparse.Namespace) -> int:
     spec, fingerprint = _export_spec(store, args.spec, args.spec_file)
     try:
         data = load_export_data(store, args.spec, spec, fingerprint)
-        written = write_export(data, args.format, Path(args.out))
+        written = write_export(data, args.format, Path(args.out), overwrite=args.overwrite)
     except ExportError as exc:
         raise CliError(str(exc)) from exc
     print(f"wrote {len(data.rows)} rows of '{args.spec}' (curated_set run {data.curated_run_id}):")
@@ -386,6 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.add_argument("--out", required=True, help="output folder")
     export.add_argument("--spec-file", help="the spec YAML to describe in the card (default: found by name)")
+    export.add_argument("--overwrite", action="store_true", help="replace output files that already exist")
     export.set_defaults(handler=command_export)
 
     report = commands.add_parser(

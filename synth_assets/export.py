@@ -303,24 +303,64 @@ def _size_category(rows: int) -> str:
     return "100K<n<1M"
 
 
+def task_kind(spec: GenerationSpec | None) -> str:
+    """'conversation' (multi-turn steps), 'description' or 'classification': what the rows are."""
+    if spec is None:
+        return "classification"
+    declared = getattr(spec, "task_kind", None)  # a spec field, where the spec model has one
+    if declared:
+        return str(declared)
+    if spec.steps:
+        return "conversation"
+    return "description" if "descri" in f"{spec.name} {spec.task}".lower() else "classification"
+
+
+# Hugging Face Hub task categories (and task ids) per kind of labeled text this tool makes
+_TASK_CATEGORIES = {
+    "classification": (["text-classification"], []),
+    "conversation": (["text-generation", "text-classification"], ["dialogue-modeling"]),
+    "description": (["text-generation", "text-classification"], []),
+}
+
+
+def card_languages(data: ExportData) -> list[str]:
+    """ISO 639-1 codes: the spec's `curation.language`, else the majority language py3langid finds
+    in (up to 200 of) the rows; empty when neither says."""
+    if data.spec is not None and data.spec.curation.language:
+        return [data.spec.curation.language]
+    if "text" not in data.rows or data.rows.empty:
+        return []
+    from synth_assets.curation.language import detect_languages
+
+    found = pd.Series(
+        [code for code, _ in detect_languages(data.rows["text"].astype(str).head(200).tolist())]
+    )
+    return [str(found.mode().iloc[0])] if len(found) else []
+
+
+def card_front_matter(data: ExportData) -> str:
+    """YAML front matter of the card from `huggingface_hub.DatasetCardData`, filled from the spec:
+    task categories from its kind, `language:`, size category, license placeholder."""
+    from huggingface_hub import DatasetCardData
+
+    categories, task_ids = _TASK_CATEGORIES.get(task_kind(data.spec), _TASK_CATEGORIES["classification"])
+    card_data = DatasetCardData(
+        pretty_name=f"{data.spec_name} (synthetic)",
+        license="other",
+        language=card_languages(data) or None,
+        task_categories=categories,
+        task_ids=task_ids or None,
+        size_categories=[_size_category(len(data.rows))],
+        tags=["synthetic", "synth_assets"],
+    )
+    return f"---\n{card_data.to_yaml()}\n---\n"
+
+
 def dataset_card(data: ExportData, file_names: list[str]) -> str:
     """README.md for the exported folder: Hugging Face card front matter, then the facts."""
     spec = data.spec
     title = f"{data.spec_name} (synthetic)"
-    front = [
-        "---",
-        f"pretty_name: {json.dumps(title)}",
-        "license: other",
-        "task_categories:",
-        "  - text-classification",
-        "size_categories:",
-        f"  - {_size_category(len(data.rows))}",
-        "tags:",
-        "  - synthetic",
-        "  - synth_assets",
-        "---",
-        "",
-    ]
+    front = [card_front_matter(data)]
     lines = [f"# {title}", ""]
     if spec is not None and spec.description:
         lines += [spec.description.strip(), ""]
@@ -452,15 +492,58 @@ def dataset_card(data: ExportData, file_names: list[str]) -> str:
     ]
     if data.notes:
         lines += ["", "## Notes", "", *[f"- {note}" for note in data.notes]]
-    return "\n".join(front + lines) + "\n"
+    return "".join(front) + "\n".join(lines) + "\n"
 
 
-def write_export(data: ExportData, fmt: str, out_dir: Path) -> list[Path]:
-    """Write the rows in `fmt` and README.md into `out_dir`; return the paths written."""
+def scrub_export(data: ExportData) -> int:
+    """Re-scan every text column of the rows about to leave the tool and scrub personal data in
+    place (the curated set was scrubbed at curation, but a spec or detector may have changed since);
+    return the number of values changed. Skipped only where the spec turns PII handling off and
+    does not require a PII-free curated set."""
+    spec = data.spec
+    if spec is not None and spec.curation.pii == "off" and not spec.gates.require_no_pii:
+        return 0
+    from synth_assets.curation.pii import scrub_text
+
+    changed = 0
+    for column in data.rows.columns:
+        if data.rows[column].dtype != object:
+            continue
+        values = data.rows[column].tolist()
+        cleaned = [scrub_text(v) if isinstance(v, str) else v for v in values]
+        changed += sum(a != b for a, b in zip(values, cleaned, strict=True))
+        data.rows[column] = cleaned
+    if changed:
+        data.notes.append(f"{changed} values held personal data at export and were scrubbed ([PHONE], ...)")
+    return changed
+
+
+def _outputs(fmt: str, spec_name: str, out_dir: Path) -> list[Path]:
+    """Files an export of `fmt` writes into `out_dir` (the hf format's arrow shards by pattern)."""
+    if fmt == "hf":
+        existing = [p for p in out_dir.glob("data-*.arrow")] if out_dir.is_dir() else []
+        names = [out_dir / "dataset_info.json", out_dir / "state.json", *existing]
+    else:
+        names = [out_dir / f"{spec_name}.{fmt}"]
+    return [*names, out_dir / "README.md"]
+
+
+def write_export(data: ExportData, fmt: str, out_dir: Path, overwrite: bool = False) -> list[Path]:
+    """Write the rows in `fmt` and README.md into `out_dir`; return the paths written.
+
+    Everything written is re-scanned for personal data first (`scrub_export`), the card included.
+    Raises ExportError when a file it would write already exists, unless `overwrite`."""
     if fmt not in FORMATS:
         raise ExportError(f"unknown format '{fmt}' (use {', '.join(FORMATS)})")
     if out_dir.exists() and not out_dir.is_dir():
         raise ExportError(f"{out_dir}: exists and is not a folder")
+    taken = [p for p in _outputs(fmt, data.spec_name, out_dir) if p.exists()]
+    if taken and not overwrite:
+        raise ExportError(
+            f"{taken[0]}: already exists ({len(taken)} output file(s) in {out_dir}); "
+            "pass --overwrite to replace them"
+        )
+    scrub_export(data)
     out_dir.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     if fmt == "parquet":
@@ -478,6 +561,8 @@ def write_export(data: ExportData, fmt: str, out_dir: Path) -> list[Path]:
         # save_to_disk writes data-*.arrow, dataset_info.json and state.json; load_from_disk reads them
         datasets.Dataset.from_pandas(data.rows, preserve_index=False).save_to_disk(str(out_dir))
         written += sorted(p for p in out_dir.iterdir() if p.name != "README.md")
+    from synth_assets.curation.pii import scrub_text
+
     card = out_dir / "README.md"
-    card.write_text(dataset_card(data, [p.name for p in written]), encoding="utf-8")
+    card.write_text(scrub_text(dataset_card(data, [p.name for p in written])), encoding="utf-8")
     return [*written, card]

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import json
+import re
+from collections import Counter
 from pathlib import Path
 
 import pandas as pd
@@ -19,18 +23,65 @@ def read_table_file(path: Path) -> pd.DataFrame:
         raise SpecError(f"{path}: unsupported seed format '{path.suffix}'")
     try:
         if kind == "csv":
+            _check_csv_header(path)
             frame = pd.read_csv(path, dtype=str, keep_default_na=False)
         elif kind == "parquet":
             frame = pd.read_parquet(path)
         else:
+            if kind == "jsonl":
+                _check_json_lines(path)
             # dtype/convert_dates off: like CSV, every field stays as written
             frame = pd.read_json(path, lines=kind == "jsonl", dtype=False, convert_dates=False)
     except FileNotFoundError as exc:
         raise SpecError(f"{path}: file not found") from exc
+    except SpecError:
+        raise
     except Exception as exc:  # pandas/pyarrow raise many types for malformed files
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise SpecError(f"{path}: cannot read as {kind}: {reason}") from exc
     return frame
+
+
+def _check_csv_header(path: Path) -> None:
+    """Repeated column names: pandas would silently rename the second 'text' to 'text.1'."""
+    with path.open(newline="", encoding="utf-8-sig") as handle:
+        header = next(csv.reader(handle), [])
+    repeated = sorted(name for name, count in Counter(header).items() if count > 1)
+    if repeated:
+        raise SpecError(f"{path}: header: column names repeated: {', '.join(map(repr, repeated))}")
+
+
+def _check_json_lines(path: Path) -> None:
+    """Every non-blank line one JSON object; the first bad line is named with its number."""
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                value = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise SpecError(
+                    f"{path}: line {number}: invalid JSON: {exc.msg} (column {exc.colno})"
+                ) from exc
+            if not isinstance(value, dict):
+                raise SpecError(f"{path}: line {number}: expected a JSON object, got {type(value).__name__}")
+
+
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
+def _check_text_column(path: Path, frame: pd.DataFrame, column: str) -> None:
+    """A text column that holds only numbers is almost always the wrong column (an id, a rating)."""
+    values = frame[column]
+    numeric = pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values)
+    if not numeric and len(values):
+        strings = values.dropna().astype(str).str.strip()
+        numeric = bool(len(strings)) and bool(strings.map(lambda v: bool(_NUMBER.fullmatch(v))).all())
+    if numeric:
+        example = values.dropna().iloc[0] if values.notna().any() else ""
+        raise SpecError(
+            f"{path}: seed.text_column '{column}' holds numbers, not text (first value {example!r})"
+        )
 
 
 def load_seed_rows(spec: GenerationSpec, path: Path, split: str) -> pd.DataFrame:
@@ -45,6 +96,7 @@ def load_seed_rows(spec: GenerationSpec, path: Path, split: str) -> pd.DataFrame
             raise SpecError(
                 f"{path}: {field} '{column}' is not a column (columns: {', '.join(map(str, frame.columns))})"
             )
+    _check_text_column(path, frame, spec.seed.text_column)
     texts = frame[spec.seed.text_column].astype("string").fillna("").str.strip()
     labels = frame[spec.seed.label_column].astype("string").fillna("").str.strip()
     empty = texts.eq("")

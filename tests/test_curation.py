@@ -7,6 +7,7 @@ their own module, test_curation_semantic.py.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -418,3 +419,91 @@ def test_cap_per_cell_keeps_first_n_per_cell_and_rejects_the_surplus_with_a_reas
     assert sorted(capped.rejected["sample_id"]) == ["s1", "s2", "s4"]
     assert all(_json.loads(r) == ["cell_full"] for r in capped.rejected["reasons"])
     assert len(capped.curated) + len(capped.rejected) == 5
+
+
+def test_invisible_characters_do_not_hide_a_copy_of_the_prompt() -> None:
+    copied = "These head\u200bphones sound ama\u00adzing and the battery lasts all week."
+    outcome = _curate([copied, "I returned them: the left ear cup rattles whenever the bass kicks in."])
+    assert _reasons(outcome) == {"s0": ["echoes_prompt"]}
+
+
+@pytest.mark.parametrize(
+    ("language", "text"),
+    [
+        (
+            "nl",
+            "De koptelefoon klinkt geweldig en de batterij gaat de hele week mee, ik ben er erg blij mee.",
+        ),
+        ("sv", "Hörlurarna låter fantastiskt och batteriet håller hela veckan, jag är mycket nöjd med dem."),
+        ("pl", "Słuchawki brzmią świetnie, a bateria wytrzymuje cały tydzień. Jestem bardzo zadowolony."),
+        ("tr", "Kulaklıklar harika ses veriyor ve pil bütün hafta dayanıyor, bundan çok memnunum."),
+        ("id", "Headphone ini suaranya bagus sekali dan baterainya tahan selama satu minggu penuh."),
+    ],
+)
+def test_language_check_catches_latin_script_languages_with_py3langid(language: str, text: str) -> None:
+    outcome = _curate([text], rules=RULES.model_copy(update={"language": "en"}))
+    assert _reasons(outcome) == {"s0": ["wrong_language"]}
+    assert f"py3langid: '{language}'" in _details(outcome, "s0")["wrong_language"]
+
+
+def test_language_check_passes_english_and_leaves_short_texts_alone() -> None:
+    english = RULES.model_copy(update={"language": "en"})
+    seed = pd.read_csv(Path(__file__).resolve().parent.parent / "specs" / "data" / "product_reviews_seed.csv")
+    texts = [
+        *seed.iloc[:, 0].astype(str),
+        "Crisp sound, comfy fit, and the case is tiny enough for my jacket pocket.",
+        "Bought these in Paris at a café; the bass is deep and the fit is snug.",
+    ]
+    assert not _curate(texts, rules=english).reason_counts().get("wrong_language")
+    # under MIN_WORDS_FOR_DETECTOR words there is too little evidence: never rejected
+    assert (
+        _reasons(_curate(["Perfecto, muy bueno!"], rules=english.model_copy(update={"min_chars": 5}))) == {}
+    )
+
+
+def test_your_request_is_data_in_a_dialogue_and_assistant_talk_alone() -> None:
+    dialogue = (
+        "Customer: I asked for a refund for my earbuds last week.\n"
+        "Agent: I have processed your request, the refund arrives within five days.\n"
+        "Customer: Thank you, that was quick."
+    )
+    single = "Thanks for your request! The earbuds are comfortable and the case charges fast."
+    outcome = _curate([dialogue, single], rules=RULES.model_copy(update={"max_chars": 1000}))
+    assert _reasons(outcome) == {"s1": ["assistant_talk"]}
+    assert "your request" in _details(outcome, "s1")["assistant_talk"]
+
+
+def test_invisible_characters_do_not_hide_chat_wrapping_or_loops() -> None:
+    line = "The handle stays cool and the lid clicks shut every time."
+    outcome = _curate(
+        [
+            "Su\u200bre! Here is a new re\u00adview: the kettle boils fast and the handle stays cool.",
+            f"{line}\n{line.replace('handle', 'han' + chr(0x200B) + 'dle')}",
+        ],
+        rules=RULES.model_copy(update={"max_repeated_line_share": 0.3}),
+    )
+    reasons = _reasons(outcome)
+    assert "assistant_talk" in reasons["s0"] and "repeated_lines" in reasons["s1"]
+    assert "'Sure!'" in _details(outcome, "s0")["assistant_talk"]
+
+
+def test_chat_wrapping_marks_what_must_never_become_a_demo() -> None:
+    from synth_assets.curation.heuristics import chat_wrapping
+
+    flags = chat_wrapping(
+        [
+            "Sure! Here is a review: the kettle boils fast.",
+            "I'm sorry, but I can't help with that.",
+            "[Your Review Text]",
+            "Thanks for your request! The kettle boils fast.",
+            "Customer: Where is my order?\nAgent: I have checked your request, it ships today.",
+            "The kettle boils fast and the handle stays cool.",
+        ]
+    )
+    assert flags.tolist() == [True, True, True, True, False, False]
+
+
+def test_close_languages_are_not_wrong_languages() -> None:
+    norwegian = "Vannkokeren koker vannet veldig raskt, og håndtaket blir aldri varmt. Jeg er fornøyd."
+    outcome = _curate([norwegian], rules=RULES.model_copy(update={"language": "no"}))
+    assert _reasons(outcome) == {}

@@ -132,3 +132,32 @@ def test_cross_version_dedup_ignores_the_same_sample_re_curated() -> None:
     assert _reasons(outcome) == {"s1": ["seen_in_previous_version"]}
     details = json.loads(outcome.rejected["details"].iloc[0])
     assert "curated row old-1 (run run-aaaa)" in details["seen_in_previous_version"]
+
+
+def test_invisible_format_characters_do_not_hide_duplicates() -> None:
+    """A zero-width space (U+200B) or soft hyphen (U+00AD) inside a word is removed before folding."""
+    assert normalize_many(["ket\u200btle", "ket\u00adtle", "\ufeffkettle\u2060"]) == ["kettle"] * 3
+    exact = "The ket\u200btle boils a full li\u00adtre in three minutes and the handle never gets hot."
+    near = "The ket\u200btle boils a full litre in three minutes and the han\u00addle never gets warm."
+    outcome = curate(_samples([REVIEW, exact, near, OTHER]), pd.DataFrame(), RULES)
+    assert outcome.curated["sample_id"].tolist() == ["s0", "s3"]
+    assert _reasons(outcome) == {"s1": ["exact_duplicate"], "s2": ["near_duplicate"]}
+
+
+def test_invisible_copy_of_a_seed_row_is_not_new_data() -> None:
+    seed = pd.DataFrame({"seed_id": ["seed-1"], "text": [REVIEW], "label": ["positive"], "split": ["train"]})
+    copy = REVIEW.replace("kettle", "ket\u200btle").replace("minutes", "min\u00adutes")
+    outcome = curate(_samples([copy, OTHER]), pd.DataFrame(), RULES, CurationContext(seed_rows=seed))
+    assert _reasons(outcome) == {"s0": ["copies_seed"]}
+
+
+def test_chinese_near_copy_is_a_near_duplicate_and_tokens_are_characters() -> None:
+    first = "这个电热水壶烧水非常快，把手一点也不烫，我很满意。"
+    copy = "这个电热水壶烧水非常快，把手一点都不烫，我很满意。"
+    other = "我的背包拉链第一天就坏了，质量太差，不推荐购买。"
+    assert normalize_many(["水壶很快。"]) == ["水 壶 很 快"]
+    outcome = curate(
+        _samples([first, copy, other]), pd.DataFrame(), RULES.model_copy(update={"min_chars": 10})
+    )
+    assert outcome.curated["sample_id"].tolist() == ["s0", "s2"]
+    assert _reasons(outcome) == {"s1": ["near_duplicate"]}

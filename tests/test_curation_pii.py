@@ -8,7 +8,7 @@ import json
 import pandas as pd
 import pytest
 
-from synth_assets.curation.pii import detect, iban_valid, luhn_valid, scan, scrub
+from synth_assets.curation.pii import detect, iban_valid, luhn_valid, scan, scrub, scrub_text
 from synth_assets.curation.pipeline import curate
 from synth_assets.spec import CurationSpec
 
@@ -36,6 +36,14 @@ PLANTED = {
         ("Hi, my name is Sarah Connor and I love this kettle.", "NAME", "Sarah Connor"),
         ("Dr. Watson recommended this mattress.", "NAME", "Watson"),
         ("John Smith from the shop set it up for me.", "NAME", "John Smith"),
+        # international numbers, validated against each country's numbering plan (phonenumbers)
+        ("Call the Tokyo office on +81 3-1234-5678 please.", "PHONE", "+81 3-1234-5678"),
+        ("Text me at +33 6 12 34 56 78 when it ships.", "PHONE", "+33 6 12 34 56 78"),
+        ("The Sydney store is on +61 2 1234 5678.", "PHONE", "+61 2 1234 5678"),
+        ("Ring 020 7946 0958 for the London shop.", "PHONE", "020 7946 0958"),
+        # names with capitals outside ASCII are taken whole, not cut at the first such letter
+        ("Hi, my name is Bjørn Ødegård and the tent is great.", "NAME", "Bjørn Ødegård"),
+        ("Dr. Łukasz Żółć recommended this mattress.", "NAME", "Łukasz Żółć"),
     ],
 )
 def test_each_kind_is_detected(text: str, kind: str, value: str) -> None:
@@ -54,6 +62,11 @@ def test_each_kind_is_detected(text: str, kind: str, value: str) -> None:
         "Will Definitely buy again. This is Great. Call me Crazy, but I like it.",
         "Version 2.0.1 fixed the 3 4 5 button layout; 10 out of 10.",
         "I walked 5 Great Miles with these shoes.",
+        # order numbers, serials and timestamps are not phone numbers
+        "Order #2024-11-30-8812 arrived broken.",
+        "The serial 12345 67890 is printed under the base.",
+        "Logged at 2026-11-30 14:24:08.742425 by the shop.",
+        "Invoice 2024-118830 and tracking 1Z 999 AA1 01 2345 6784.",
     ],
 )
 def test_ordinary_text_has_no_hits(text: str) -> None:
@@ -117,3 +130,34 @@ def test_only_the_configured_types_are_scrubbed() -> None:
     outcome = curate(_samples(), pd.DataFrame(), rules)
     first = outcome.curated["text"].iloc[0]
     assert "[EMAIL]" in first and PLANTED["PHONE"] in first
+
+
+def test_scrub_text_is_the_one_call_scrubber() -> None:
+    text = "Call +81 3-1234-5678 or mail jane.doe@example.com; order #2024-11-30-8812."
+    assert scrub_text(text) == "Call [PHONE] or mail [EMAIL]; order #2024-11-30-8812."
+    assert scrub_text(text, ["EMAIL"]) == "Call +81 3-1234-5678 or mail [EMAIL]; order #2024-11-30-8812."
+    assert scrub_text("Nothing personal here.") == "Nothing personal here." and scrub_text("") == ""
+
+
+def test_international_phones_never_reach_the_curated_set() -> None:
+    phones = ["+81 3-1234-5678", "+33 6 12 34 56 78", "+61 2 1234 5678"]
+    products = ["kettle boils fast", "backpack zips smoothly", "blender crushes ice"]
+    texts = [f"The {p}. Questions? Call {phone} any time." for p, phone in zip(products, phones, strict=True)]
+    samples = pd.DataFrame(
+        {"sample_id": ["a", "b", "c"], "prompt_id": "p", "label": "positive", "text": texts}
+    )
+    outcome = curate(samples, pd.DataFrame(), RULES)
+    assert len(outcome.curated) == 3 and outcome.pii_by_type["PHONE"] == 3
+    assert not any(phone in " ".join(outcome.curated["text"]) for phone in phones)
+    assert scan(texts).by_type()["PHONE"] == 3  # what the no-PII gate re-scans with
+
+
+def test_invisible_characters_do_not_hide_personal_data() -> None:
+    text = "Call +81 3\u200b-1234-5678 or mail ja\u00adne.doe@example.com today."
+    hits = detect(text)
+    assert [(h.kind, h.value) for h in hits] == [
+        ("PHONE", "+81 3\u200b-1234-5678"),
+        ("EMAIL", "ja\u00adne.doe@example.com"),
+    ]
+    assert scrub_text(text) == "Call [PHONE] or mail [EMAIL] today."
+    assert scan([text]).counts.tolist() == [2]

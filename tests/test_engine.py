@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
+from typing import ClassVar
 
 import pandas as pd
 import pytest
@@ -42,6 +45,22 @@ def test_parse_structured_repairs_common_mistakes() -> None:
     wrong_type = parse_structured('{"review": "Ok.", "rating": "five"}', REVIEW_SCHEMA)
     assert wrong_type.value is None and wrong_type.error and "schema" in wrong_type.error
     assert parse_structured("no json here", REVIEW_SCHEMA).error == "no JSON object in the output"
+
+
+@pytest.mark.parametrize(
+    "output",
+    [
+        '{"review": "Great kettle.\nBoils fast.", "rating": 5}',  # newline inside a string
+        '{"review": "Great kettle.", "rating": 5, "recommend": True}',  # Python's True
+        '{"review": "Great kettle.", "rating": 5, "note": None}',  # Python's None
+        '{"review": "Great kettle.", // the text\n "rating": 5}',  # a // comment
+        '{"review": "The "best" kettle.", "rating": 5}',  # unescaped inner quotes
+    ],
+)
+def test_json_repair_parses_what_small_models_write(output: str) -> None:
+    parsed = parse_structured(output, REVIEW_SCHEMA)
+    assert parsed.error is None and parsed.repaired
+    assert parsed.value is not None and parsed.value["rating"] == 5 and "kettle" in parsed.value["review"]
 
 
 def _prompts(spec: GenerationSpec) -> pd.DataFrame:
@@ -228,19 +247,144 @@ def test_self_instruct_rounds_draw_demos_from_the_growing_pool(tmp_path: Path, b
     outcome = generate_samples(
         spec, _prompts(spec), backend, store, "r", log=logs.append, seed_rows=seed_rows
     )
-    novelty = [json.loads(s)["novelty"] for s in outcome.samples["steps"]]
-    assert len(novelty) == 6 and all(0.0 <= n["max_rouge_l"] <= 1.0 for n in novelty)
-    first_texts = outcome.samples["text"][:3]
-    first_round_novel = [t for t, n in zip(first_texts, novelty[:3], strict=True) if n["novel"]]
-    assert first_round_novel, "the model produced no novel sample in round 1"
-    second_round_messages = store.query(
-        "SELECT messages FROM llm_cache WHERE cache_key IN (SELECT unnest(?))",
-        [outcome.samples["cache_key"].iloc[3:].tolist()],
-    )["messages"]
-    # every round-2 prompt shows one machine demo: a (cleaned) round-1 sample that joined the pool
-    for messages in second_round_messages:
-        assert any(text[:40] in messages for text in first_round_novel)
+    steps = [json.loads(s) for s in outcome.samples["steps"]]
+    # a sample that fails the ROUGE-L novelty check never reaches the dataset: it is a failure
+    assert len(outcome.samples) + len(outcome.failures) == 6
+    assert all(step["novelty"]["novel"] and 0.0 <= step["novelty"]["max_rouge_l"] < 0.7 for step in steps)
+    assert all(error.startswith("not novel: ROUGE-L") for error in outcome.failures["error"])
+    # the stored prompt_text is the prompt actually sent (with the pooled demos of its round)
+    sent = store.query(
+        "SELECT cache_key, messages FROM llm_cache WHERE cache_key IN (SELECT unnest(?))",
+        [outcome.samples["cache_key"].tolist()],
+    ).set_index("cache_key")["messages"]
+    for key, step in zip(outcome.samples["cache_key"], steps, strict=True):
+        assert json.loads(sent[key])[-1]["content"] == step["prompt_text"]
+    round_two = set(_prompts(spec)["prompt_id"].iloc[3:])
+    eligible = {
+        sid: text
+        for sid, text, step in zip(outcome.samples["sample_id"], outcome.samples["text"], steps, strict=True)
+        if step["novelty"]["demo_eligible"]
+    }
+    assert eligible, "the model produced no novel, demo-worthy sample in round 1"
+    for prompt_id, step in zip(outcome.samples["prompt_id"], steps, strict=True):
+        if prompt_id in round_two:
+            # every round-2 prompt shows one machine demo: a round-1 sample that passed the checks
+            machine = [d.removeprefix("machine:") for d in step["demo_ids"] if d.startswith("machine:")]
+            assert len(machine) == 1 and machine[0] in eligible
+            assert eligible[machine[0]][:40] in step["prompt_text"]
     assert any("self-instruct round 2: pool" in line for line in logs)
+
+
+class _SequenceHandler(http.server.BaseHTTPRequestHandler):
+    """An OpenAI-compatible chat endpoint that answers requests in order from `answers`."""
+
+    answers: ClassVar[list[str]] = []
+    prompts: ClassVar[list[str]] = []
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        type(self).prompts.append(body["messages"][-1]["content"])
+        text = type(self).answers.pop(0)
+        data = json.dumps(
+            {
+                "choices": [{"message": {"content": text}, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 9, "completion_tokens": 9},
+            }
+        ).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_self_instruct_drops_copies_and_never_pools_chat_wrapping_as_a_demo(tmp_path: Path) -> None:
+    """Round 1 answers: chat wrapping (novel, but no demo), a copy of a seed row (not novel: never a
+    sample), a good review (the only machine demo of round 2)."""
+    from synth_assets.defs.generated_samples import cheap_acceptance
+    from synth_assets.generation.backends import build_backend
+
+    wrapped = "Sure! Here is a new review: The desk lamp is bright and its arm holds any angle well."
+    copy = "These headphones sound amazing and the battery lasts all week."  # a seed row
+    good = "The hiking backpack carries a whole weekend of gear and the straps never dig in."
+    later = [
+        "The blender crushes ice in seconds and rinses clean under the tap.",
+        "My new headphones fold flat and the ear cushions stay cool on long flights.",
+        "The travel backpack has a laptop sleeve that keeps my computer safe on the train.",
+    ]
+    _SequenceHandler.answers, _SequenceHandler.prompts = [wrapped, copy, good, *later], []
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _SequenceHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        base_url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+        extra = "self_instruct:\n  per_round: 3\n  machine_demos: 1\nnum_samples: 6"
+        backend_lines = (
+            f"  backend: openai\n  model: scripted\n  base_url: {base_url}\n  max_concurrency: 1\n"
+        )
+        spec = load_spec(
+            write_tiny_spec(
+                tmp_path,
+                replacements={
+                    "num_samples: 6": extra,
+                    "  temperature: 0.8": backend_lines + "  temperature: 0.8",
+                },
+            )
+        )
+        prompts = _prompts(spec)
+        outcome = generate_samples(
+            spec,
+            prompts,
+            build_backend(spec.generation),
+            Warehouse(tmp_path / "w.duckdb"),
+            "r",
+            accept=lambda samples: cheap_acceptance(samples, prompts, spec),
+            seed_rows=load_seed_data(spec),
+        )
+    finally:
+        server.shutdown()
+    texts = outcome.samples.set_index("text")
+    assert copy not in texts.index and set(texts.index) == {wrapped, good, *later}
+    assert outcome.failures["prompt_id"].tolist() == [prompts["prompt_id"].iloc[1]]
+    assert outcome.failures["error"].iloc[0].startswith("not novel: ROUGE-L 1.00")
+    steps = {
+        text: json.loads(s) for text, s in zip(outcome.samples["text"], outcome.samples["steps"], strict=True)
+    }
+    assert not steps[wrapped]["novelty"]["demo_eligible"] and steps[good]["novelty"]["demo_eligible"]
+    good_id = texts.loc[good, "sample_id"]
+    for text in later:  # round 2: the one machine demo is the good review, never the chat wrapping
+        assert [d for d in steps[text]["demo_ids"] if d.startswith("machine:")] == [f"machine:{good_id}"]
+        assert good in steps[text]["prompt_text"] and wrapped not in steps[text]["prompt_text"]
+    # the stored prompt_text is what the server received, and lineage shows it
+    assert [steps[t]["prompt_text"] for t in later] == _SequenceHandler.prompts[3:]
+    from synth_assets.lineage.chain import trace
+
+    store = Warehouse(tmp_path / "w.duckdb")
+    store.write_version("seed_data", spec.name, "r", load_seed_data(spec), promote=True)
+    store.write_version("expanded_prompts", spec.name, "r", prompts, promote=True)
+    store.write_version("generated_samples", spec.name, "r", outcome.samples, promote=True)
+    chain = trace(store, texts.loc[later[0], "sample_id"])
+    assert chain.prompt["prompt_text"] == _SequenceHandler.prompts[3]
+    # its seed demos (k=2, one of them replaced by the machine demo), not the expanded prompt's
+    assert len(chain.demos) == 1 and not chain.demos[0].get("missing")
+    assert chain.demos[0]["text"] in _SequenceHandler.prompts[3]
+
+
+@pytest.mark.slow
+def test_multi_turn_dialogue_keeps_its_leading_speaker_tag(tmp_path: Path, backend: LocalBackend) -> None:
+    """The assembled support dialogue starts with "Customer:": only each turn is cleaned of a
+    lead-in, never the output_template's own speaker tags."""
+    spec = load_spec(Path(__file__).resolve().parent.parent / "specs" / "support_conversations.yaml")
+    spec = spec.model_copy(
+        update={"num_samples": 2, "generation": spec.generation.model_copy(update={"max_new_tokens": 12})}
+    )
+    outcome = generate_samples(spec, _prompts(spec), backend, Warehouse(tmp_path / "w.duckdb"), "r")
+    assert len(outcome.samples) == 2
+    for text in outcome.samples["text"]:
+        lines = text.splitlines()
+        assert lines[0].startswith("Customer: ") and text.count("\nAgent: ") == 2, text
+        assert sum(line.startswith("Customer: ") for line in lines) == 2, text
 
 
 @pytest.mark.slow

@@ -619,3 +619,54 @@ def test_evaluation_spec_defaults_and_yaml(tmp_path: Path) -> None:
     del raw["evaluation"]
     path.write_text(yaml.safe_dump(raw))
     assert load_spec(path).evaluation == EvaluationSpec()  # the section is optional
+
+
+def test_per_cell_requested_shares_come_from_the_planned_cells() -> None:
+    """per_cell over label x length, n=2: 9 cells of 2 rows. Requested is 1/3 per label and per
+    length (the cells), not num_samples split by label_weights [2, 1, 1] and length weights [2, 3, 2]."""
+    from synth_assets.generation.prompts import cells_of
+    from synth_assets.spec import PerCellSpec
+
+    spec = _spec(
+        num_samples=10, label_weights=[2, 1, 1], per_cell=PerCellSpec(attributes=["label", "length"], n=2)
+    )
+    cells = cells_of(spec) * 2  # exactly n accepted rows per cell
+    prompts = pd.DataFrame(
+        {
+            "prompt_id": [f"p{i}" for i in range(len(cells))],
+            "attributes": [json.dumps({"length": c["length"], "product_category": "novel"}) for c in cells],
+        }
+    )
+    samples = pd.DataFrame({"prompt_id": prompts["prompt_id"], "label": [c["label"] for c in cells]})
+    labels = m.label_balance(spec, samples, samples).set_index("label")
+    assert labels["requested"].tolist() == [6, 6, 6]
+    assert labels["requested_share"].tolist() == pytest.approx([1 / 3] * 3)
+    assert m.table_tvd(labels.reset_index()) == pytest.approx(0.0)
+    tables = m.attribute_balance(spec, prompts, samples, samples)
+    length = tables["length"].set_index("value")
+    assert length["requested_share"].tolist() == pytest.approx([1 / 3] * 3)
+    assert m.table_tvd(length.reset_index()) == pytest.approx(0.0)
+    # an attribute outside the cells is still sampled with its weights
+    category = tables["product_category"].set_index("value")
+    assert category.loc["laptop", "requested_share"] == pytest.approx(2 / 15)
+    # the curated_set gate's label balance asks for the same shares
+    from synth_assets.quality.gates import label_balance_frame
+
+    assert label_balance_frame(samples, spec)["abs_diff"].tolist() == [0.0, 0.0, 0.0]
+
+
+def test_chinese_near_copies_score_as_similar() -> None:
+    """Scripts without spaces: per-character tokens, so a near-copy pair is not 'all distinct'."""
+    pair = ["这个电热水壶烧水非常快，把手一点也不烫。", "这个电热水壶烧水非常快，把手一点都不烫。"]
+    assert m.distinct_n(pair, 1) < 0.6 and m.distinct_n(pair, 2) < 0.6
+    assert m.self_bleu(pair) > 0.7 and m.bleu_tokenizer(pair) == "zh"
+    japanese = ["この電気ケトルはすぐに沸きます。", "この電気ケトルはすぐに沸きました。"]
+    assert m.distinct_n(japanese, 2) < 0.7 and m.self_bleu(japanese) > 0.5
+    thai = ["กาต้มน้ำนี้ต้มน้ำได้เร็วมาก", "กาต้มน้ำนี้ต้มน้ำได้เร็วมากๆ"]
+    assert m.bleu_tokenizer(thai) == "char" and m.self_bleu(thai) > 0.5
+    assert m.bleu_tokenizer(["an English corpus", "stays on 13a"]) == "13a"
+
+
+def test_invisible_characters_do_not_count_as_new_words() -> None:
+    assert m.distinct_n(["the kettle", "the ket\u200btle"], 1) == pytest.approx(2 / 4)
+    assert m.vocabulary_size(["soft\u00adware", "software"]) == 1

@@ -8,6 +8,7 @@ from typing import Any
 
 import pandas as pd
 import pytest
+import yaml
 from conftest import write_tiny_spec
 
 from synth_assets import cli
@@ -123,9 +124,11 @@ def test_exports_the_published_version_with_lineage_columns(store: Warehouse, tm
     assert data.evaluation is not None and data.evaluation["metrics"]["yield"] == 0.75
 
     card = dataset_card(data, ["tiny_reviews.parquet"])
+    # front matter from huggingface_hub's DatasetCardData (was hand-written with a quoted name)
+    front = yaml.safe_load(card.split("---\n")[1])
+    assert front["pretty_name"] == "tiny_reviews (synthetic)" and front["license"] == "other"
+    assert front["task_categories"] == ["text-classification"] and front["language"] == ["en"]
     for part in (
-        'pretty_name: "tiny_reviews (synthetic)"',
-        "license: other",
         "Write a short product review",  # the spec's task
         "```yaml",  # the spec itself
         "`smollm2-135m-instruct` via `local` (fingerprint `smollm2-fp`)",
@@ -249,5 +252,60 @@ def test_cli_export(
     printed = capsys.readouterr().out
     assert "wrote 3 rows of 'tiny_reviews' (curated_set run good-1)" in printed
     assert "```yaml" in (out / "README.md").read_text()
+    # the same export again: refused with one line, nothing replaced, unless --overwrite
+    again = ["--db", str(store.path), "export", "--spec", SPEC, "--format", "parquet", "--out", str(out)]
+    assert cli.main(again) == 2
+    error = capsys.readouterr().err.strip()
+    assert "already exists" in error and "--overwrite" in error and len(error.splitlines()) == 1
+    assert cli.main([*again, "--overwrite"]) == 0
+    capsys.readouterr()
     assert cli.main(["--db", str(store.path), "export", "--spec", "nope", "--out", str(out)]) == 2
     assert "spec 'nope' has no published curated_set to export" in capsys.readouterr().err
+
+
+def test_export_refuses_to_overwrite_unless_asked(store: Warehouse, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "README.md").write_text("my own notes\n")
+    with pytest.raises(ExportError, match=r"README.md: already exists .*pass --overwrite"):
+        write_export(load_export_data(store, SPEC), "jsonl", out)
+    assert (out / "README.md").read_text() == "my own notes\n" and not (out / f"{SPEC}.jsonl").exists()
+    write_export(load_export_data(store, SPEC), "jsonl", out, overwrite=True)
+    assert (out / "README.md").read_text().startswith("---\n")
+    # any existing output file, not only the card
+    (out / "README.md").unlink()
+    with pytest.raises(ExportError, match=rf"{SPEC}.jsonl: already exists"):
+        write_export(load_export_data(store, SPEC), "jsonl", out)
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "jsonl", "hf"])
+def test_every_export_format_and_the_card_are_rescanned_for_personal_data(
+    store: Warehouse, tmp_path: Path, fmt: str
+) -> None:
+    data = load_export_data(store, SPEC)
+    phones = ["+81 3-1234-5678", "+33 6 12 34 56 78", "+61 2 1234 5678"]
+    data.rows["text"] = [f"Call {phone} for help, the kettle is fine." for phone in phones]
+    out = tmp_path / fmt
+    written = write_export(data, fmt, out)
+    exported = " ".join(p.read_bytes().decode("utf-8", "replace") for p in written)
+    assert not any(phone in exported for phone in phones)
+    assert "[PHONE]" in exported and "3 values held personal data" in (out / "README.md").read_text()
+
+
+def test_card_task_category_and_language_follow_the_spec(store: Warehouse, tmp_path: Path) -> None:
+    specs = Path(__file__).resolve().parent.parent / "specs"
+    conversation = load_spec(specs / "support_conversations.yaml")
+    description = load_spec(specs / "backpack_descriptions.yaml")
+    data = load_export_data(store, SPEC)
+    fronts = {}
+    for spec in (conversation, description):
+        data.spec = spec
+        fronts[spec.name] = yaml.safe_load(dataset_card(data, ["x.jsonl"]).split("---\n")[1])
+    assert fronts["support_conversations"]["task_categories"][0] == "text-generation"
+    assert fronts["support_conversations"]["task_ids"] == ["dialogue-modeling"]
+    assert fronts["backpack_descriptions"]["task_categories"][0] == "text-generation"
+    german = description.model_copy(
+        update={"curation": description.curation.model_copy(update={"language": "de"})}
+    )
+    data.spec = german
+    assert yaml.safe_load(dataset_card(data, ["x.jsonl"]).split("---\n")[1])["language"] == ["de"]

@@ -151,3 +151,12 @@ def test_spec_validation_of_new_fields(tmp_path: Path) -> None:
         )
         with pytest.raises(SpecError, match=message.replace("(", r"\(")):
             load_spec(path)
+
+
+def test_pii_gate_is_red_with_an_international_phone_left(spec: GenerationSpec) -> None:
+    outcome = _outcome([(label, text) for label, texts in TEXTS.items() for text in texts])
+    curated = outcome.curated.copy()
+    curated.loc[0, "text"] = "The kettle boils fast. Call +81 3-1234-5678 for spare lids."
+    failed = {f.describe().split(":")[0]: f for f in validate_curated_set(curated, spec).failures}
+    pii = failed["expect_column_values_to_be_between(pii_left)"]
+    assert pii.unexpected_count == 1 and pii.examples[0]["pii_left"] == 1

@@ -4,7 +4,20 @@ from __future__ import annotations
 
 import random
 
-from synth_assets.generation.self_instruct import NoveltyPool, rouge_l, tokenize
+import pytest
+
+from synth_assets.generation.self_instruct import NoveltyPool, lcs_length, rouge_l, tokenize
+
+
+def reference_lcs(a: list[str], b: list[str]) -> int:
+    """The pure-Python dynamic programme ROUGE-L used before rapidfuzz (7.4 s per 2000 pairs)."""
+    previous = [0] * (len(b) + 1)
+    for token in a:
+        current = [0]
+        for j, other in enumerate(b, start=1):
+            current.append(previous[j - 1] + 1 if token == other else max(previous[j], current[j - 1]))
+        previous = current
+    return previous[-1]
 
 
 def test_rouge_l_known_values() -> None:
@@ -38,3 +51,36 @@ def test_pruned_search_matches_brute_force() -> None:
         if not check.novel:
             assert check.max_rouge_l >= 0.5
         assert check.exact_comparisons <= 200
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        ("the cat sat on the mat", "the cat lay the mat"),
+        ("Write a short review of a blender that broke.", "Write a review of a kettle that broke today."),
+        ("a b c d e f g", "g f e d c b a"),
+        ("same words here", "same words here"),
+        ("nothing shared", "entirely different"),
+        ("这个水壶烧水很快", "这个水壶烧水非常快"),
+    ],
+)
+def test_rapidfuzz_lcs_equals_the_pure_python_reference(a: str, b: str) -> None:
+    ta, tb = tokenize(a), tokenize(b)
+    assert lcs_length(ta, tb) == reference_lcs(ta, tb) == reference_lcs(tb, ta)
+
+
+def test_rapidfuzz_lcs_equals_the_reference_on_random_pairs() -> None:
+    rng = random.Random(1)
+    words = [f"w{i}" for i in range(12)]
+    for _ in range(300):
+        a, b = rng.choices(words, k=rng.randint(0, 25)), rng.choices(words, k=rng.randint(0, 25))
+        assert lcs_length(a, b) == reference_lcs(a, b)
+
+
+def test_invisible_characters_and_unspaced_scripts_in_novelty() -> None:
+    pool = NoveltyPool(threshold=0.7)
+    pool.add("Write a short review of a blender that broke after a week.")
+    assert not pool.check("Write a short re\u200bview of a blen\u00adder that broke after a week.").novel
+    pool.add("这个电热水壶烧水非常快，把手一点也不烫。")
+    assert tokenize("水壶很快") == ["水", "壶", "很", "快"]
+    assert not pool.check("这个电热水壶烧水非常快，把手一点都不烫。").novel

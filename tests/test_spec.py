@@ -239,3 +239,39 @@ def test_the_gate_never_promotes_an_empty_set_whatever_the_threshold(tmp_path: P
     gate = validate_curated_set(pd.DataFrame(columns=stage_columns("curated_set")), unchecked)
     assert not gate.passed
     assert "expect_table_row_count_to_be_between" in {f.expectation for f in gate.failures}
+
+
+def test_csv_with_repeated_column_names_is_one_line_error(tmp_path: Path) -> None:
+    path = write_tiny_spec(tmp_path)
+    seed = tmp_path / "data" / "tiny_seed.csv"
+    lines = seed.read_text().splitlines()
+    seed.write_text("\n".join([lines[0] + ",review"] + [line + ",x" for line in lines[1:]]) + "\n")
+    with pytest.raises(SpecError, match=r"^[^\n]*tiny_seed.csv: header: column names repeated: 'review'$"):
+        load_seed_data(load_spec(path))
+
+
+@pytest.mark.parametrize("suffix", ["csv", "jsonl"])
+def test_integer_text_column_is_one_line_error(tmp_path: Path, suffix: str) -> None:
+    path = write_tiny_spec(tmp_path, replacements={"data/tiny_seed.csv": f"data/tiny_seed.{suffix}"})
+    frame = pd.read_csv(tmp_path / "data" / "tiny_seed.csv")
+    frame["review"] = range(100, 100 + len(frame))
+    target = tmp_path / "data" / f"tiny_seed.{suffix}"
+    if suffix == "csv":
+        frame.to_csv(target, index=False)
+    else:
+        frame.to_json(target, orient="records", lines=True)
+    with pytest.raises(
+        SpecError, match=rf"^[^\n]*tiny_seed.{suffix}: seed.text_column 'review' holds numbers, not text"
+    ):
+        load_seed_data(load_spec(path))
+
+
+def test_broken_jsonl_line_is_reported_with_its_number(tmp_path: Path) -> None:
+    path = write_tiny_spec(tmp_path, replacements={"data/tiny_seed.csv": "data/tiny_seed.jsonl"})
+    frame = pd.read_csv(tmp_path / "data" / "tiny_seed.csv")
+    target = tmp_path / "data" / "tiny_seed.jsonl"
+    lines = frame.to_json(orient="records", lines=True).splitlines()
+    lines[2] = lines[2][:-5]  # cut off the end of the third record
+    target.write_text("\n".join(lines) + "\n")
+    with pytest.raises(SpecError, match=r"^[^\n]*tiny_seed.jsonl: line 3: invalid JSON: "):
+        load_seed_data(load_spec(path))

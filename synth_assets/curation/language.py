@@ -1,11 +1,18 @@
-"""A light, offline language check: stopword votes for Latin-script languages, script share for others.
+"""An offline language check: script share, then py3langid (langid.py's model, bundled in the wheel).
 
-No model and no download: a text is "wrong language" only on positive evidence, i.e. it holds at
-least two function words of another language and clearly more of them than of the target, or most
-of its letters are in another script. Short texts without function words are never rejected.
+A text is "wrong language" only on positive evidence: most of its letters are in another script, or
+it is long enough to judge (`MIN_WORDS_FOR_DETECTOR` words) and py3langid names another language
+with probability >= `MIN_DETECTOR_PROBABILITY`. Measured here: our former stopword votes passed
+Dutch, Swedish, Polish, Turkish and Indonesian sentences as English (7 of 12 foreign sentences
+caught); py3langid caught 12/12 with 0 false positives on 169 English texts. Short texts are never
+rejected: a 3-word review carries too little evidence for any detector.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import lru_cache
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -56,9 +63,18 @@ def _exclusive_stopwords() -> dict[str, frozenset[str]]:
 
 
 STOPWORDS = _exclusive_stopwords()
-MIN_FOREIGN_STOPWORDS = 2
 MIN_LETTERS_FOR_SCRIPT = 10
 MIN_SCRIPT_SHARE = 0.5
+MIN_WORDS_FOR_DETECTOR = 5
+MIN_DETECTOR_PROBABILITY = 0.5
+# py3langid costs ~0.27 ms per text (27 s per 100k rows): a text with at least this many function
+# words of the target language and none of another listed language is taken as in the target
+# language without asking the detector
+CLEARLY_TARGET_STOPWORDS = 3
+# languages a character-n-gram detector confuses with each other on short texts: a Norwegian text
+# named Danish is not in the wrong language
+_CLOSE = [{"no", "nb", "nn", "da"}, {"cs", "sk"}, {"ru", "uk", "be"}, {"id", "ms"}, {"hr", "sr", "bs"}]
+CLOSE_LANGUAGES = {code: frozenset(group) for group in _CLOSE for code in group}
 
 
 def stopword_votes(tokens: Tokens) -> tuple[list[str], np.ndarray]:
@@ -75,6 +91,20 @@ def stopword_votes(tokens: Tokens) -> tuple[list[str], np.ndarray]:
     return languages, votes
 
 
+@lru_cache(maxsize=1)
+def _identifier() -> Any:
+    from py3langid.langid import MODEL_FILE, LanguageIdentifier
+
+    # normalised probabilities, so MIN_DETECTOR_PROBABILITY means the same for every text
+    return LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
+
+
+def detect_languages(texts: Sequence[str]) -> list[tuple[str, float]]:
+    """(ISO 639-1 code, probability) per text from py3langid (97 languages)."""
+    identifier = _identifier()
+    return [(str(code), float(probability)) for code, probability in map(identifier.classify, texts)]
+
+
 def check_language(texts: pa.Array, tokens: Tokens, language: str) -> tuple[np.ndarray, list[str]]:
     """(wrong, detail per row): whether each text is evidently not in `language`, and why."""
     n = tokens.n_rows
@@ -89,16 +119,19 @@ def check_language(texts: pa.Array, tokens: Tokens, language: str) -> tuple[np.n
     for row in np.flatnonzero(off_script):
         details[row] = f"only {share[row]:.0%} of letters in {script} script (expected {language})"
     wrong |= off_script
+    # scripts without spaces are split into characters by normalisation: count words by letters
+    judged = ~off_script & (tokens.counts >= MIN_WORDS_FOR_DETECTOR)
     if language in STOPWORDS:
         languages, votes = stopword_votes(tokens)
         target = votes[:, languages.index(language)]
-        others = votes.copy()
-        others[:, languages.index(language)] = -1
-        best = others.argmax(axis=1)
-        best_votes = others[np.arange(n), best]
-        foreign = (best_votes >= MIN_FOREIGN_STOPWORDS) & (best_votes > 2 * target) & ~off_script
-        for row in np.flatnonzero(foreign):
-            other = languages[best[row]]
-            details[row] = f"{best_votes[row]} function words of '{other}' vs {target[row]} of '{language}'"
-        wrong |= foreign
+        others = np.delete(votes, languages.index(language), axis=1)
+        judged &= ~((target >= CLEARLY_TARGET_STOPWORDS) & (others.max(axis=1, initial=0) == 0))
+    rows = np.flatnonzero(judged)
+    if len(rows):
+        values = texts.take(pa.array(rows)).to_pylist()
+        for row, (code, probability) in zip(rows.tolist(), detect_languages(values), strict=True):
+            same = code == language or code in CLOSE_LANGUAGES.get(language, ())
+            if not same and probability >= MIN_DETECTOR_PROBABILITY:
+                wrong[row] = True
+                details[row] = f"py3langid: '{code}' ({probability:.2f}), expected '{language}'"
     return wrong, details

@@ -28,9 +28,40 @@ _M1 = np.uint64(0xFF51AFD7ED558CCD)
 _M2 = np.uint64(0xC4CEB9FE1A85EC53)
 
 
+# Scripts written without spaces between words: each character becomes its own token, so word
+# n-grams, distinct-n, echo and n-gram dedup count characters there (the usual unit for Chinese and
+# Japanese; sacrebleu's `zh` tokenizer does the same for Han). Hangul is written with spaces.
+_UNSPACED_SCRIPT = (
+    "\u3040-\u30ff"  # Hiragana, Katakana
+    "\u31f0-\u31ff"  # Katakana phonetic extensions
+    "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"  # CJK ideographs, extension A, compatibility
+    "\U00020000-\U0003134f"  # CJK extensions B-G
+    "\u0e00-\u0e7f\u0e80-\u0eff\u1000-\u109f\u1780-\u17ff"  # Thai, Lao, Myanmar, Khmer
+)
+_UNSPACED_CHAR = re.compile(f"([{_UNSPACED_SCRIPT}])")
+HAS_UNSPACED_SCRIPT = re.compile(f"[{_UNSPACED_SCRIPT}]")
+
+
+def strip_format_characters(text: str) -> str:
+    """`text` without Unicode format characters (category Cf: zero-width space U+200B, soft hyphen
+    U+00AD, joiners, BOM, bidi marks): invisible, they would make `ket\u200btle` a new word."""
+    if text.isascii():  # Cf has no ASCII member: skip the per-character pass for most texts
+        return text
+    return "".join(ch for ch in text if unicodedata.category(ch) != "Cf")
+
+
+def strip_format_characters_array(texts: pa.Array) -> pa.Array:
+    """`strip_format_characters` for a whole Arrow string column (one RE2 kernel)."""
+    return pc.replace_substring_regex(texts, r"\p{Cf}+", "")
+
+
 def normalize_text(text: str) -> str:
-    """Case, accents' compatibility forms, punctuation and spacing folded away."""
-    folded = unicodedata.normalize("NFKC", text).casefold()
+    """Invisible format characters removed, then case, compatibility forms (NFKC), punctuation and
+    spacing folded; characters of scripts without word spaces (Han, kana, Thai, ...) separated by
+    spaces so that whitespace splitting yields one token per character."""
+    folded = unicodedata.normalize("NFKC", strip_format_characters(text)).casefold()
+    if HAS_UNSPACED_SCRIPT.search(folded):
+        folded = _UNSPACED_CHAR.sub(r" \1 ", folded)
     return _NON_WORD_RUN.sub(" ", folded).strip()
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import json
 import math
+import re
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -18,8 +19,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from synth_assets.curation.text import normalize_text
-from synth_assets.generation.prompts import allocate_counts
+from synth_assets.curation.text import HAS_UNSPACED_SCRIPT, normalize_text
+from synth_assets.generation.prompts import allocate_counts, cells_of
 from synth_assets.spec import GenerationSpec
 
 UNKNOWN_VALUE = "(unknown)"
@@ -29,7 +30,22 @@ UNKNOWN_VALUE = "(unknown)"
 
 
 def _words(text: str) -> list[str]:
+    # normalize_text splits scripts without word spaces (Chinese, Japanese, Thai) into characters
     return normalize_text(text).split()
+
+
+_CJK = re.compile("[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
+
+
+def bleu_tokenizer(texts: Sequence[str]) -> str:
+    """sacrebleu tokenizer that fits the corpus' script: '13a' (splits on spaces and punctuation)
+    unless most texts are in a script without word spaces, then 'zh' (one token per Han/kana
+    character, the rest as 13a) or 'char' for Thai, Lao, Myanmar, Khmer. 'ja-mecab' would need
+    MeCab and its dictionary, which are not installed; per-character BLEU is the usual fallback."""
+    unspaced = [text for text in texts if HAS_UNSPACED_SCRIPT.search(text)]
+    if not texts or 2 * len(unspaced) <= len(texts):
+        return "13a"
+    return "zh" if sum(bool(_CJK.search(t)) for t in unspaced) * 2 > len(unspaced) else "char"
 
 
 def distinct_n(texts: Iterable[str], n: int) -> float:
@@ -63,13 +79,14 @@ def compression_ratio(texts: Sequence[str]) -> float:
 def self_bleu(texts: Sequence[str]) -> float | None:
     """Mean sentence BLEU (0..1) of each text against all the others as references (Zhu et al.,
     2018, Texygen): higher = texts resemble each other. sacrebleu with effective order, so short
-    texts without 4-gram matches are not all zero. None for fewer than two non-empty texts."""
+    texts without 4-gram matches are not all zero; the tokenizer follows the script
+    (`bleu_tokenizer`). None for fewer than two non-empty texts."""
     kept = [text for text in texts if text.strip()]
     if len(kept) < 2:
         return None
     from sacrebleu.metrics import BLEU
 
-    bleu = BLEU(effective_order=True)
+    bleu = BLEU(effective_order=True, tokenize=bleu_tokenizer(kept))
     scores = [
         bleu.sentence_score(hypothesis, kept[:i] + kept[i + 1 :]).score for i, hypothesis in enumerate(kept)
     ]
@@ -297,9 +314,35 @@ def _yield(curated: int, generated: int) -> float | None:
     return curated / generated if generated else None
 
 
+def requested_shares(spec: GenerationSpec, name: str) -> dict[str, float]:
+    """Share of the requested rows per value of `name` ('label' or an attribute).
+
+    Without `per_cell`: the spec's weights. With `per_cell`: from the cells actually planned
+    (`cells_of`, n accepted rows each) when `name` is one of the cell attributes, else the weights
+    (values outside the cells are still sampled with them)."""
+    if name == "label":
+        values, weights = list(spec.labels), spec.normalized_label_weights()
+    else:
+        attribute = next(a for a in spec.attributes if a.name == name)
+        values, weights = list(attribute.values), attribute.normalized_weights()
+    if spec.per_cell is not None and name in spec.per_cell.attributes:
+        cells = Counter(cell[name] for cell in cells_of(spec))
+        total = sum(cells.values())
+        return {value: cells.get(value, 0) / total for value in values}
+    return dict(zip(values, weights, strict=True))
+
+
+def requested_rows(spec: GenerationSpec) -> int:
+    """Rows the spec asks for: `num_samples`, or n per planned cell with `per_cell`."""
+    return spec.per_cell.n * len(cells_of(spec)) if spec.per_cell is not None else spec.num_samples
+
+
 def label_balance(spec: GenerationSpec, samples: pd.DataFrame, curated: pd.DataFrame) -> pd.DataFrame:
-    """Per label: requested count and share, generated and curated counts, curated share, yield."""
-    requested = allocate_counts(spec.num_samples, spec.normalized_label_weights())
+    """Per label: requested count and share (`requested_shares`), generated and curated counts,
+    curated share, yield."""
+    asked = requested_rows(spec)
+    shares_of = requested_shares(spec, "label")
+    requested = allocate_counts(asked, [shares_of[label] for label in spec.labels])
     generated = Counter(samples["label"])
     realized = Counter(curated["label"])
     total = max(len(curated), 1)
@@ -309,7 +352,7 @@ def label_balance(spec: GenerationSpec, samples: pd.DataFrame, curated: pd.DataF
         {
             "label": label,
             "requested": wanted.get(label, 0),
-            "requested_share": wanted.get(label, 0) / spec.num_samples,
+            "requested_share": wanted.get(label, 0) / asked,
             "generated": generated.get(label, 0),
             "curated": realized.get(label, 0),
             "curated_share": realized.get(label, 0) / total,
@@ -323,12 +366,12 @@ def label_balance(spec: GenerationSpec, samples: pd.DataFrame, curated: pd.DataF
 def attribute_balance(
     spec: GenerationSpec, prompts: pd.DataFrame, samples: pd.DataFrame, curated: pd.DataFrame
 ) -> dict[str, pd.DataFrame]:
-    """Per attribute, per value: requested share (spec weights), share among prompts, generated and
+    """Per attribute, per value: requested share (`requested_shares`), share among prompts, generated and
     curated counts, curated share and yield, so a user sees which conditions the model fails at."""
     attributes = prompt_attributes(prompts)
     tables: dict[str, pd.DataFrame] = {}
     for attribute in spec.attributes:
-        requested = dict(zip(attribute.values, attribute.normalized_weights(), strict=True))
+        requested = requested_shares(spec, attribute.name)
         prompted = shares(attribute_column(prompts, attributes, attribute.name), attribute.values)
         generated = Counter(attribute_column(samples, attributes, attribute.name))
         realized = Counter(attribute_column(curated, attributes, attribute.name))

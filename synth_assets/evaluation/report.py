@@ -255,14 +255,15 @@ def _seed_cv(
     folds may train on it (`seed_cv.py`)."""
     if spec.self_instruct is not None:
         # self-instruct draws each prompt's demos at generation time (from seed rows and earlier
-        # samples) and does not record them in demo_ids: no lineage, so no leakage-free estimate
+        # samples, recorded in the sample's steps, not in expanded_prompts.demo_ids); a machine demo
+        # carries the seed rows it was made from, so no fold is free of them
         return SeedCVResult(
             None,
             0,
             len(train),
             len(curated),
-            note="self_instruct draws its demos at generation time without recording which seed rows "
-            "a prompt showed, so the leakage filter cannot work",
+            note="self_instruct shows machine samples as demos, and those were made from seed rows "
+            "themselves, so the leakage filter cannot tell which seed rows a curated row depends on",
         )
     return seed_cross_validation(
         train["seed_id"].astype(str).tolist(),

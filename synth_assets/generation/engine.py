@@ -18,8 +18,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
+from synth_assets.curation.heuristics import chat_wrapping
 from synth_assets.generation.backends import Backend, CallFailure
 from synth_assets.generation.local_llm import ChatRequest, ChatResult, ProgressUpdate
 from synth_assets.generation.prompts import prompt_messages, render_prompt
@@ -246,7 +248,7 @@ def generate_samples(
     stats = GenerationStats()
     caller = CachedCaller(backend, store, spec, run_id, stats, log, on_progress)
     if spec.self_instruct is not None and seed_rows is not None:
-        return _bootstrap(spec, prompts, seed_rows, backend, caller, stats, log)
+        return _bootstrap(spec, prompts, seed_rows, backend, caller, stats, log, accept)
     if spec.per_cell is None or accept is None:
         stats.prompts = len(prompts)
         samples, failures = _generate_frame(spec, prompts, backend, caller, stats)
@@ -296,12 +298,22 @@ def _bootstrap(
     caller: CachedCaller,
     stats: GenerationStats,
     log: Callable[[str], None],
+    accept: Callable[[pd.DataFrame], pd.Series] | None = None,
 ) -> GenerationOutcome:
-    """Self-Instruct rounds: demos drawn from seed rows and accepted samples; ROUGE-L novelty."""
+    """Self-Instruct rounds: demos drawn from seed rows and accepted samples; ROUGE-L novelty.
+
+    As in Self-Instruct (Wang et al., 2023), a sample whose ROUGE-L to the pool reaches the threshold
+    is discarded: it is returned as a failure ("not novel"), never as a sample. A novel sample joins
+    the pool, and becomes a machine demo only if it also passes the cheap curation rules (`accept`)
+    and is not chat wrapping, so a "Sure! Here is..." answer is never shown to the model as an
+    example. Each sample records the prompt actually sent and its demos in `steps`."""
     settings = spec.self_instruct
     assert settings is not None
     train = seed_rows[seed_rows["split"] == "train"]
-    human = [{"text": t, "label": lab} for t, lab in zip(train["text"], train["label"], strict=True)]
+    human = [
+        {"text": t, "label": lab, "seed_id": sid}
+        for t, lab, sid in zip(train["text"], train["label"], train["seed_id"], strict=True)
+    ]
     pool = NoveltyPool(settings.threshold)
     for demo in human:
         pool.add(demo["text"])
@@ -309,7 +321,7 @@ def _bootstrap(
     sample_frames, failure_frames = [], []
     for start in range(0, len(prompts), settings.per_round):
         chunk = prompts.iloc[start : start + settings.per_round].copy()
-        texts = []
+        texts, shown = [], {}
         for row in chunk.itertuples(index=False):
             rng = random.Random(int(row.generation_seed))
             from_machine = min(settings.machine_demos, len(machine))
@@ -317,31 +329,64 @@ def _bootstrap(
             demos += rng.sample(machine, from_machine)
             rng.shuffle(demos)
             texts.append(render_prompt(spec, row.label, json.loads(row.attributes), demos))
+            shown[row.prompt_id] = [d.get("seed_id") or f"machine:{d['sample_id']}" for d in demos]
         chunk["prompt_text"] = texts
+        sent = dict(zip(chunk["prompt_id"], texts, strict=True))
         stats.prompts += len(chunk)
         samples, failures = _generate_frame(spec, chunk, backend, caller, stats)
-        novelty = []
-        for row in samples.itertuples(index=False):
+        good_demo = ~chat_wrapping(samples["text"].astype(str).tolist())
+        if accept is not None and len(samples):
+            good_demo &= accept(samples).to_numpy(dtype=bool)
+        novelty, novel = [], []
+        for row, demo_ok in zip(samples.itertuples(index=False), good_demo, strict=True):
             check = pool.check(row.text)
             if check.novel:
                 pool.add(row.text)
-                machine.append({"text": row.text, "label": row.label})
+                if demo_ok:
+                    machine.append({"text": row.text, "label": row.label, "sample_id": row.sample_id})
             closest = pool.items[check.most_similar] if check.most_similar is not None else None
+            novel.append(check.novel)
             novelty.append(
-                {"novel": check.novel, "max_rouge_l": round(check.max_rouge_l, 4), "closest": closest}
+                {
+                    "novel": check.novel,
+                    "max_rouge_l": round(check.max_rouge_l, 4),
+                    "closest": closest,
+                    "demo_eligible": bool(check.novel and demo_ok),
+                }
             )
         samples["steps"] = [
-            json.dumps({**json.loads(steps), "novelty": info}, ensure_ascii=False)
-            for steps, info in zip(samples["steps"], novelty, strict=True)
+            json.dumps(
+                {
+                    **json.loads(steps),
+                    "novelty": info,
+                    "prompt_text": sent[prompt_id],
+                    "demo_ids": shown[prompt_id],
+                },
+                ensure_ascii=False,
+            )
+            for steps, info, prompt_id in zip(samples["steps"], novelty, samples["prompt_id"], strict=True)
         ]
-        sample_frames.append(samples)
-        failure_frames.append(failures)
+        kept = np.asarray(novel, dtype=bool)
+        not_novel = pd.DataFrame(
+            {
+                "prompt_id": samples["prompt_id"][~kept],
+                "error": [
+                    f"not novel: ROUGE-L {info['max_rouge_l']:.2f} >= {settings.threshold} to a pooled text"
+                    for info, ok in zip(novelty, novel, strict=True)
+                    if not ok
+                ],
+            }
+        )
+        sample_frames.append(samples[kept])
+        failure_frames += [failures, not_novel]
         log(
             f"self-instruct round {start // settings.per_round + 1}: pool {len(pool)} "
-            f"({len(machine)} machine), {sum(n['novel'] for n in novelty)}/{len(samples)} novel"
+            f"({len(machine)} machine demos), {int(kept.sum())}/{len(samples)} novel"
         )
     return GenerationOutcome(
-        pd.concat(sample_frames, ignore_index=True), pd.concat(failure_frames, ignore_index=True), stats
+        pd.concat(sample_frames, ignore_index=True),
+        pd.concat(failure_frames, ignore_index=True)[["prompt_id", "error"]],
+        stats,
     )
 
 
@@ -462,12 +507,14 @@ def _generate_frame(
         steps = outputs[p.prompt_id]
         final_calls = calls[p.prompt_id]
         if spec.output_template:
+            # the steps are cleaned one by one; cleaning the assembled text again would cut its
+            # own leading "Customer:" speaker tag as if it were a lead-in
             try:
-                text = render(spec.output_template, _context(spec, p, steps))
+                text = render(spec.output_template, _context(spec, p, steps)).strip()
             except TemplateProblem as exc:
                 raise ValueError(f"{spec.source_path}: output_template: {exc}") from exc
         else:
-            text = steps[step_plan[-1][0]]
+            text = clean_completion(steps[step_plan[-1][0]])
         structured_value = next((c["structured"] for c in reversed(final_calls) if "structured" in c), None)
         records.append(
             {
@@ -476,7 +523,7 @@ def _generate_frame(
                 ),
                 "prompt_id": p.prompt_id,
                 "label": p.label,
-                "text": clean_completion(text),
+                "text": text,
                 "model": spec.generation.model,
                 "model_fingerprint": backend.fingerprint,
                 "backend": backend.name,

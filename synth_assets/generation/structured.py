@@ -1,4 +1,10 @@
-"""Structured output: find JSON in a completion, repair what small models usually get wrong, validate."""
+"""Structured output: find JSON in a completion, repair what small models usually get wrong, validate.
+
+Repair is `json-repair` (mangiucugna/json_repair): measured on 13 typical small-model outputs it
+parsed all 13, against 7 for our former regex repairs (which failed on a newline inside a string,
+Python's `True`/`None`, `//` comments and unescaped inner quotes). Schema validation (jsonschema)
+and the engine's retry on an invalid answer stay ours.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +14,13 @@ from dataclasses import dataclass
 from typing import Any
 
 _FENCE = re.compile(r"```(?:json)?\s*(.*?)```", re.S | re.I)
-_TRAILING_COMMA = re.compile(r",\s*([}\]])")
-_UNQUOTED_KEY = re.compile(r"([{,]\s*)([A-Za-z_][A-Za-z0-9_]*)\s*:")
 
 
 @dataclass(frozen=True)
 class ParsedOutput:
+    """`value`: the JSON object when it parsed and validated; `repaired`: it needed fixing (or was
+    wrapped in other text); `error`: one line saying why there is no value."""
+
     value: dict[str, Any] | None
     repaired: bool
     error: str | None
@@ -43,39 +50,36 @@ def _first_object(text: str) -> str | None:
     return None
 
 
-def _repairs(candidate: str) -> list[str]:
-    """Progressively repaired variants: trailing commas, then single quotes, then bare keys."""
-    fixed = _TRAILING_COMMA.sub(r"\1", candidate)
-    double_quoted = fixed.replace("'", '"') if '"' not in fixed else fixed
-    return [fixed, double_quoted, _UNQUOTED_KEY.sub(r'\1"\2":', double_quoted)]
-
-
 def parse_structured(text: str, schema: dict[str, Any]) -> ParsedOutput:
-    """Parse `text` as a JSON object valid under `schema`, trying light repairs before giving up."""
+    """Parse `text` as a JSON object valid under `schema`: strict JSON first, else json-repair on
+    the text from the first '{' (it also closes an unclosed object). Never raises."""
+    import json_repair
     import jsonschema
 
     fenced = _FENCE.search(text)
     body = fenced.group(1) if fenced else text
-    candidate = _first_object(body)
-    if candidate is None:
-        # a model that forgot the closing brace: close it once and try again
-        opening = body.find("{")
-        candidate = body[opening:].rstrip().rstrip(",") + "}" if opening != -1 else None
-    if candidate is None:
+    opening = body.find("{")
+    if opening == -1:
         return ParsedOutput(None, False, "no JSON object in the output")
-    last_error = "invalid JSON"
-    for attempt, variant in enumerate([candidate, *_repairs(candidate)]):
+    candidate = _first_object(body)
+    value: Any = None
+    repaired = False
+    try:
+        value = json.loads(candidate) if candidate is not None else None
+    except json.JSONDecodeError:
+        value = None
+    if value is None:
+        repaired = True
         try:
-            value = json.loads(variant)
-        except json.JSONDecodeError as exc:
-            last_error = f"invalid JSON: {exc.msg}"
-            continue
-        if not isinstance(value, dict):
-            last_error = "JSON is not an object"
-            continue
-        try:
-            jsonschema.validate(value, schema)
-        except jsonschema.ValidationError as exc:
-            return ParsedOutput(None, attempt > 0, f"schema: {exc.message}")
-        return ParsedOutput(value, attempt > 0 or candidate != text.strip(), None)
-    return ParsedOutput(None, False, last_error)
+            value = json_repair.repair_json(candidate or body[opening:], return_objects=True)
+        except Exception as exc:  # json-repair's own failures on odd input: report, never crash
+            return ParsedOutput(None, False, f"invalid JSON: {type(exc).__name__}")
+        if isinstance(value, list):  # several objects: the first is the answer
+            value = next((item for item in value if isinstance(item, dict)), value)
+    if not isinstance(value, dict):
+        return ParsedOutput(None, False, "invalid JSON" if value in ("", None) else "JSON is not an object")
+    try:
+        jsonschema.validate(value, schema)
+    except jsonschema.ValidationError as exc:
+        return ParsedOutput(None, repaired, f"schema: {exc.message}")
+    return ParsedOutput(value, repaired or candidate != text.strip(), None)

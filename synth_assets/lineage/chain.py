@@ -217,6 +217,11 @@ def trace(warehouse: Warehouse, row_id: str, runs: RunDirectory | None = None) -
         prompt["runs"] = list(dict.fromkeys(prompt_rows["run_id"]))
     else:
         prompt = {"prompt_id": prompt_id, "attributes": {}, "demo_ids": [], "runs": []}
+    # self-instruct draws demos at generation time: the sample records the prompt it was sent
+    sent = _json(generations[-1].get("steps"), {}) if generations else {}
+    if isinstance(sent, dict) and sent.get("prompt_text"):
+        prompt["prompt_text"] = sent["prompt_text"]
+        prompt["demo_ids"] = [d for d in sent.get("demo_ids", []) if not str(d).startswith("machine:")]
 
     demos: list[dict[str, Any]] = []
     if prompt["demo_ids"]:

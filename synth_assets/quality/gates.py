@@ -192,7 +192,11 @@ def curation_metrics(
 
 
 def label_balance_frame(curated: pd.DataFrame, spec: GenerationSpec) -> pd.DataFrame:
-    """Requested vs curated share per label, and their absolute difference."""
+    """Requested vs curated share per label (requested from the planned cells with per_cell), and
+    their absolute difference."""
+    from synth_assets.evaluation.metrics import requested_shares
+
+    requested = requested_shares(spec, "label")
     counts = curated["label"].value_counts() if len(curated) else pd.Series(dtype=int)
     total = max(len(curated), 1)
     return pd.DataFrame(
@@ -203,7 +207,7 @@ def label_balance_frame(curated: pd.DataFrame, spec: GenerationSpec) -> pd.DataF
                 "curated_share": round(int(counts.get(label, 0)) / total, 4),
                 "abs_diff": round(abs(int(counts.get(label, 0)) / total - share), 4),
             }
-            for label, share in zip(spec.labels, spec.normalized_label_weights(), strict=True)
+            for label, share in requested.items()
         ]
     )
 
