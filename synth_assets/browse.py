@@ -38,6 +38,7 @@ from typing import Any
 
 import pandas as pd
 
+from synth_assets.columns import COLUMN_DESCRIPTIONS
 from synth_assets.spec import SpecError, load_spec
 from synth_assets.storage import HISTORY_TABLE, Warehouse
 
@@ -47,21 +48,20 @@ DEFAULT_DAGSTER_URL = "http://127.0.0.1:3000"
 # lets long texts keep their line breaks in the table view (Datasette collapses whitespace otherwise)
 CSS = "td.col-text, td.col-prompt_text, td.col-system_prompt { white-space: pre-wrap; min-width: 32em; }\n"
 
+_CURATED, _REJECTED = COLUMN_DESCRIPTIONS["curated_set"], COLUMN_DESCRIPTIONS["rejected_samples"]
+# the columns of `samples`, in order, with the descriptions Datasette shows
 SAMPLE_COLUMNS: dict[str, str] = {
-    "sample_id": "the sample's id (stable across runs for the same prompt and generation)",
+    "sample_id": _CURATED["sample_id"],
     "status": "curated (kept) or rejected",
     "label": "final label (curated: differs from intended_label only when relabeled)",
-    "intended_label": "the label the prompt asked for",
-    "predicted_label": "the seed-trained classifier's label (empty: not checked)",
-    "reasons": "JSON list of every reason code the row failed (rejected rows)",
-    "flags": "JSON list of flags on a kept row: label_doubt, relabeled, pii_scrubbed, ...",
+    "intended_label": _CURATED["intended_label"],
+    "predicted_label": _CURATED["predicted_label"],
+    "reasons": _REJECTED["reasons"] + " (rejected rows)",
+    "flags": _CURATED["flags"] + " (curated rows)",
     "text": "the sample text as stored (PII scrubbed), in full",
-    "label_confidence": "classifier probability of `label`",
-    "relevance": "cosine of the text to the task/condition text",
-    "nearest_similarity": "highest cosine to another sample of the batch",
-    "judge_score": "LLM judge 1-5 (empty: judge off)",
-    "pii_hits": "personal-data spans found (and scrubbed)",
-    "details": "JSON object: reason code -> what was measured (rejected rows)",
+    **{name: _CURATED[name] for name in ("label_confidence", "relevance", "nearest_similarity")},
+    **{name: _CURATED[name] for name in ("judge_score", "pii_hits")},
+    "details": _REJECTED["details"] + " (rejected rows)",
     "prompt_id": "the prompt that produced the sample (link: prompt text, demos)",
     "model_fingerprint": "the model and parameters that wrote it (link)",
     "generated_in_run": "the run whose LLM call wrote the text (link)",
