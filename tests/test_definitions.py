@@ -16,6 +16,7 @@ from synth_assets.columns import COLUMN_DESCRIPTIONS
 from synth_assets.definitions import build_definitions, defs
 from synth_assets.defs.automation import scan_specs, spec_change_sensor
 from synth_assets.defs.common import PREVIEW_CHARS, PREVIEW_ROWS, gate_result, preview, spec_partitions
+from synth_assets.defs.resources import WarehouseResource
 from synth_assets.quality.gates import GateOutcome
 from synth_assets.seed import spec_inputs_digest
 from synth_assets.spec import load_spec
@@ -110,18 +111,27 @@ def test_sensor_adds_partitions_and_skips_unchanged_files(
     assert list(found) == ["tiny_reviews"]
     assert len(problems) == 1 and "broken.yaml" in problems[0]
 
+    resources = {"warehouse": WarehouseResource(database=str(tmp_path / "w.duckdb"))}
     with dg.instance_for_test() as instance:
-        first = spec_change_sensor(dg.build_sensor_context(instance=instance))
-        assert [r.partition_key for r in first.run_requests] == ["tiny_reviews"]
+        first = spec_change_sensor(dg.build_sensor_context(instance=instance, resources=resources))
+        # changed on purpose (issue 12): the first tick records what exists and starts no run
+        assert first.run_requests == []
         assert first.dynamic_partitions_requests[0].partition_keys == ["tiny_reviews"]
         cursor = first.cursor
         spec_path.touch()  # a touched but unchanged file starts nothing
-        second = spec_change_sensor(dg.build_sensor_context(instance=instance, cursor=cursor))
+        second = spec_change_sensor(
+            dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources)
+        )
         assert second.run_requests == []
         spec_path.write_text(spec_path.read_text().replace("random_seed: 7", "random_seed: 9"))
-        third = spec_change_sensor(dg.build_sensor_context(instance=instance, cursor=cursor))
+        third = spec_change_sensor(
+            dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources)
+        )
         assert [r.partition_key for r in third.run_requests] == ["tiny_reviews"]
-        assert json.loads(third.cursor)["tiny_reviews"] != json.loads(cursor)["tiny_reviews"]
+        assert (
+            json.loads(third.cursor)["digests"]["tiny_reviews"]
+            != json.loads(cursor)["digests"]["tiny_reviews"]
+        )
 
 
 def test_previews_are_raw_tables_of_20_rows_scrubbed_and_never_cut_silently() -> None:
