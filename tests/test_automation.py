@@ -11,6 +11,11 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -334,3 +339,62 @@ def test_auto_run_is_not_part_of_the_spec_fingerprint(tmp_path: Path) -> None:
     )
     assert opted.automation.auto_run is False and not auto_runs(opted)
     assert plain.fingerprint() == opted.fingerprint()  # switching automation makes nothing stale
+
+
+def _sensor_ticks(instance: dg.DagsterInstance) -> dict[str, int]:
+    """Ticks the daemon has recorded per sensor name."""
+    return {
+        state.instigator_name: len(instance.get_ticks(state.instigator_origin_id, state.selector_id))
+        for state in instance.all_instigator_state()
+    }
+
+
+@pytest.mark.slow
+def test_starting_the_ui_launches_nothing_for_specs_already_in_the_warehouse(tmp_path: Path) -> None:
+    """`dagster dev` (webserver + daemon, as `make ui` starts it) on a fresh DAGSTER_HOME, with a local
+    spec whose rows the warehouse already holds: two ticks of the spec sensor later, no run exists."""
+    root = Path(__file__).parent.parent
+    spec_path = write_tiny_spec(tmp_path / "specs")
+    database = tmp_path / "w.duckdb"
+    _store_seed_rows(database, spec_path)
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text((root / "dagster.yaml").read_text())
+    env = {
+        **os.environ,
+        "DAGSTER_HOME": str(home),
+        "SYNTH_ASSETS_DB": str(database),
+        "SYNTH_ASSETS_SPECS_DIR": str(spec_path.parent),
+        "PYTHONPATH": str(root),
+    }
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    log = tmp_path / "dagster-dev.log"
+    dagster = Path(sys.executable).parent / "dagster"
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            [str(dagster), "dev", "-w", str(root / "workspace.yaml"), "-h", "127.0.0.1", "-p", str(port)],
+            cwd=root,
+            env=env,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: stopping it stops the daemon and servers
+        )
+    try:
+        deadline = time.monotonic() + 420
+        with dg.DagsterInstance.from_config(str(home)) as instance:
+            while _sensor_ticks(instance).get("spec_change_sensor", 0) < 2:
+                assert process.poll() is None, log.read_text()[-3000:]
+                assert time.monotonic() < deadline, log.read_text()[-3000:]
+                time.sleep(2)
+            assert instance.get_dynamic_partitions(spec_partitions.name) == [SPEC]
+            assert _sensor_ticks(instance).get("synth_automation", 0) >= 1
+            assert instance.get_runs() == []  # nothing queued, nothing launched
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
