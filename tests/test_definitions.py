@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
+import subprocess
+import sys
+import tomllib
 from pathlib import Path
 
 import dagster as dg
@@ -194,3 +198,29 @@ def test_gate_check_metadata_names_the_spec_and_run_it_judged() -> None:
             assert evaluation.metadata["spec"].value == partition
             assert evaluation.metadata["partition"].value == partition
             assert evaluation.metadata["run_id"].value == result.run_id
+
+
+def _check_defs(command: list[str], tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    root = Path(__file__).parent.parent
+    (tmp_path / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    env = {**os.environ, "DAGSTER_HOME": str(tmp_path), "PYTHONPATH": str(root)}
+    return subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_a_dg_project_whose_definitions_load(tmp_path: Path) -> None:
+    """`[tool.dg.project]` in pyproject names the definitions; `dagster definitions validate` without
+    -w loads them from there, and `dg check defs` passes where dagster-dg-cli is installed."""
+    root = Path(__file__).parent.parent
+    pyproject = tomllib.loads((root / "pyproject.toml").read_text())
+    project = pyproject["tool"]["dg"]["project"]
+    assert pyproject["tool"]["dg"]["directory_type"] == "project"
+    assert project["code_location_target_module"] == "synth_assets.definitions"
+    # declared dependencies nothing imports are gone
+    assert not [d for d in pyproject["project"]["dependencies"] if d.startswith("dagster-duckdb")]
+    bin_dir = Path(sys.executable).parent
+    validated = _check_defs([str(bin_dir / "dagster"), "definitions", "validate"], tmp_path)
+    assert validated.returncode == 0, validated.stderr[-2000:]
+    assert "Validation successful for code location synth_assets" in validated.stdout + validated.stderr
+    if (bin_dir / "dg").exists():
+        checked = _check_defs([str(bin_dir / "dg"), "check", "defs"], tmp_path)
+        assert checked.returncode == 0, checked.stdout[-2000:] + checked.stderr[-2000:]
