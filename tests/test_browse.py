@@ -27,6 +27,7 @@ import time
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -279,25 +280,15 @@ class Browser:
     process: subprocess.Popen[str]
 
 
-@pytest.fixture
-def served(store: Warehouse, tmp_path: Path) -> Iterator[Browser]:
-    """`synth-assets browse` in its own process, as a user starts it; stopped with SIGTERM."""
+@contextmanager
+def serve_browser(database: Path, out: Path, spec: str = SPEC) -> Iterator[Browser]:
+    """`synth-assets browse` in its own process, as a user starts it; stopped with SIGTERM, which
+    also stops Datasette."""
     port = _free_port()
+    script = "import sys; from synth_assets.browse import main; sys.exit(main())"
+    arguments = ["--db", str(database), "browse", "--spec", spec, "--port", str(port), "--out", str(out)]
     process = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import sys; from synth_assets.browse import main; sys.exit(main())",
-            "--db",
-            str(store.path),
-            "browse",
-            "--spec",
-            SPEC,
-            "--port",
-            str(port),
-            "--out",
-            str(tmp_path / "b"),
-        ],
+        [sys.executable, "-c", script, *arguments],
         stdout=subprocess.PIPE,
         text=True,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
@@ -323,6 +314,12 @@ def served(store: Warehouse, tmp_path: Path) -> Iterator[Browser]:
     # Datasette went away with it
     with pytest.raises(OSError):
         urllib.request.urlopen(f"{url}/-/versions.json", timeout=2)
+
+
+@pytest.fixture
+def served(store: Warehouse, tmp_path: Path) -> Iterator[Browser]:
+    with serve_browser(store.path, tmp_path / "b") as browser:
+        yield browser
 
 
 def _get(url: str) -> Any:
