@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import pandas as pd
 
 from synth_assets.columns import COLUMN_DESCRIPTIONS
@@ -114,11 +115,16 @@ def spec_name_of(value: str) -> str:
 def resolve_version(store: Warehouse, spec_name: str, version: str | None) -> str:
     """The curated_set run to browse: `version` (a run id or unique prefix), else the published one,
     else the newest. Raises BrowseError naming the known specs or versions when there is none."""
-    runs = store.read_only_query(
-        f'SELECT run_id, max(materialized_at) AS written FROM "{HISTORY_TABLE["curated_set"]}" '
-        "WHERE spec_name = ? GROUP BY run_id ORDER BY written DESC",
-        [spec_name],
-    )
+    try:
+        runs = store.read_only_query(
+            f'SELECT run_id, max(materialized_at) AS written FROM "{HISTORY_TABLE["curated_set"]}" '
+            "WHERE spec_name = ? GROUP BY run_id ORDER BY written DESC",
+            [spec_name],
+        )
+    except duckdb.CatalogException as exc:  # a DuckDB file no stage has written to yet
+        raise BrowseError(
+            f"{store.path}: no curated_set table yet: run `synth-assets run --spec PATH` first"
+        ) from exc
     if runs.empty:
         known = store.read_only_query(
             f'SELECT DISTINCT spec_name FROM "{HISTORY_TABLE["curated_set"]}" ORDER BY spec_name'

@@ -396,3 +396,15 @@ def test_in_chromium_facets_raw_text_and_a_lineage_link(served: Browser, tmp_pat
         body = page.inner_text("body")
         assert "Great headphones, crisp sound." in body and "SmolLM2-135M-Instruct" in body
         context.close()
+
+
+def test_a_duckdb_file_without_curated_rows_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import duckdb
+
+    empty = tmp_path / "empty.duckdb"
+    duckdb.connect(str(empty)).close()  # a DuckDB file no stage has written to
+    assert main(["--db", str(empty), "browse", "--spec", SPEC, "--export-only"]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "no curated_set table yet" in error

@@ -105,7 +105,7 @@ def _judged() -> dict[str, Any]:
     in an asset's or a check's history; empty outside a run."""
     try:
         context = dg.AssetExecutionContext.get()
-    except Exception:  # no step running (a direct call in a test)
+    except dg.DagsterInvariantViolationError:  # no step running (a direct call in a test)
         return {}
     judged: dict[str, Any] = {"run_id": context.run.run_id}
     if context.has_partition_key:
@@ -146,7 +146,7 @@ def gate_result(outcome: GateOutcome) -> dg.AssetCheckResult:
     }
     if failures:
         metadata["failing_examples"] = dg.MetadataValue.json(
-            {f.describe(): [str(e)[:120] for e in f.examples[:3]] for f in failures}
+            {f.describe(): [_cell(str(e), 300) for e in f.examples[:3]] for f in failures}
         )
     return dg.AssetCheckResult(
         check_name=GATE_CHECK,
