@@ -43,8 +43,10 @@ test: $(SERVER_STAMP)
 	@scripts/ensure_chromium.sh
 	$(BIN)/python -m pytest -q
 
+# `dg dev` (dagster-dg-cli) when installed, else `dagster dev` on the same workspace: both load
+# synth_assets.definitions:defs as location synth_assets
 ui: $(STAMP)
-	$(BIN)/dagster dev -w workspace.yaml
+	@if [ -x $(BIN)/dg ]; then $(BIN)/dg dev; else $(BIN)/dagster dev -w workspace.yaml; fi
 
 lint: $(STAMP)
 	$(BIN)/ruff check synth_assets tests benchmarks

@@ -11,6 +11,7 @@ from typing import Any
 
 import pandas as pd
 
+from synth_assets.browse import add_browse_parser
 from synth_assets.paths import ensure_dagster_home
 from synth_assets.run_summary import promoted_stages, summary_lines
 from synth_assets.runtime import choose_threads, prepare_process, request_threads
@@ -124,7 +125,7 @@ def command_run(args: argparse.Namespace) -> int:
     if not report.empty:
         print(f"report: {report['report_path'].iloc[0]}")
     print(f"Dagster run {run_id} in DAGSTER_HOME={instance.root_directory}")
-    print("UI: make ui  (dagster dev -w workspace.yaml), then open http://127.0.0.1:3000")
+    print("UI: make ui, then open http://127.0.0.1:3000; samples: synth-assets browse --spec NAME")
     if stopped:
         kept = store.read_only_query("SELECT count(*) AS n FROM llm_cache WHERE run_id = ?", [run_id])
         print(
@@ -397,6 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--good", action="store_true", help="the last report that passed its usefulness gate instead"
     )
     report.set_defaults(handler=command_report)
+    add_browse_parser(commands)
     return parser
 
 

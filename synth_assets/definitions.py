@@ -18,15 +18,18 @@ from synth_assets.defs.automation import (
     synth_automation,
     synth_refresh_job,
 )
-from synth_assets.defs.common import column_schema
+from synth_assets.defs.common import column_schema, table_name
 from synth_assets.defs.resources import LocalModelResource, SpecCatalog, WarehouseResource
 from synth_assets.defs.seed_data import spec_inputs
+from synth_assets.storage import default_database_path
 
 
-def _wire_stage(asset: dg.AssetsDefinition) -> dg.AssetsDefinition:
+def _wire_stage(asset: dg.AssetsDefinition, database: str = "") -> dg.AssetsDefinition:
     """Every stage reads the spec, so every stage depends on `spec_inputs` (that is what makes all
     five go stale when a spec changes: Dagster 1.13 does not propagate staleness past a direct
-    dependency); the stages after `seed_data` also follow upstream updates declaratively."""
+    dependency); the stages after `seed_data` also follow upstream updates declaratively. The
+    stage's table, fully qualified in the DuckDB file `database` (default: `SYNTH_ASSETS_DB`), is
+    its `dagster/table_name`."""
     name = asset.key.to_user_string()
     automated = name in DOWNSTREAM_STAGES
 
@@ -36,13 +39,11 @@ def _wire_stage(asset: dg.AssetsDefinition) -> dg.AssetsDefinition:
         schema = (
             {} if "dagster/column_schema" in spec.metadata else {"dagster/column_schema": column_schema(name)}
         )
+        schema["dagster/table_name"] = table_name(name, database or default_database_path())
         wired = spec.merge_attributes(deps=deps, metadata=schema)
         return wired.replace_attributes(automation_condition=downstream_condition()) if automated else wired
 
     return asset.map_asset_specs(wire)
-
-
-wired_stage_assets = [_wire_stage(asset) for asset in stage_assets]
 
 
 @dg.sensor(minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.RUNNING)
@@ -60,7 +61,7 @@ def build_definitions(database: str = "", specs_dir: str = "", model_cache_dir: 
     """Definitions with resources pointed at a DuckDB file, a specs folder and a model cache
     (empty strings: the defaults, `SYNTH_ASSETS_DB` and friends)."""
     return dg.Definitions(
-        assets=[spec_inputs, *wired_stage_assets],
+        assets=[spec_inputs, *(_wire_stage(asset, database) for asset in stage_assets)],
         jobs=[synth_refresh_job],
         schedules=[daily_refresh],
         sensors=[spec_change_sensor, synth_automation, dead_run_reaper],

@@ -537,6 +537,16 @@ class EvaluationSpec(_Strict):
         return value
 
 
+class AutomationSpec(_Strict):
+    """What may start runs of this spec without a person asking (spec sensor, daily schedule)."""
+
+    auto_run: bool | None = Field(
+        default=None,
+        description="run on spec/seed changes and on the daily schedule without a click; default: yes for "
+        "the local backend, no for any other (a hosted API spends money)",
+    )
+
+
 class GenerationSpec(_Strict):
     """A whole synthetic-data job: seed, task, conditions, template, model, curation, gates."""
 
@@ -568,6 +578,8 @@ class GenerationSpec(_Strict):
     curation: CurationSpec = Field(default_factory=CurationSpec)
     gates: GateSpec = Field(default_factory=GateSpec)
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
+    # excluded from dumps: when runs start changes nothing they produce (not part of fingerprint())
+    automation: AutomationSpec = Field(default_factory=AutomationSpec, exclude=True)
     source_path: Path | None = Field(default=None, exclude=True)
 
     @field_validator("name")

@@ -11,8 +11,15 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import dagster as dg
@@ -21,10 +28,19 @@ from conftest import write_tiny_spec
 from dagster._utils.test.data_versions import get_stale_status_resolver
 
 from synth_assets.definitions import _wire_stage
-from synth_assets.defs.automation import DOWNSTREAM_STAGES, spec_change_sensor
+from synth_assets.defs.automation import (
+    DOWNSTREAM_STAGES,
+    auto_runs,
+    daily_refresh,
+    scan_specs,
+    spec_change_sensor,
+)
 from synth_assets.defs.common import spec_partitions
-from synth_assets.defs.resources import SpecCatalog
+from synth_assets.defs.resources import SPEC_PATH_TAG, SpecCatalog, WarehouseResource
 from synth_assets.defs.seed_data import spec_inputs
+from synth_assets.seed import load_seed_data, spec_inputs_digest
+from synth_assets.spec import load_spec
+from synth_assets.storage import Warehouse
 
 SPEC = "tiny_reviews"
 STAGES = ["seed_data", *DOWNSTREAM_STAGES]
@@ -152,12 +168,233 @@ def test_sensor_records_the_new_digest_for_known_specs(
     spec_path = write_tiny_spec(tmp_path / "specs")
     monkeypatch.setenv("SYNTH_ASSETS_SPECS_DIR", str(spec_path.parent))
     with dg.instance_for_test() as instance:
-        first = spec_change_sensor(dg.build_sensor_context(instance=instance))
+        sensor = SpecSensor(instance, tmp_path / "w.duckdb")
+        first = sensor.tick()
         assert first.asset_events == []  # a new spec: its partition is added, its run observes it
         instance.add_dynamic_partitions(spec_partitions.name, [SPEC])
         spec_path.write_text(spec_path.read_text().replace("random_seed: 7", "random_seed: 8"))
-        second = spec_change_sensor(dg.build_sensor_context(instance=instance, cursor=first.cursor))
+        second = sensor.tick()
         assert [r.partition_key for r in second.run_requests] == [SPEC]
         [observation] = second.asset_events
         assert observation.asset_key == spec_inputs.key and observation.partition == SPEC
-        assert observation.tags["dagster/data_version"] == json.loads(second.cursor)[SPEC]
+        assert observation.tags["dagster/data_version"] == json.loads(second.cursor)["digests"][SPEC]
+
+
+# --- what starts when (issue 12): opening the UI starts nothing; hosted backends opt in ---------------
+
+NOON = datetime(2026, 11, 30, 12, tzinfo=UTC)
+HOSTED = {"generation:\n": "generation:\n  backend: openai\n  base_url: http://127.0.0.1:9/v1\n"}
+
+
+@dataclass
+class SpecSensor:
+    """`spec_change_sensor` evaluated tick after tick on a real instance, cursor carried over."""
+
+    instance: dg.DagsterInstance
+    database: Path
+    cursor: str | None = None
+
+    def tick(self) -> dg.SensorResult:
+        resources = {"warehouse": WarehouseResource(database=str(self.database))}
+        context = dg.build_sensor_context(instance=self.instance, cursor=self.cursor, resources=resources)
+        result = spec_change_sensor(context)
+        self.cursor = result.cursor
+        if result.dynamic_partitions_requests:  # what the daemon does with the request
+            self.instance.add_dynamic_partitions(
+                spec_partitions.name, list(result.dynamic_partitions_requests[0].partition_keys)
+            )
+        return result
+
+    def requested(self) -> list[str]:
+        return [r.partition_key for r in self.tick().run_requests]
+
+
+def _edit(path: Path, old: str, new: str) -> None:
+    path.write_text(path.read_text().replace(old, new))
+
+
+def _store_seed_rows(database: Path, spec_path: Path) -> None:
+    """The spec's seed_data in the warehouse, as a run from another Dagster instance left it."""
+    spec = load_spec(spec_path)
+    Warehouse(database).write_version(
+        "seed_data", spec.name, "earlier-run", load_seed_data(spec), promote=True
+    )
+
+
+@pytest.fixture
+def specs_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    folder = tmp_path / "specs"
+    folder.mkdir()
+    monkeypatch.setenv("SYNTH_ASSETS_SPECS_DIR", str(folder))
+    return folder
+
+
+def test_first_tick_only_records_and_later_changes_run(specs_dir: Path, tmp_path: Path) -> None:
+    spec_path = write_tiny_spec(specs_dir)
+    with dg.instance_for_test() as instance:
+        sensor = SpecSensor(instance, tmp_path / "w.duckdb")
+        first = sensor.tick()
+        assert first.run_requests == []  # opening the UI on a fresh instance starts nothing
+        assert instance.get_dynamic_partitions(spec_partitions.name) == [SPEC]
+        assert sensor.requested() == []
+        _edit(spec_path, "random_seed: 7", "random_seed: 8")
+        assert sensor.requested() == [SPEC]
+
+
+def test_a_spec_the_warehouse_holds_is_not_rerun_on_a_fresh_instance(specs_dir: Path, tmp_path: Path) -> None:
+    database = tmp_path / "w.duckdb"
+    with dg.instance_for_test() as instance:
+        sensor = SpecSensor(instance, database)
+        assert sensor.tick().run_requests == []  # first tick, empty folder
+        spec_path = write_tiny_spec(specs_dir)
+        _store_seed_rows(database, spec_path)
+        assert sensor.requested() == []  # the warehouse says it is materialized: nothing to spend
+        _edit(spec_path, "random_seed: 7", "random_seed: 8")
+        assert sensor.requested() == [SPEC]  # its next change runs
+
+
+def test_a_spec_new_to_the_warehouse_runs_when_added_later(specs_dir: Path, tmp_path: Path) -> None:
+    with dg.instance_for_test() as instance:
+        sensor = SpecSensor(instance, tmp_path / "w.duckdb")
+        assert sensor.tick().run_requests == []
+        write_tiny_spec(specs_dir)
+        assert sensor.requested() == [SPEC]
+
+
+def test_reverting_a_spec_reruns_it(specs_dir: Path, tmp_path: Path) -> None:
+    spec_path = write_tiny_spec(specs_dir)
+    with dg.instance_for_test() as instance:
+        sensor = SpecSensor(instance, tmp_path / "w.duckdb")
+        sensor.tick()  # content A recorded
+        keys = []
+        for old, new in [("random_seed: 7", "random_seed: 8"), ("random_seed: 8", "random_seed: 7")] * 2:
+            _edit(spec_path, old, new)  # A -> B -> A -> B -> A
+            [request] = sensor.tick().run_requests
+            keys.append(request.run_key)
+        # Dagster skips a run request whose run key it has seen: every change needs a new one
+        assert len(set(keys)) == 4
+        # ...also after the sensor is reset (a fresh cursor)
+        fresh = SpecSensor(instance, tmp_path / "w.duckdb")
+        time.sleep(1.1)
+        fresh.tick()
+        _edit(spec_path, "random_seed: 7", "random_seed: 8")
+        [request] = fresh.tick().run_requests
+        assert request.run_key not in keys
+
+
+def test_an_older_flat_cursor_is_read(specs_dir: Path, tmp_path: Path) -> None:
+    spec_path = write_tiny_spec(specs_dir)
+    digest = spec_inputs_digest(load_spec(spec_path))
+    with dg.instance_for_test() as instance:
+        sensor = SpecSensor(instance, tmp_path / "w.duckdb", cursor=json.dumps({SPEC: digest}))
+        assert sensor.requested() == []
+        _edit(spec_path, "random_seed: 7", "random_seed: 8")
+        assert sensor.requested() == [SPEC]
+
+
+def test_two_spec_files_with_the_same_name_are_an_error(specs_dir: Path, tmp_path: Path) -> None:
+    spec_path = write_tiny_spec(specs_dir)
+    (specs_dir / "copy.yaml").write_text(spec_path.read_text())
+    found, problems = scan_specs(specs_dir)
+    assert found == {}
+    [problem] = problems
+    assert "\n" not in problem
+    assert str(specs_dir / "copy.yaml") in problem and str(spec_path) in problem
+    assert f"name: '{SPEC}' is declared by 2 spec files" in problem
+    with dg.instance_for_test() as instance:
+        sensor = SpecSensor(instance, tmp_path / "w.duckdb")
+        sensor.tick()
+        _edit(spec_path, "random_seed: 7", "random_seed: 8")
+        assert sensor.requested() == []  # neither is run
+        (specs_dir / "copy.yaml").unlink()
+        assert sensor.requested() == [SPEC]  # once the name is unique, its change runs
+
+
+def test_hosted_backend_runs_automatically_only_when_the_spec_opts_in(
+    specs_dir: Path, tmp_path: Path
+) -> None:
+    spec_path = write_tiny_spec(specs_dir, replacements=HOSTED)
+    spec = load_spec(spec_path)
+    assert not auto_runs(spec) and auto_runs(load_spec(write_tiny_spec(tmp_path / "local")))
+    with dg.instance_for_test() as instance:
+        sensor = SpecSensor(instance, tmp_path / "w.duckdb")
+        sensor.tick()
+        _edit(spec_path, "random_seed: 7", "random_seed: 8")
+        assert sensor.requested() == []  # changed, but a hosted API spends money: no run by itself
+        scheduled = daily_refresh(dg.build_schedule_context(instance=instance, scheduled_execution_time=NOON))
+        assert scheduled == []
+        _edit(spec_path, "random_seed: 8", "random_seed: 9\nautomation:\n  auto_run: true")
+        assert load_spec(spec_path).fingerprint() != spec.fingerprint()  # (random_seed changed)
+        assert sensor.requested() == [SPEC]
+        [request] = daily_refresh(dg.build_schedule_context(instance=instance, scheduled_execution_time=NOON))
+        assert request.partition_key == SPEC and request.tags[SPEC_PATH_TAG] == str(spec_path)
+
+
+def test_auto_run_is_not_part_of_the_spec_fingerprint(tmp_path: Path) -> None:
+    plain = load_spec(write_tiny_spec(tmp_path / "a"))
+    opted = load_spec(
+        write_tiny_spec(
+            tmp_path / "b", replacements={"random_seed: 7": "random_seed: 7\nautomation:\n  auto_run: false"}
+        )
+    )
+    assert opted.automation.auto_run is False and not auto_runs(opted)
+    assert plain.fingerprint() == opted.fingerprint()  # switching automation makes nothing stale
+
+
+def _sensor_ticks(instance: dg.DagsterInstance) -> dict[str, int]:
+    """Ticks the daemon has recorded per sensor name."""
+    return {
+        state.instigator_name: len(instance.get_ticks(state.instigator_origin_id, state.selector_id))
+        for state in instance.all_instigator_state()
+    }
+
+
+@pytest.mark.slow
+def test_starting_the_ui_launches_nothing_for_specs_already_in_the_warehouse(tmp_path: Path) -> None:
+    """`dagster dev` (webserver + daemon, as `make ui` starts it) on a fresh DAGSTER_HOME, with a local
+    spec whose rows the warehouse already holds: two ticks of the spec sensor later, no run exists."""
+    root = Path(__file__).parent.parent
+    spec_path = write_tiny_spec(tmp_path / "specs")
+    database = tmp_path / "w.duckdb"
+    _store_seed_rows(database, spec_path)
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text((root / "dagster.yaml").read_text())
+    env = {
+        **os.environ,
+        "DAGSTER_HOME": str(home),
+        "SYNTH_ASSETS_DB": str(database),
+        "SYNTH_ASSETS_SPECS_DIR": str(spec_path.parent),
+        "PYTHONPATH": str(root),
+    }
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    log = tmp_path / "dagster-dev.log"
+    dagster = Path(sys.executable).parent / "dagster"
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            [str(dagster), "dev", "-w", str(root / "workspace.yaml"), "-h", "127.0.0.1", "-p", str(port)],
+            cwd=root,
+            env=env,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: stopping it stops the daemon and servers
+        )
+    try:
+        deadline = time.monotonic() + 420
+        with dg.DagsterInstance.from_config(str(home)) as instance:
+            while _sensor_ticks(instance).get("spec_change_sensor", 0) < 2:
+                assert process.poll() is None, log.read_text()[-3000:]
+                assert time.monotonic() < deadline, log.read_text()[-3000:]
+                time.sleep(2)
+            assert instance.get_dynamic_partitions(spec_partitions.name) == [SPEC]
+            assert _sensor_ticks(instance).get("synth_automation", 0) >= 1
+            assert instance.get_runs() == []  # nothing queued, nothing launched
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)

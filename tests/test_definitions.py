@@ -5,16 +5,26 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
+import subprocess
+import sys
+import tomllib
 from pathlib import Path
 
 import dagster as dg
+import pandas as pd
 import pytest
 from conftest import write_tiny_spec
 
+from synth_assets.columns import COLUMN_DESCRIPTIONS
 from synth_assets.definitions import build_definitions, defs
 from synth_assets.defs.automation import scan_specs, spec_change_sensor
+from synth_assets.defs.common import PREVIEW_CHARS, PREVIEW_ROWS, gate_result, preview, spec_partitions
+from synth_assets.defs.resources import WarehouseResource
+from synth_assets.quality.gates import GateOutcome
 from synth_assets.seed import spec_inputs_digest
 from synth_assets.spec import load_spec
+from synth_assets.storage import STAGE_COLUMNS
 
 STAGES = ["seed_data", "expanded_prompts", "generated_samples", "curated_set", "evaluation_report"]
 
@@ -105,15 +115,112 @@ def test_sensor_adds_partitions_and_skips_unchanged_files(
     assert list(found) == ["tiny_reviews"]
     assert len(problems) == 1 and "broken.yaml" in problems[0]
 
+    resources = {"warehouse": WarehouseResource(database=str(tmp_path / "w.duckdb"))}
     with dg.instance_for_test() as instance:
-        first = spec_change_sensor(dg.build_sensor_context(instance=instance))
-        assert [r.partition_key for r in first.run_requests] == ["tiny_reviews"]
+        first = spec_change_sensor(dg.build_sensor_context(instance=instance, resources=resources))
+        # changed on purpose (issue 12): the first tick records what exists and starts no run
+        assert first.run_requests == []
         assert first.dynamic_partitions_requests[0].partition_keys == ["tiny_reviews"]
         cursor = first.cursor
         spec_path.touch()  # a touched but unchanged file starts nothing
-        second = spec_change_sensor(dg.build_sensor_context(instance=instance, cursor=cursor))
+        second = spec_change_sensor(
+            dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources)
+        )
         assert second.run_requests == []
         spec_path.write_text(spec_path.read_text().replace("random_seed: 7", "random_seed: 9"))
-        third = spec_change_sensor(dg.build_sensor_context(instance=instance, cursor=cursor))
+        third = spec_change_sensor(
+            dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources)
+        )
         assert [r.partition_key for r in third.run_requests] == ["tiny_reviews"]
-        assert json.loads(third.cursor)["tiny_reviews"] != json.loads(cursor)["tiny_reviews"]
+        assert (
+            json.loads(third.cursor)["digests"]["tiny_reviews"]
+            != json.loads(cursor)["digests"]["tiny_reviews"]
+        )
+
+
+def test_previews_are_raw_tables_of_20_rows_scrubbed_and_never_cut_silently() -> None:
+    long_text = "x" * 2500
+    frame = pd.DataFrame(
+        {
+            "sample_id": [f"s{i}" for i in range(30)],
+            "score": [0.5] * 30,
+            "text": ["**kept raw** mail me at jane.doe@example.com\nsecond line", long_text]
+            + [f"sample {i}" for i in range(28)],
+        }
+    )
+    value = preview(frame, ["sample_id", "score", "text"])
+    assert isinstance(value, dg.TableMetadataValue)  # shown as a table, never rendered as Markdown
+    assert [c.type for c in value.schema.columns] == ["string", "float", "string"]
+    records = [r.data for r in value.records]
+    assert len(records) == PREVIEW_ROWS + 1 and PREVIEW_ROWS > 5
+    assert records[0]["text"] == "**kept raw** mail me at [EMAIL]\nsecond line"  # PII scrubbed
+    cut = records[1]["text"]
+    assert cut == "x" * PREVIEW_CHARS + f"… [{2500 - PREVIEW_CHARS} more chars, 2500 total]"
+    assert (
+        records[-1]["sample_id"]
+        == f"… {30 - PREVIEW_ROWS} more of 30 rows (all of them: synth-assets browse)"
+    )
+    assert records[2]["score"] == 0.5 and isinstance(records[2]["score"], float)
+    small = preview(frame.head(3), ["sample_id", "text"])
+    assert len(small.records) == 3  # no note when everything is shown
+
+
+def test_columns_have_descriptions_and_tables_are_fully_qualified(tmp_path: Path) -> None:
+    assert set(COLUMN_DESCRIPTIONS) == set(STAGE_COLUMNS)
+    for stage, columns in STAGE_COLUMNS.items():
+        assert set(COLUMN_DESCRIPTIONS[stage]) == set(columns), stage
+    graph = build_definitions(database=str(tmp_path / "lake.duckdb")).resolve_asset_graph()
+    for stage in STAGES:
+        node = graph.get(dg.AssetKey(stage))
+        assert node.metadata["dagster/table_name"] == f"lake.main.{stage}"
+        schema = node.metadata["dagster/column_schema"]
+        assert all(column.description for column in schema.columns), stage
+    inputs = graph.get(dg.AssetKey("spec_inputs")).metadata
+    assert {"observes", "data_version", "partition"} <= set(inputs)
+
+
+def test_gate_check_metadata_names_the_spec_and_run_it_judged() -> None:
+    outcome = GateOutcome(suite="generated_samples_gate", rows=3, results=[])
+
+    @dg.asset(
+        name="checked",
+        partitions_def=spec_partitions,
+        check_specs=[dg.AssetCheckSpec("gx_gate", asset="checked", blocking=True)],
+    )
+    def checked() -> dg.MaterializeResult:
+        return dg.MaterializeResult(check_results=[gate_result(outcome)])
+
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions(spec_partitions.name, ["tiny_reviews", "other_spec"])
+        for partition in ["tiny_reviews", "other_spec"]:
+            result = dg.materialize([checked], instance=instance, partition_key=partition)
+            [evaluation] = result.get_asset_check_evaluations()
+            assert evaluation.metadata["spec"].value == partition
+            assert evaluation.metadata["partition"].value == partition
+            assert evaluation.metadata["run_id"].value == result.run_id
+
+
+def _check_defs(command: list[str], tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    root = Path(__file__).parent.parent
+    (tmp_path / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    env = {**os.environ, "DAGSTER_HOME": str(tmp_path), "PYTHONPATH": str(root)}
+    return subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_a_dg_project_whose_definitions_load(tmp_path: Path) -> None:
+    """`[tool.dg.project]` in pyproject names the definitions; `dagster definitions validate` without
+    -w loads them from there, and `dg check defs` passes where dagster-dg-cli is installed."""
+    root = Path(__file__).parent.parent
+    pyproject = tomllib.loads((root / "pyproject.toml").read_text())
+    project = pyproject["tool"]["dg"]["project"]
+    assert pyproject["tool"]["dg"]["directory_type"] == "project"
+    assert project["code_location_target_module"] == "synth_assets.definitions"
+    # declared dependencies nothing imports are gone
+    assert not [d for d in pyproject["project"]["dependencies"] if d.startswith("dagster-duckdb")]
+    bin_dir = Path(sys.executable).parent
+    validated = _check_defs([str(bin_dir / "dagster"), "definitions", "validate"], tmp_path)
+    assert validated.returncode == 0, validated.stderr[-2000:]
+    assert "Validation successful for code location synth_assets" in validated.stdout + validated.stderr
+    if (bin_dir / "dg").exists():
+        checked = _check_defs([str(bin_dir / "dg"), "check", "defs"], tmp_path)
+        assert checked.returncode == 0, checked.stdout[-2000:] + checked.stderr[-2000:]

@@ -3,7 +3,8 @@ tiny spec (real model, through the refresh job), `dagster-webserver` on a free l
 Debian's headless Chromium driven by Playwright, kept off the network by its flags.
 
 Checks that the asset graph shows the five stages (and the observed spec) with their checks passed,
-and that materialization metadata renders (curated_set's row count, evaluation_report's Markdown).
+that materialization metadata renders (curated_set's row count, evaluation_report's Markdown, the
+previews as raw tables), and `synth-assets browse` over the same run (docs/browse-samples.png).
 The graph screenshot goes to the test's temp folder, and to docs/ui-asset-graph.png (the README's
 picture) when that file is missing or SYNTH_ASSETS_UPDATE_SCREENSHOT=1, so a test run does not
 rewrite a committed image every time. Install Chromium with scripts/ensure_chromium.sh.
@@ -53,6 +54,7 @@ SPEC = "tiny_reviews"
 STAGES = ["seed_data", "expanded_prompts", "generated_samples", "curated_set", "evaluation_report"]
 ROOT = Path(__file__).parent.parent
 SCREENSHOT = ROOT / "docs" / "ui-asset-graph.png"
+BROWSE_SCREENSHOT = ROOT / "docs" / "browse-samples.png"
 
 pytestmark = [
     pytest.mark.slow,
@@ -249,3 +251,47 @@ def test_stages_show_unsynced_only_when_the_spec_changed(ui: Ui, page: Page) -> 
     for stage in STAGES:
         page.goto(f"{ui.url}/assets/{stage}?view=partitions&partition={SPEC}")
         page.get_by_text("Unsynced").first.wait_for(state="visible")
+
+
+def test_previews_are_raw_tables_of_the_stored_rows(ui: Ui, page: Page) -> None:
+    """curated_set's preview: a table (not Markdown) with the stored texts, raw."""
+    curated = ui.store.read_only_query(  # the version the run wrote (staged, maybe not yet published)
+        "SELECT sample_id, text FROM curated_set_history WHERE run_id = "
+        "(SELECT max_by(run_id, materialized_at) FROM curated_set_history) ORDER BY rowid"
+    )
+    page.goto(f"{ui.url}/assets/curated_set?partition={SPEC}")
+    _dismiss_welcome(page)
+    page.get_by_text("Show schema").first.wait_for(state="visible")
+    body = page.inner_text("body")
+    for sample_id, text in curated.head(20).itertuples(index=False):
+        assert sample_id in body
+        assert " ".join(text.split())[:60] in " ".join(body.split())  # the UI shows line breaks as spaces
+    assert page.locator("table strong, table em, table h1, table h2").count() == 0  # nothing rendered
+
+
+def test_sample_browser_over_a_real_run(ui: Ui, page: Page) -> None:
+    """`synth-assets browse` on the run above: every curated and rejected row, with a lineage link
+    that reaches the seed demos; the README's picture of it (docs/browse-samples.png)."""
+    from test_browse import serve_browser
+
+    run = "(SELECT run_id FROM curated_set_history ORDER BY materialized_at DESC LIMIT 1)"
+    counts = ui.store.read_only_query(
+        f"SELECT (SELECT count(*) FROM curated_set_history WHERE run_id = {run}) AS curated, "
+        f"(SELECT count(*) FROM rejected_samples_history WHERE run_id = {run}) AS rejected"
+    ).iloc[0]
+    with serve_browser(ui.store.path, ui.root / "browse") as browser:
+        page.goto(f"{browser.url}/browse/samples?_facet_size=10")
+        page.locator('.facet-info[data-column="status"]').wait_for(state="visible")
+        shown = re.search(r"([\d,]+) rows?", page.inner_text("h3"))
+        assert shown is not None and int(shown.group(1)) == int(counts["curated"]) + int(counts["rejected"])
+        page.locator(".facet-results").evaluate("facets => facets.scrollIntoView()")
+        shot = ui.root / "browse-samples.png"
+        page.screenshot(path=str(shot))
+        if not BROWSE_SCREENSHOT.exists() or os.environ.get("SYNTH_ASSETS_UPDATE_SCREENSHOT") == "1":
+            BROWSE_SCREENSHOT.write_bytes(shot.read_bytes())
+        page.locator("td.col-lineage a").first.click()
+        page.wait_for_url("**/browse/lineage?sample_id=*")
+        page.locator("td.col-demos").first.wait_for(state="visible")
+        demos = page.locator("td.col-demos").first.inner_text()
+        seed_texts = ui.store.read_only_query("SELECT text FROM seed_data")["text"].tolist()
+        assert any(text in demos for text in seed_texts)

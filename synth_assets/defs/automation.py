@@ -8,20 +8,31 @@ automation on the downstream stages.
   re-runs what a full run already did, never reacts to the spec observation (the sensor launches the
   full run for that), and never runs past a failed blocking check.
 
-All three start RUNNING (Dagster's default is STOPPED) so `make ui` refreshes without a click.
+All three start RUNNING (Dagster's default is STOPPED), but opening the UI never starts work by itself:
+the sensor's first tick only records the specs as they are (adds their partitions, marks changed ones
+Unsynced), and a spec whose name the warehouse already holds counts as materialized even on a fresh
+DAGSTER_HOME. Runs start on later changes of a spec's content, and by the schedule, only for specs
+that may run automatically: the local backend by default, any other backend (a hosted API spends
+money) only with `automation: {auto_run: true}` in the spec.
 """
 
+from __future__ import annotations
+
 import json
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import dagster as dg
+import duckdb
 
 from synth_assets.defs.assets import seed_data, spec_partitions, stage_assets
-from synth_assets.defs.resources import SPEC_PATH_TAG
-from synth_assets.defs.seed_data import SPEC_INPUTS, spec_inputs
+from synth_assets.defs.resources import SPEC_PATH_TAG, SpecCatalog, WarehouseResource
+from synth_assets.defs.seed_data import SPEC_INPUTS, spec_for_observation, spec_inputs
 from synth_assets.paths import default_specs_dir
 from synth_assets.seed import spec_inputs_digest
-from synth_assets.spec import SpecError, load_spec
+from synth_assets.spec import GenerationSpec, SpecError, load_spec
+from synth_assets.storage import Warehouse
 
 SPEC_DIGEST_TAG = "synth_assets/spec_digest"
 DOWNSTREAM_STAGES = ["expanded_prompts", "generated_samples", "curated_set", "evaluation_report"]
@@ -67,18 +78,41 @@ synth_automation = dg.AutomationConditionSensorDefinition(
 )
 
 
+def auto_runs(spec: GenerationSpec) -> bool:
+    """Whether the sensor and the schedule may start runs of this spec by themselves: the spec's
+    `automation.auto_run`, by default only for the local backend (a hosted API spends money)."""
+    if spec.automation.auto_run is not None:
+        return spec.automation.auto_run
+    return spec.generation.backend == "local"
+
+
+def _not_auto_run(spec: GenerationSpec) -> str:
+    return (
+        f"spec '{spec.name}' (backend {spec.generation.backend}) is not run automatically: materialize it "
+        "from the UI or with `synth-assets run`, or set `automation: {auto_run: true}` in the spec"
+    )
+
+
 @dg.schedule(
     job=synth_refresh_job,
     cron_schedule="0 3 * * *",  # daily, 03:00 in the instance's timezone
     default_status=dg.DefaultScheduleStatus.RUNNING,
-    description="Daily refresh of every registered spec.",
+    description="Daily refresh of every registered spec that may run automatically (local backend, or "
+    "automation.auto_run: true).",
 )
 def daily_refresh(context: dg.ScheduleEvaluationContext) -> list[dg.RunRequest]:
     day = context.scheduled_execution_time.strftime("%Y-%m-%d")
-    return [
-        dg.RunRequest(run_key=f"daily-{day}-{key}", partition_key=key)
-        for key in context.instance.get_dynamic_partitions(spec_partitions.name)
-    ]
+    requests = []
+    for key in context.instance.get_dynamic_partitions(spec_partitions.name):
+        spec = spec_for_observation(context.instance, SpecCatalog(), key, {})
+        if spec is None:
+            context.log.warning(f"no loadable spec named '{key}' found: not refreshed")
+        elif not auto_runs(spec):
+            context.log.info(_not_auto_run(spec))
+        else:
+            tags = {SPEC_PATH_TAG: str(spec.source_path)}
+            requests.append(dg.RunRequest(run_key=f"daily-{day}-{key}", partition_key=key, tags=tags))
+    return requests
 
 
 def _latest_materialized_digest(instance: dg.DagsterInstance, partition: str) -> str | None:
@@ -91,52 +125,115 @@ def _latest_materialized_digest(instance: dg.DagsterInstance, partition: str) ->
     return str(value.value) if value is not None else None
 
 
-def scan_specs(directory: Path) -> tuple[dict[str, tuple[str, Path]], list[str]]:
-    """Loadable specs in a folder as {name: (digest, path)}, plus one-line problems of the rest."""
-    found: dict[str, tuple[str, Path]] = {}
+def in_warehouse(store: Warehouse, spec_name: str) -> bool:
+    """Whether the warehouse holds a promoted `seed_data` for the spec (it was materialized, maybe
+    from another Dagster instance). A DuckDB file that is missing, busy or older counts as no."""
+    try:
+        rows = store.read_only_query("SELECT count(*) AS n FROM seed_data WHERE spec_name = ?", [spec_name])
+    except (FileNotFoundError, duckdb.Error):
+        return False
+    return int(rows["n"].iloc[0]) > 0
+
+
+def scan_specs(directory: Path) -> tuple[dict[str, tuple[str, Path, GenerationSpec]], list[str]]:
+    """Loadable specs in a folder as {name: (digest, path, spec)}, plus one-line problems of the rest.
+
+    Two files that declare the same `name` are a problem, and neither of them is returned: choosing
+    one silently would run (and spend on) whichever sorts first."""
+    found: dict[str, tuple[str, Path, GenerationSpec]] = {}
+    paths: dict[str, list[Path]] = {}
     problems: list[str] = []
     for path in sorted(directory.glob("*.yaml")) + sorted(directory.glob("*.yml")):
         try:
             spec = load_spec(path)
-            found[spec.name] = (spec_inputs_digest(spec), path)
+            found.setdefault(spec.name, (spec_inputs_digest(spec), path, spec))
+            paths.setdefault(spec.name, []).append(path)
         except SpecError as exc:
             problems.append(str(exc))
+    for name, same in paths.items():
+        if len(same) > 1:
+            del found[name]
+            problems.append(
+                f"{', '.join(str(p) for p in same)}: name: '{name}' is declared by {len(same)} spec files "
+                "(a spec name must be unique: rename one); none of them is run"
+            )
     return found, problems
+
+
+@dataclass
+class SensorCursor:
+    """What `spec_change_sensor` has seen: each spec's digest, and a count of the runs it requested
+    (in the run key, with the cursor's creation time: A -> B -> A gets a new key, so Dagster does
+    not skip the run back to A as a duplicate, and a reset cursor never reuses an old key)."""
+
+    digests: dict[str, str] = field(default_factory=dict)
+    requested: int = 0
+    since: int = 0
+
+    @classmethod
+    def parse(cls, cursor: str | None) -> SensorCursor | None:
+        """None on the first tick; the older flat {name: digest} cursor is read as digests."""
+        if not cursor:
+            return None
+        value = json.loads(cursor)
+        if "digests" not in value:
+            return cls(digests=value)
+        return cls(value["digests"], int(value["requested"]), int(value["since"]))
+
+    def dump(self) -> str:
+        return json.dumps(
+            {"digests": self.digests, "requested": self.requested, "since": self.since}, sort_keys=True
+        )
 
 
 @dg.sensor(
     job=synth_refresh_job,
     minimum_interval_seconds=30,
     default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Adds a partition for each new spec under specs/ and refreshes a spec whose file "
-    "or seed files changed (by content hash: touching a file starts nothing).",
+    description="Adds a partition for each spec under specs/. Its first tick only records what exists; "
+    "later it refreshes a spec whose file or seed files changed (by content hash: touching a file "
+    "starts nothing), if the spec may run automatically (local backend, or automation.auto_run).",
 )
-def spec_change_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
-    seen: dict[str, str] = json.loads(context.cursor) if context.cursor else {}
+def spec_change_sensor(context: dg.SensorEvaluationContext, warehouse: WarehouseResource) -> dg.SensorResult:
+    previous = SensorCursor.parse(context.cursor)
+    first_tick = previous is None
+    state = previous or SensorCursor(since=int(time.time()))
     found, problems = scan_specs(default_specs_dir())
     for problem in problems:
-        context.log.warning(f"skipping spec: {problem}")
+        context.log.error(f"spec not used: {problem}")
     known = set(context.instance.get_dynamic_partitions(spec_partitions.name))
     new_partitions = sorted(set(found) - known)
+    store = warehouse.warehouse()
     run_requests = []
     observations = []
-    for name, (digest, path) in sorted(found.items()):
-        if seen.get(name) == digest:
+    for name, (digest, path, spec) in sorted(found.items()):
+        seen = state.digests.get(name)
+        if seen == digest:
             continue
-        # after `make run` the spec is already materialized with this content: nothing to redo
-        if seen.get(name) is None and _latest_materialized_digest(context.instance, name) == digest:
-            seen[name] = digest
-            continue
-        seen[name] = digest
+        state.digests[name] = digest
+        materialized = _latest_materialized_digest(context.instance, name)
+        if seen is None and materialized == digest:
+            continue  # after `make run` the spec is already materialized with this content
         if name in known:
             # the new content hash, recorded now: the UI shows the stages Unsynced right away, and
-            # still does if the run below fails at a gate
+            # still does if the run below fails at a gate or never starts
             observations.append(
                 dg.AssetObservation(spec_inputs.key, partition=name, tags={"dagster/data_version": digest})
             )
+        if first_tick:
+            # opening the UI starts nothing: what exists now is the starting point
+            context.log.info(f"spec '{name}': recorded; runs start on its next change")
+            continue
+        if seen is None and materialized is None and in_warehouse(store, name):
+            context.log.info(f"spec '{name}': already in {store.path}; runs start on its next change")
+            continue
+        if not auto_runs(spec):
+            context.log.info(_not_auto_run(spec))
+            continue
+        state.requested += 1
         run_requests.append(
             dg.RunRequest(
-                run_key=f"{name}-{digest}",
+                run_key=f"{name}-{state.since}-{state.requested}-{digest}",
                 partition_key=name,
                 tags={SPEC_PATH_TAG: str(path), SPEC_DIGEST_TAG: digest},
             )
@@ -147,5 +244,5 @@ def spec_change_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
         dynamic_partitions_requests=[spec_partitions.build_add_request(new_partitions)]
         if new_partitions
         else [],
-        cursor=json.dumps(seen, sort_keys=True),
+        cursor=state.dump(),
     )

@@ -122,7 +122,7 @@ def curated_set(
             "publication": publication,
             "published_curated_version": published or "none",
             "preview": preview(outcome.curated, ["sample_id", "label", "relevance", "flags", "text"]),
-            "rejectedpreview": preview(outcome.rejected, ["sample_id", "reasons", "text"]),
+            "rejected_preview": preview(outcome.rejected, ["sample_id", "reasons", "text"]),
             "dagster/column_lineage": dg.TableColumnLineage(
                 deps_by_column={
                     column: [dg.TableColumnDep(asset_key=generated_samples.key, column_name=column)]

@@ -211,7 +211,6 @@ def evaluation_report(
             **report.numeric_metrics(UI_METRICS),
             **report.withheld_metrics(UI_METRICS),
             "dagster/row_count": 1,
-            "dagster/table_name": "evaluation_report",
             "metrics": dg.MetadataValue.json(report.metrics),
             "report": dg.MetadataValue.md(written.ui_markdown),
             "report_path": dg.MetadataValue.path(str(written.path)),

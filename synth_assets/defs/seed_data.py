@@ -15,6 +15,7 @@ import dagster as dg
 from synth_assets.defs.common import (
     GROUP,
     OWNERS,
+    SPEC_INPUTS_METADATA,
     column_schema,
     frame_version,
     preview,
@@ -75,6 +76,7 @@ with warnings.catch_warnings():
         description="The spec YAML and its seed files. Data version = content hash of all of them, "
         "so downstream stages go stale only when one of these files really changed.",
         tags={"dagster/kind/yaml": ""},
+        metadata=SPEC_INPUTS_METADATA,
     )
     def spec_inputs(context: dg.OpExecutionContext, specs: SpecCatalog) -> dg.DataVersionsByPartition:
         if context.has_partition_key:
