@@ -66,8 +66,15 @@ def _refuse_control_tokens(spec: GenerationSpec, seed_rows: pd.DataFrame) -> Non
     if spec.generation.backend == "local":
         return
     from synth_assets.defs.generated_samples import refuse_control_tokens
+    from synth_assets.generation.backends import control_tokens_in
     from synth_assets.generation.prompts import expand_prompts
 
+    found = control_tokens_in(spec.generation.system_prompt or "")
+    if found:  # else every call is refused one by one and the run fails on its failed-prompt gate
+        raise CliError(
+            f"{spec.source_path}: generation.system_prompt: contains the chat control token {found[0]!r}, "
+            "which the server behind generation.base_url would read as chat markup: remove it"
+        )
     try:
         refuse_control_tokens(expand_prompts(spec, seed_rows), spec, seed_rows)
     except ValueError as exc:

@@ -23,6 +23,7 @@ SUBSET = {
     "billion-laughs YAML aliases",
     "broken JSONL line 3",
     "chat control tokens in a seed row",
+    "system prompt with control tokens",
     "'a' * 1000000000",
     "--db is a folder",
 }
