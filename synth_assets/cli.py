@@ -59,9 +59,33 @@ def _plan(args: argparse.Namespace, spec: GenerationSpec, seed_rows: pd.DataFram
     return 0
 
 
+def _refuse_control_tokens(spec: GenerationSpec, seed_rows: pd.DataFrame) -> None:
+    """Refuse chat control tokens in what an HTTP backend would send, before the run starts: found
+    inside `generated_samples`, they stopped the run only after `seed_data` and `expanded_prompts` had
+    replaced the last good versions (issue 15's battery). The local backend never parses content for
+    control tokens, so its prompts pass."""
+    if spec.generation.backend == "local":
+        return
+    from synth_assets.defs.generated_samples import refuse_control_tokens
+    from synth_assets.generation.backends import control_tokens_in
+    from synth_assets.generation.prompts import expand_prompts
+
+    found = control_tokens_in(spec.generation.system_prompt or "")
+    if found:  # else every call is refused one by one and the run fails on its failed-prompt gate
+        raise CliError(
+            f"{spec.source_path}: generation.system_prompt: contains the chat control token {found[0]!r}, "
+            "which the server behind generation.base_url would read as chat markup: remove it"
+        )
+    try:
+        refuse_control_tokens(expand_prompts(spec, seed_rows), spec, seed_rows)
+    except ValueError as exc:
+        raise CliError(str(exc)) from exc
+
+
 def command_run(args: argparse.Namespace) -> int:
     spec = load_spec(args.spec)
     seed_rows = load_seed_data(spec)  # a bad seed file is reported in one line before any run starts
+    _refuse_control_tokens(spec, seed_rows)
     request_threads(spec.generation.threads)
     if args.dry_run:
         return _plan(args, spec, seed_rows)
