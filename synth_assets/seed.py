@@ -24,6 +24,7 @@ def read_table_file(path: Path) -> pd.DataFrame:
     try:
         if kind == "csv":
             _check_csv_header(path)
+            _check_no_nul_bytes(path)
             frame = pd.read_csv(path, dtype=str, keep_default_na=False)
         elif kind == "parquet":
             frame = pd.read_parquet(path)
@@ -40,6 +41,16 @@ def read_table_file(path: Path) -> pd.DataFrame:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise SpecError(f"{path}: cannot read as {kind}: {reason}") from exc
     return frame
+
+
+def _check_no_nul_bytes(path: Path) -> None:
+    """pandas' CSV reader silently ends a field at a NUL byte (the rest of the text is lost), so a
+    NUL is refused with its line number instead; such a file is binary or corrupted."""
+    data = path.read_bytes()
+    at = data.find(b"\x00")
+    if at >= 0:
+        line = data.count(b"\n", 0, at) + 1
+        raise SpecError(f"{path}: line {line}: contains a NUL byte (\\x00): not a text CSV file")
 
 
 def _check_csv_header(path: Path) -> None:
@@ -99,6 +110,10 @@ def load_seed_rows(spec: GenerationSpec, path: Path, split: str) -> pd.DataFrame
     _check_text_column(path, frame, spec.seed.text_column)
     texts = frame[spec.seed.text_column].astype("string").fillna("").str.strip()
     labels = frame[spec.seed.label_column].astype("string").fillna("").str.strip()
+    nul = texts.str.contains("\x00", regex=False)
+    if nul.any():  # a JSONL "\u0000" or a Parquet string: invisible, and cut by C tokenizers downstream
+        row = int(nul.to_numpy().nonzero()[0][0]) + 1
+        raise SpecError(f"{path}: row {row}: NUL character (\\x00) in column '{spec.seed.text_column}'")
     empty = texts.eq("")
     if empty.any():
         row = int(empty.to_numpy().nonzero()[0][0]) + 1

@@ -275,3 +275,23 @@ def test_broken_jsonl_line_is_reported_with_its_number(tmp_path: Path) -> None:
     target.write_text("\n".join(lines) + "\n")
     with pytest.raises(SpecError, match=r"^[^\n]*tiny_seed.jsonl: line 3: invalid JSON: "):
         load_seed_data(load_spec(path))
+
+
+def test_nul_byte_in_a_seed_csv_is_one_line_error_not_a_silently_cut_text(tmp_path: Path) -> None:
+    """pandas ends a CSV field at a NUL byte; the row would have been stored cut without a word."""
+    path = write_tiny_spec(tmp_path)
+    seed = tmp_path / "data" / "tiny_seed.csv"
+    lines = seed.read_bytes().split(b"\n")
+    lines[3] = lines[3].replace(b" ", b" ama\x00zing ", 1)
+    seed.write_bytes(b"\n".join(lines))
+    with pytest.raises(SpecError, match=r"^[^\n]*tiny_seed.csv: line 4: contains a NUL byte"):
+        load_seed_data(load_spec(path))
+
+
+def test_nul_character_in_a_jsonl_seed_text_is_one_line_error(tmp_path: Path) -> None:
+    path = write_tiny_spec(tmp_path, replacements={"data/tiny_seed.csv": "data/tiny_seed.jsonl"})
+    frame = pd.read_csv(tmp_path / "data" / "tiny_seed.csv")
+    frame.loc[1, frame.columns[0]] = str(frame.loc[1, frame.columns[0]]) + "\x00 hidden"
+    (tmp_path / "data" / "tiny_seed.jsonl").write_text(frame.to_json(orient="records", lines=True))
+    with pytest.raises(SpecError, match=r"^[^\n]*tiny_seed.jsonl: row 2: NUL character"):
+        load_seed_data(load_spec(path))
