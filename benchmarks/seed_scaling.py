@@ -21,7 +21,6 @@ import hashlib
 import http.server
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -31,6 +30,7 @@ from pathlib import Path
 
 import pandas as pd
 import yaml
+from usefulness import cpu_model  # benchmarks/ is on sys.path when run as a script
 
 ROOT = Path(__file__).resolve().parent.parent
 SPEC = ROOT / "specs" / "product_reviews.yaml"
@@ -41,17 +41,6 @@ ANSWERS = {
     "neutral": "This {thing} is okay; some parts are good, others could be better {tag}.",
     "negative": "This {thing} broke within a week and support never answered my emails {tag}.",
 }
-
-
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo (platform's name where that is missing)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def grown_seed(seed: pd.DataFrame, text_column: str, rows: int) -> pd.DataFrame:

@@ -20,7 +20,13 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-from conftest import LoopbackHandler, LoopbackServer, completion_payload, write_openai_spec
+from conftest import (
+    LoopbackHandler,
+    LoopbackServer,
+    completion_payload,
+    start_cli_run,
+    write_openai_spec,
+)
 
 from synth_assets.storage import Warehouse
 
@@ -43,17 +49,6 @@ def _env(home: Path, database: Path) -> dict[str, str]:
     names = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "SYNTH_ASSETS_THREADS")
     env = {k: v for k, v in os.environ.items() if k not in names}
     return {**env, "DAGSTER_HOME": str(home), "SYNTH_ASSETS_DB": str(database), "PYTHONUNBUFFERED": "1"}
-
-
-def _run_cli(spec_path: Path, env: dict[str, str]) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "synth_assets.cli", "run", "--spec", str(spec_path)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=env,
-        cwd=ROOT,
-    )
 
 
 def _cache(database: Path) -> list[dict]:
@@ -82,7 +77,7 @@ def test_stopping_a_run_against_a_slow_server_keeps_finished_calls_and_the_rerun
     home.mkdir()
     (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
     env = _env(home, database)
-    process = _run_cli(spec_path, env)
+    process = start_cli_run(spec_path, env)
     assert process.stdout is not None
     seen: list[str] = []
     deadline = time.monotonic() + 240
