@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -31,7 +32,7 @@ from conftest import (
 from synth_assets.storage import Warehouse
 
 ROOT = Path(__file__).resolve().parent.parent
-ANSWER_S = 1.5  # each answer takes this long: a stop always lands with calls in flight
+ANSWER_S = 1.5  # answers take up to this long: a stop always lands with calls in flight
 
 
 def answer_for(messages: list[dict[str, str]]) -> str:
@@ -40,9 +41,14 @@ def answer_for(messages: list[dict[str, str]]) -> str:
     return f"This product number {digest} works well and I would buy it again for my family."
 
 
+ANSWERED: list[tuple[float, str]] = []  # (when the server finished the answer, its messages as JSON)
+
+
 def slow_and_deterministic(handler: LoopbackHandler, body: dict, number: int) -> None:
-    time.sleep(ANSWER_S)
+    # staggered (0.6-1.5 s), so a stop finds calls finished that have not yet filled a batch of 4
+    time.sleep(0.6 + 0.3 * (number % 4))
     handler.send(200, completion_payload(answer_for(body["messages"])))
+    ANSWERED.append((time.monotonic(), json.dumps(body["messages"], ensure_ascii=False)))
 
 
 def _env(home: Path, database: Path) -> dict[str, str]:
@@ -64,6 +70,7 @@ def _cache(database: Path) -> list[dict]:
 def test_stopping_a_run_against_a_slow_server_keeps_finished_calls_and_the_rerun_resumes(
     tmp_path: Path, loopback: Callable[..., LoopbackServer], stop: str
 ) -> None:
+    ANSWERED.clear()
     server = loopback(slow_and_deterministic)
     total = 24
     spec_path = write_openai_spec(
@@ -89,9 +96,12 @@ def test_stopping_a_run_against_a_slow_server_keeps_finished_calls_and_the_rerun
     with dg.DagsterInstance.from_config(str(home)) as instance:
         (run,) = instance.get_runs()
         run_id = run.run_id
+        time.sleep(0.9)  # more calls finish than the stored batch holds
         answered_before = server.handler.count
         process.send_signal(signal.Signals[stop])
         sent = time.monotonic()
+        # answered well before the stop (the client had time to read them): these must all be kept
+        finished = {messages for at, messages in ANSWERED if at < sent - 0.3}
         rest, _ = process.communicate(timeout=60)
         stopped_in = time.monotonic() - sent
         assert stopped_in < 5, f"took {stopped_in:.1f}s to stop: {rest[-3000:]}"
@@ -107,6 +117,7 @@ def test_stopping_a_run_against_a_slow_server_keeps_finished_calls_and_the_rerun
         assert 4 <= len(kept) < total
         assert all(row["run_id"] == run_id for row in kept)
         assert all(row["text"] == answer_for(json.loads(row["messages"])) for row in kept)
+        assert finished <= {row["messages"] for row in kept}, "a call the server had answered was lost"
         # nothing half-written: no stage after the prompts got a version in this run
         for stage in ("generated_samples", "curated_set"):
             rows = Warehouse(database).query(
@@ -132,3 +143,42 @@ def test_stopping_a_run_against_a_slow_server_keeps_finished_calls_and_the_rerun
         assert made == total - len(kept)
         asked = server.handler.bodies[bodies_before:]
         assert len(asked) == made
+
+
+def test_a_stop_while_calls_are_in_flight_stores_every_answer_already_received(
+    loopback: Callable[..., LoopbackServer],
+) -> None:
+    """Fast and in-process: Ctrl-C lands inside the backend's event loop while answers that have not
+    yet filled a batch are in hand; they are stored before the stop goes on (the next run would
+    otherwise pay for them again)."""
+    from synth_assets.generation.backends import OpenAICompatibleBackend
+    from synth_assets.generation.local_llm import ChatRequest
+    from synth_assets.spec import GenerationParams
+
+    ANSWERED.clear()
+    server = loopback(slow_and_deterministic)
+    params = GenerationParams(
+        backend="openai", model="m", base_url=server.url, timeout_s=30, max_concurrency=4, batch_size=4
+    )
+    backend = OpenAICompatibleBackend(params)
+    requests = [
+        ChatRequest(key=f"k{i}", messages=[{"role": "user", "content": f"question {i}"}], seed=1)
+        for i in range(24)
+    ]
+    stored: list[str] = []
+
+    def store(results: list, failures: list) -> None:
+        stored.extend(r.key for r in results)
+
+    timer = threading.Timer(2.0, lambda: os.kill(os.getpid(), signal.SIGINT))
+    timer.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            backend.generate(requests, params, store)
+        stopped = time.monotonic()
+    finally:
+        timer.cancel()
+    assert len(ANSWERED) < 24  # stopped in the middle
+    answered = {json.loads(messages)[0]["content"] for at, messages in ANSWERED if at < stopped - 0.3}
+    kept = {f"question {key[1:]}" for key in stored}
+    assert answered and answered <= kept, (answered, kept)
