@@ -170,6 +170,9 @@ def test_a_stop_while_calls_are_in_flight_stores_every_answer_already_received(
     def store(results: list, failures: list) -> None:
         stored.extend(r.key for r in results)
 
+    # Python's own Ctrl-C handler, as a fresh CLI process has it (Dagster, imported by other tests
+    # in this process, may have replaced it)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     timer = threading.Timer(2.0, lambda: os.kill(os.getpid(), signal.SIGINT))
     timer.start()
     try:
@@ -178,6 +181,7 @@ def test_a_stop_while_calls_are_in_flight_stores_every_answer_already_received(
         stopped = time.monotonic()
     finally:
         timer.cancel()
+        signal.signal(signal.SIGINT, previous)
     assert len(ANSWERED) < 24  # stopped in the middle
     answered = {json.loads(messages)[0]["content"] for at, messages in ANSWERED if at < stopped - 0.3}
     kept = {f"question {key[1:]}" for key in stored}
