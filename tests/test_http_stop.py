@@ -173,14 +173,21 @@ def test_a_stop_while_calls_are_in_flight_stores_every_answer_already_received(
     # Python's own Ctrl-C handler, as a fresh CLI process has it (Dagster, imported by other tests
     # in this process, may have replaced it)
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    timer = threading.Timer(2.0, lambda: os.kill(os.getpid(), signal.SIGINT))
-    timer.start()
+    done = threading.Event()
+
+    def ctrl_c_after_five_answers() -> None:  # mid-run however fast or slow the machine is
+        while len(ANSWERED) < 5 and not done.wait(0.05):
+            pass
+        if not done.wait(0.2):
+            os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=ctrl_c_after_five_answers, daemon=True).start()
     try:
         with pytest.raises(KeyboardInterrupt):
             backend.generate(requests, params, store)
         stopped = time.monotonic()
     finally:
-        timer.cancel()
+        done.set()
         signal.signal(signal.SIGINT, previous)
     assert len(ANSWERED) < 24  # stopped in the middle
     answered = {json.loads(messages)[0]["content"] for at, messages in ANSWERED if at < stopped - 0.3}
