@@ -5,6 +5,8 @@ from __future__ import annotations
 import http.server
 import json
 import os
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -203,3 +205,15 @@ def loopback() -> Iterator[Callable[..., LoopbackServer]]:
     yield start
     for server in servers:
         server.close()
+
+
+def start_cli_run(spec_path: Path, env: dict[str, str]) -> subprocess.Popen[str]:
+    """A real `synth-assets run --spec spec_path` subprocess in the repo root, stdout and stderr merged."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "synth_assets.cli", "run", "--spec", str(spec_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        cwd=Path(__file__).resolve().parent.parent,
+    )

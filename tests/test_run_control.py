@@ -15,7 +15,7 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-from conftest import write_tiny_spec
+from conftest import start_cli_run, write_tiny_spec
 
 from synth_assets.runtime import auto_threads
 from synth_assets.spec import load_spec
@@ -215,17 +215,6 @@ def test_a_bad_db_is_one_line_before_any_work(tmp_path: Path) -> None:
 # ---- with the real model ------------------------------------------------------------------------
 
 
-def _start_run(spec_path: Path, env: dict[str, str]) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "synth_assets.cli", "run", "--spec", str(spec_path)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=env,
-        cwd=ROOT,
-    )
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("stop", ["SIGINT", "SIGTERM", "SIGKILL", "UI terminate"])
 def test_stopping_a_real_run_keeps_finished_calls_and_the_rerun_resumes(tmp_path: Path, stop: str) -> None:
@@ -236,7 +225,7 @@ def test_stopping_a_real_run_keeps_finished_calls_and_the_rerun_resumes(tmp_path
     home.mkdir()
     (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
     env = _clean_env(DAGSTER_HOME=str(home), SYNTH_ASSETS_DB=str(database))
-    process = _start_run(spec_path, env)
+    process = start_cli_run(spec_path, env)
     assert process.stdout is not None
     deadline = time.monotonic() + 600
     for line in process.stdout:  # stop once two batches are stored and more are to come

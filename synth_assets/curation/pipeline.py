@@ -58,6 +58,17 @@ if TYPE_CHECKING:
     from synth_assets.spec import GenerationSpec
 
 Embed = Callable[[Sequence[str]], np.ndarray]
+# Seed rows embedded for the label classifier and label fidelity: at most this many, a seeded sample
+# stratified by label (all rows of a smaller seed, so small seeds behave as before). Why: embedding
+# every seed row made curation grow with the seed. benchmarks/seed_scaling.py (48 samples, AMD EPYC,
+# 2 cores, float32): curated_set 29.9 s at 1k seed rows, 150.1 s at 10k, nearly all of it
+# all-MiniLM-L6-v2 over the seed; a logistic regression on 384-d embeddings gains little past a few
+# hundred rows per label.
+MAX_SEED_ROWS_EMBEDDED = 2000
+# Semantic copies of a reference row (seed, earlier versions): past MAX_SEED_ROWS_EMBEDDED reference
+# rows, only the rows lexically closest to each sample (TF-IDF cosine, this many per sample) are
+# embedded; exact and MinHash near copies are still checked against every row.
+LEXICAL_CANDIDATES = 32
 DUPLICATE_REASONS = (R.EXACT_DUPLICATE, R.NEAR_DUPLICATE, R.SEMANTIC_DUPLICATE)
 
 
@@ -410,7 +421,7 @@ def _seed_classifier(context: CurationContext, notes: list[str]) -> SeedLabelCla
     if seed is None or seed.empty or context.embed is None:
         notes.append("label check skipped: no seed rows given")
         return None
-    train = seed[seed["split"] == "train"] if "split" in seed.columns else seed
+    train = bounded_sample(_seed_train(context), MAX_SEED_ROWS_EMBEDDED, context.random_seed)
     classifier = SeedLabelClassifier.fit(
         context.embed(train["text"].astype(str).tolist()),
         train["label"].astype(str).tolist(),
@@ -419,6 +430,36 @@ def _seed_classifier(context: CurationContext, notes: list[str]) -> SeedLabelCla
     if classifier is None:
         notes.append("label check skipped: the seed train split needs 2+ labels with 2+ rows each")
     return classifier
+
+
+def bounded_sample(rows: pd.DataFrame, limit: int, random_seed: int, by: str = "label") -> pd.DataFrame:
+    """At most about `limit` of `rows` (all of them when there are no more), drawn with `random_seed`,
+    each value of column `by` keeping its share and at least 2 rows (a classifier needs 2 per label).
+    Rows keep their original order."""
+    if len(rows) <= limit:
+        return rows
+    share = limit / len(rows)
+    parts = [
+        group.sample(n=min(len(group), max(2, round(len(group) * share))), random_state=random_seed)
+        for _, group in rows.groupby(rows[by].astype(str), sort=True)
+    ]
+    return pd.concat(parts).sort_index()
+
+
+def lexical_candidates(queries: Sequence[str], reference: Sequence[str], per_query: int) -> np.ndarray:
+    """Sorted indices of the reference texts among the `per_query` closest to any query by TF-IDF
+    cosine (scikit-learn), so only those need embedding. All indices when TF-IDF finds no words."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    if len(reference) <= per_query:
+        return np.arange(len(reference))
+    try:
+        vectorizer = TfidfVectorizer(sublinear_tf=True).fit(reference)
+    except ValueError:  # no word in any reference text: nothing lexical to rank by
+        return np.arange(len(reference))
+    scores = (vectorizer.transform(queries) @ vectorizer.transform(reference).T).toarray()
+    top = np.argpartition(-scores, per_query - 1, axis=1)[:, :per_query]
+    return np.unique(top)
 
 
 def _seed_train(context: CurationContext) -> pd.DataFrame | None:
@@ -466,12 +507,18 @@ def _label_fidelity(
         return
     seed_texts = train["text"].astype(str).tolist()
     seed_labels = train["label"].astype(str).tolist()
+    embedded = bounded_sample(train, MAX_SEED_ROWS_EMBEDDED, context.random_seed)
     recall = rules.label_fidelity_recall
     if rules.label_fidelity in ("classifier", "both"):
         verdict = None
         if embeddings is not None and context.embed is not None:
             verdict = classifier_fidelity(
-                context.embed(seed_texts), seed_labels, embeddings, intended, recall, context.random_seed
+                context.embed(embedded["text"].astype(str).tolist()),
+                embedded["label"].astype(str).tolist(),
+                embeddings,
+                intended,
+                recall,
+                context.random_seed,
             )
         if verdict is None:
             notes.append("label fidelity (classifier) skipped: needs embeddings and 2+ seed rows per label")
@@ -559,12 +606,19 @@ def _match_reference(
         }
         found |= match >= 0
     if embeddings is not None and embed is not None and rules.semantic_duplicate_threshold is not None:
+        ref_texts = reference["text"].tolist()
+        rows = (
+            lexical_candidates(normalized, ref_normalized, LEXICAL_CANDIDATES)
+            if len(ref_texts) > MAX_SEED_ROWS_EMBEDDED
+            else np.arange(len(ref_texts))
+        )
         match, cosine = semantic_matches_in(
             embeddings,
-            embed(reference["text"].tolist()),
+            embed([ref_texts[j] for j in rows]),
             rules.semantic_duplicate_threshold,
             skip=blank | found,
         )
+        match = np.where(match >= 0, rows[np.maximum(match, 0)], -1)
         details |= {
             i: f"cosine {cosine[i]:.3f} with {noun} {ref_ids[j]}" for i, j in enumerate(match) if j >= 0
         }

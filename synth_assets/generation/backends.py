@@ -446,6 +446,7 @@ class OpenAICompatibleBackend:
         done = tokens = 0
         pending_results: list[ChatResult] = []
         pending_failures: list[CallFailure] = []
+        consumed: set[str] = set()
         async with httpx.AsyncClient(
             base_url=self.base_url, headers=self._headers(), timeout=httpx.Timeout(params.timeout_s)
         ) as client:
@@ -454,6 +455,7 @@ class OpenAICompatibleBackend:
                 for finished in asyncio.as_completed(tasks):
                     outcome = await finished
                     done += 1
+                    consumed.add(outcome.key)
                     if isinstance(outcome, ChatResult):
                         pending_results.append(outcome)
                         tokens += outcome.completion_tokens
@@ -484,6 +486,20 @@ class OpenAICompatibleBackend:
                     f"{done} of {len(tasks)} calls finished and are kept, the next run resumes"
                 )
                 raise GenerationAborted(self.redact(message)) from None
+            except BaseException:
+                # A stop (Ctrl-C, SIGTERM, the UI's Terminate) arrives here as the interrupt itself or
+                # as the CancelledError that asyncio.run's clean-up sends. Calls that finished but did
+                # not yet fill a batch would be lost and paid for again on the next run: store them
+                # first (one short DuckDB write), then let the stop go on.
+                late = [
+                    task.result()
+                    for task in tasks
+                    if task.done() and not task.cancelled() and task.exception() is None
+                ]
+                pending_results += [r for r in late if isinstance(r, ChatResult) and r.key not in consumed]
+                if pending_results or pending_failures:
+                    on_batch(pending_results, pending_failures)
+                raise
 
     def _choose_format(self) -> None:
         """Which response_format shape goes first. OpenAI, vLLM and llama-server take OpenAI's
