@@ -51,7 +51,8 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from synth_assets.generation.local_llm import ChatRequest  # cheap: torch is imported on first use
+from synth_assets.generation.local_llm import ChatRequest  # torch is imported on first use only
+from synth_assets.runtime import prepare_process
 from synth_assets.spec import GenerationParams
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # also when imported by path (tests)
@@ -390,9 +391,11 @@ def worker(args: argparse.Namespace) -> None:
         "top_p": params.top_p,
         "repetition_penalty": params.repetition_penalty,
     }
+    from synth_assets.runtime import choose_threads
+
     model = get_local_model(dtype=args.dtype)
     model.generate(workload.requests[:2], max_new_tokens=4, batch_size=2, **settings)
-    print("ready", flush=True)
+    print(f"ready {choose_threads().threads}", flush=True)
     sys.stdin.readline()
     started = time.time()
     results = model.generate(
@@ -414,11 +417,13 @@ def concurrent_processes(args: argparse.Namespace, count: int, workload_name: st
         subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         for _ in range(count)
     ]
+    threads: list[str] = []
     try:
         for process in processes:  # every process loaded and warm before any starts timing
             line = process.stdout.readline() if process.stdout else ""
-            if line.strip() != "ready":
+            if not line.startswith("ready"):
                 raise RuntimeError(f"concurrency worker failed to start (said {line!r})")
+            threads.append(line.split()[1])
         for process in processes:
             assert process.stdin is not None
             process.stdin.write("go\n")
@@ -438,7 +443,8 @@ def concurrent_processes(args: argparse.Namespace, count: int, workload_name: st
         f"{count} process{'es' if count > 1 else ''} at once (aggregate)",
         sum(r["tokens"] for r in reports),
         span,
-        f"each {args.concurrency_prompts} prompts; per process tok/s {per_process}",
+        f"each {args.concurrency_prompts} prompts, threads as a run picks them ({', '.join(threads)}); "
+        f"per process tok/s {per_process}",
         {"processes": count},
     )
 
@@ -490,12 +496,15 @@ def ratio(numerator: Measurement | None, denominator: Measurement | None) -> flo
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    prepare_process()  # OMP_WAIT_POLICY=PASSIVE and thread counts before torch, as `synth-assets run` does
     args = parse_args(argv)
     if args.worker:
         worker(args)
         return
     from synth_assets.generation.local_llm import find_gguf_file, get_local_model, resolve_dtype
+    from synth_assets.runtime import request_threads
 
+    request_threads(args.threads)  # every in-process row and server uses the same thread count
     dtype = resolve_dtype(args.dtype)
     print(f"CPU: {cpu_model()} ({args.threads} threads); engine dtype: {dtype}", flush=True)
     gguf = str(find_gguf_file())

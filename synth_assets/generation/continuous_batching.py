@@ -20,6 +20,7 @@ request's tokens do not depend on which rows share its steps.
 
 from __future__ import annotations
 
+import inspect
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -180,12 +181,13 @@ def generate_continuously(
     live: list[_Row] = []
     cache: DynamicCache | None = None
     sampling = {"temperature": temperature, "top_p": top_p, "repetition_penalty": repetition_penalty}
+    cache_argument = _cache_argument(model)
 
     while order or live:
         if order and (not live or slots - len(live) >= refill_at):
             joining = [order.popleft() for _ in range(min(slots - len(live), len(order)))]
             rows = [_Row(i, len(prompts[i]), stops[i], row_generator(seeds[i], device)) for i in joining]
-            new_cache, logits = _prefill(model, [prompts[i] for i in joining], pad_id, device)
+            new_cache, logits = _prefill(model, [prompts[i] for i in joining], pad_id, device, cache_argument)
             first = sample_next(logits, [[] for _ in rows], [r.generator for r in rows], **sampling)
             for row, token in zip(rows, first.tolist(), strict=True):
                 row.generated.append(int(token))
@@ -201,7 +203,7 @@ def generate_continuously(
                 input_ids=torch.tensor([[r.generated[-1]] for r in live], device=device),
                 attention_mask=mask.to(device),
                 position_ids=torch.tensor([[r.cached] for r in live], device=device),
-                past_key_values=cache,
+                **{cache_argument: cache},
                 cache_position=torch.tensor([width], device=device),
                 use_cache=True,
                 logits_to_keep=1,
@@ -229,8 +231,18 @@ def generate_continuously(
                 _select(cache, keep, max(row.cached for row in live))
 
 
+def _cache_argument(model: PreTrainedModel) -> str:
+    """transformers 5.x renames forward's `past_key_values` to `cache` model by model (the old name
+    warns until 5.40): use the name this model's forward takes."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
 def _prefill(
-    model: PreTrainedModel, prompts: list[Sequence[int]], pad_id: int, device: torch.device
+    model: PreTrainedModel,
+    prompts: list[Sequence[int]],
+    pad_id: int,
+    device: torch.device,
+    cache_argument: str,
 ) -> tuple[object, torch.Tensor]:
     """Left-padded forward over the joining prompts: (their cache, last-position logits [rows, vocab])."""
     import torch
@@ -249,7 +261,7 @@ def _prefill(
         input_ids=input_ids.to(device),
         attention_mask=mask.to(device),
         position_ids=positions.to(device),
-        past_key_values=cache,
+        **{cache_argument: cache},
         cache_position=torch.arange(width, device=device),
         use_cache=True,
         logits_to_keep=1,
