@@ -323,7 +323,11 @@ def through_backend(workload: Workload, params: GenerationParams, row: str) -> M
     started = time.perf_counter()
     backend.generate(workload.requests, params, on_batch)
     seconds = time.perf_counter() - started
-    note = f"{len(failures)} failed: {failures[0][:80]}" if failures else ""
+    # the adaptive limit's path shows whether latency backoff throttled a batching server
+    history = getattr(backend, "concurrency_history", [])
+    note = f"concurrency limit {min(history)}-{max(history)}, last {history[-1]}" if history else ""
+    if failures:
+        note += f"; {len(failures)} failed: {failures[0][:80]}"
     return Measurement(workload.name, row, tokens[0], seconds, note)
 
 
@@ -489,6 +493,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def amx_cpu() -> bool:
+    import torch
+
+    return bool(torch.cpu._is_amx_tile_supported())
+
+
 def ratio(numerator: Measurement | None, denominator: Measurement | None) -> float:
     if numerator is None or denominator is None or denominator.tok_s == 0:
         return float("nan")
@@ -564,6 +574,11 @@ def main(argv: Sequence[str] | None = None) -> None:
                 binary, "-m", gguf, "--host", "127.0.0.1", "--port", str(port), "-np", str(args.parallel),
                 "-c", str(1024 * args.parallel), "-t", str(args.threads), "--no-webui",
             ]  # fmt: skip
+            if amx_cpu():
+                # --no-repack is llama-server's use_extra_bufts=False (common.cpp): the AMX buffer type
+                # that makes llama-cpp-python 0.3.36 segfault on multi-token prompts (README). Not
+                # reproducible on the AVX2 EPYC this was written on, so it is kept off where no AMX.
+                command.append("--no-repack")
             with serve(command, port, args.log_dir / "synth_llama_server.log") as base_url:
                 params = server_params(workload, base_url, args.parallel)
                 if "llama-server" in rows:
