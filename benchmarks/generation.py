@@ -1,22 +1,75 @@
-"""Generation throughput: the guide's naive loop vs llama.cpp vs our local engine, in one process.
+"""Generation throughput: our local engine against what a user would run instead, on two workloads.
 
-Same 32 review prompts, 64 new tokens each, same model (SmolLM2-135M-Instruct). Only real tokens
-count (up to and including end of sequence), never padding. Ends with one line:
+*current* (round 1, kept): 32 review chat prompts × 64 new tokens, in one process: the guide's naive
+loop, llama.cpp through llama-cpp-python (one request at a time) and our engine.
 
-RESULT engine_tok_s=<x> naive_tok_s=<y> llamacpp_tok_s=<z> speedup_vs_naive=<x/y> speedup_vs_llamacpp=<x/z>
+*realistic* (round 2): 256 prompts rendered from a demo spec (`specs/product_reviews.yaml`: varied
+labels, attributes and prompt lengths, four seed demos each, its own mode and stop strings),
+max_new_tokens 128, natural stopping (a row ends at its stop string or end of sequence). Rows:
+- engine: our local engine, the spec's default dtype (`auto`: bfloat16 on CPUs with native bf16);
+- engine float32 (what CPUs without native bf16 get; the same run as `engine` where auto is float32);
+- naive loop: one prompt at a time, `model.generate(..., stop_strings=...)`; measured on the first
+  `--naive-prompts` prompts only (it is slow), its tok/s is per token, so it is comparable;
+- python server: `python -m synth_assets.generation.llama_server` (llama-cpp-python, answers one
+  request at a time), driven through our OpenAI-compatible backend;
+- llama-server -np 8: llama.cpp's own server (8 slots, continuous batching; build it with
+  `scripts/build_llama_server.sh`), driven through our OpenAI-compatible backend;
+- direct client: the same server and request bodies, sent by a minimal stdlib HTTP client with the
+  same number of requests in flight (the bar for our backend's overhead);
+- concurrency: 1, 2 and 4 generation processes at once (each runs the engine on the first
+  `--concurrency-prompts` prompts); aggregate tok/s = all their tokens / the wall time they span.
 
-Run: .venv/bin/python benchmarks/generation.py [--prompts 32] [--new-tokens 64] [--batch-size 32]
+Only real tokens count (up to and including the stop token), never padding. Ends with one line:
+
+RESULT engine_vs_llama_server=<x> f32_vs_naive=<y> http_overhead_pct=<z> two_proc_vs_one=<w> ...
+
+(targets: >= 1.5, >= 10, <= 10 %, >= 0.8; a row not run gives `nan`).
+
+Run: .venv/bin/python benchmarks/generation.py [--prompts 256] [--rows engine,llama-server,...]
+Quick check: .venv/bin/python benchmarks/generation.py --prompts 16 --naive-prompts 4 --concurrency-prompts 8
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import os
+import shutil
+import socket
+import subprocess
+import sys
 import time
+import urllib.request
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+from synth_assets.generation.local_llm import ChatRequest  # torch is imported on first use only
+from synth_assets.runtime import prepare_process
+from synth_assets.spec import GenerationParams
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # also when imported by path (tests)
+from usefulness import cpu_model
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_SPEC = REPO / "specs" / "product_reviews.yaml"
+ROWS = (
+    "current",
+    "engine",
+    "engine-float32",
+    "naive",
+    "python-server",
+    "llama-server",
+    "direct-client",
+    "concurrency",
+)
 
 PRODUCTS = [
     "blender", "pair of headphones", "laptop", "desk chair", "coffee maker", "tent", "phone case",
@@ -25,7 +78,36 @@ PRODUCTS = [
 SENTIMENTS = ["positive", "negative", "neutral", "positive"]
 
 
+@dataclass(frozen=True)
+class Workload:
+    """Requests plus the generation parameters every row uses for them."""
+
+    name: str
+    requests: list[ChatRequest]
+    params: GenerationParams
+
+
+@dataclass
+class Measurement:
+    """One row of the table: `tokens` completion tokens in `seconds` wall time."""
+
+    workload: str
+    row: str
+    tokens: int
+    seconds: float
+    note: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def tok_s(self) -> float:
+        return self.tokens / self.seconds if self.seconds > 0 else 0.0
+
+
+# ---- workloads -------------------------------------------------------------------------------------
+
+
 def review_prompts(count: int) -> list[list[dict[str, str]]]:
+    """The round-1 workload: short chat prompts asking for one review each."""
     return [
         [
             {"role": "system", "content": "You write short, realistic product reviews."},
@@ -39,8 +121,68 @@ def review_prompts(count: int) -> list[list[dict[str, str]]]:
     ]
 
 
-def naive_loop(model_dir: str, prompts: list[list[dict[str, str]]], new_tokens: int, threads: int) -> float:
-    """The guide's loop: one prompt at a time, `model.generate` with sampling, per prompt."""
+def current_workload(prompts: int, new_tokens: int) -> Workload:
+    """Round 1's workload as ChatRequests (seed = index), 0.8 temperature, top_p 0.95."""
+    params = GenerationParams(max_new_tokens=new_tokens, temperature=0.8, top_p=0.95, repetition_penalty=1.1)
+    requests = [ChatRequest(key=str(i), messages=m, seed=i) for i, m in enumerate(review_prompts(prompts))]
+    return Workload("current", requests, params)
+
+
+def realistic_workload(spec_path: Path, prompts: int, new_tokens: int) -> Workload:
+    """`prompts` requests exactly as `synth-assets run` would send them for `spec_path` with
+    num_samples = prompts and max_new_tokens = new_tokens (same rendering, mode, stop strings, seeds).
+
+    Raises SpecError when the spec or its seed file is bad."""
+    from synth_assets.generation.prompts import expand_prompts, prompt_messages
+    from synth_assets.seed import load_seed_data
+    from synth_assets.spec import load_spec
+
+    spec = load_spec(spec_path)
+    params = spec.generation.model_copy(update={"max_new_tokens": new_tokens})
+    spec = spec.model_copy(update={"num_samples": prompts, "generation": params})
+    frame = expand_prompts(spec, load_seed_data(spec))
+    continuation = params.mode == "continuation"
+    requests = [
+        ChatRequest(
+            key=str(row.prompt_id),
+            messages=[{"role": "user", "content": row.prompt_text}]
+            if continuation
+            else prompt_messages(row.system_prompt, row.prompt_text),
+            seed=int(row.generation_seed),
+            continuation=continuation,
+            stop=params.stop_strings(),
+        )
+        for row in frame.itertuples(index=False)
+    ]
+    return Workload(f"realistic ({spec_path.name})", requests, params)
+
+
+# ---- in-process rows -------------------------------------------------------------------------------
+
+
+def run_engine(workload: Workload, dtype: str, batch_size: int) -> Measurement:
+    """Our local engine as a spec runs it (per-request seeded sampling, exact top-p)."""
+    from synth_assets.generation.local_llm import get_local_model, resolve_dtype
+
+    model = get_local_model(dtype=dtype)
+    params = workload.params
+    settings = {
+        "temperature": params.temperature,
+        "top_p": params.top_p,
+        "repetition_penalty": params.repetition_penalty,
+    }
+    model.generate(workload.requests[:2], max_new_tokens=4, batch_size=2, **settings)  # warm-up
+    started = time.perf_counter()
+    results = model.generate(
+        workload.requests, max_new_tokens=params.max_new_tokens, batch_size=batch_size, **settings
+    )
+    seconds = time.perf_counter() - started
+    tokens = sum(r.completion_tokens for r in results)
+    return Measurement(workload.name, f"engine ({resolve_dtype(dtype)})", tokens, seconds)
+
+
+def naive_loop(model_dir: str, workload: Workload, limit: int, threads: int) -> Measurement:
+    """The guide's loop: one prompt at a time, `model.generate` with sampling, float32."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -48,32 +190,44 @@ def naive_loop(model_dir: str, prompts: list[list[dict[str, str]]], new_tokens: 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     stop = {tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|endoftext|>")}
+    params = workload.params
+    requests = workload.requests[:limit]
     torch.manual_seed(0)
     tokens = 0
     started = time.perf_counter()
     with torch.inference_mode():
-        for messages in prompts:
-            ids = tokenizer.apply_chat_template(
-                messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
+        for request in requests:
+            if request.continuation:
+                ids = tokenizer(request.messages[0]["content"], return_tensors="pt")
+            else:
+                ids = tokenizer.apply_chat_template(
+                    request.messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
+                )
+            extra: dict[str, Any] = (
+                {"stop_strings": list(request.stop), "tokenizer": tokenizer} if request.stop else {}
             )
             out = model.generate(
                 **ids,
-                max_new_tokens=new_tokens,
+                max_new_tokens=params.max_new_tokens,
                 do_sample=True,
-                temperature=0.8,
-                top_p=0.95,
+                temperature=params.temperature,
+                top_p=params.top_p,
+                repetition_penalty=params.repetition_penalty,
                 pad_token_id=tokenizer.eos_token_id,
+                **extra,
             )
             completion = out[0, ids["input_ids"].shape[1] :].tolist()
             end = next((i for i, t in enumerate(completion) if t in stop), None)
             tokens += len(completion) if end is None else end + 1
     seconds = time.perf_counter() - started
-    print(f"naive loop: {tokens} tokens in {seconds:.1f}s = {tokens / seconds:.1f} tok/s", flush=True)
-    return tokens / seconds
+    note = (
+        f"first {len(requests)} of {len(workload.requests)} prompts" if limit < len(workload.requests) else ""
+    )
+    return Measurement(workload.name, "naive loop (float32)", tokens, seconds, note)
 
 
-def llama_cpp(gguf: str, prompts: list[list[dict[str, str]]], new_tokens: int, threads: int) -> float | None:
-    """llama.cpp (llama-cpp-python) on the same GGUF file, one request at a time."""
+def llama_cpp_in_process(gguf: str, workload: Workload, threads: int) -> Measurement | None:
+    """llama.cpp (llama-cpp-python) on the same GGUF file, one request at a time, in this process."""
     if importlib.util.find_spec("llama_cpp") is None:
         print("llama.cpp: llama-cpp-python not installed, skipped", flush=True)
         return None
@@ -83,61 +237,383 @@ def llama_cpp(gguf: str, prompts: list[list[dict[str, str]]], new_tokens: int, t
 
     disable_extra_buffer_types()  # llama-cpp-python 0.3.36 segfaults on AMX CPUs otherwise
     llm = Llama(model_path=gguf, n_ctx=2048, n_threads=threads, n_batch=512, verbose=False, seed=0)
+    params = workload.params
     tokens = 0
     started = time.perf_counter()
-    for messages in prompts:
+    for request in workload.requests:
         response = llm.create_chat_completion(
-            messages=messages, max_tokens=new_tokens, temperature=0.8, top_p=0.95
+            messages=request.messages,  # type: ignore[arg-type]
+            max_tokens=params.max_new_tokens,
+            temperature=params.temperature,
+            top_p=params.top_p,
         )
-        tokens += int(response["usage"]["completion_tokens"])
+        tokens += int(response["usage"]["completion_tokens"])  # type: ignore[index]
     seconds = time.perf_counter() - started
-    print(f"llama.cpp: {tokens} tokens in {seconds:.1f}s = {tokens / seconds:.1f} tok/s", flush=True)
-    return tokens / seconds
+    return Measurement(workload.name, "llama.cpp in-process (sequential)", tokens, seconds)
 
 
-def engine(prompts: list[list[dict[str, str]]], new_tokens: int, batch_size: int, dtype: str) -> float:
-    """Our local engine as a spec runs it: length-bucketed batches, per-request seeded top-k/top-p
-    sampling, and the spec's default dtype ('auto': bfloat16 on CPUs with native bf16)."""
-    from synth_assets.generation.local_llm import ChatRequest, get_local_model, resolve_dtype
+# ---- servers ---------------------------------------------------------------------------------------
 
-    model = get_local_model(dtype=dtype)
-    print(f"engine dtype: {resolve_dtype(dtype)}", flush=True)
-    requests = [ChatRequest(key=str(i), messages=m, seed=i) for i, m in enumerate(prompts)]
-    model.generate(requests[:2], max_new_tokens=4, temperature=0.8, top_p=0.95,
-                   repetition_penalty=1.1, batch_size=2)  # fmt: skip
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@contextmanager
+def serve(command: list[str], port: int, log_path: Path, ready_timeout_s: float = 180.0) -> Iterator[str]:
+    """Run a server until the block ends; yields its OpenAI base URL once /v1/models answers.
+
+    Raises RuntimeError (with the log's tail) when it exits or does not answer in time."""
+    log = log_path.open("wb")
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    base_url = f"http://127.0.0.1:{port}/v1"
+    try:
+        deadline = time.monotonic() + ready_timeout_s
+        while True:
+            if process.poll() is not None:
+                tail = log_path.read_text(errors="replace")[-800:]
+                raise RuntimeError(f"{command[0]} exited with {process.returncode}: {tail}")
+            try:
+                with urllib.request.urlopen(f"{base_url}/models", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{command[0]} did not answer on port {port} in {ready_timeout_s:.0f}s")
+            time.sleep(0.5)
+        yield base_url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        log.close()
+
+
+def server_params(workload: Workload, base_url: str, concurrency: int) -> GenerationParams:
+    return workload.params.model_copy(
+        update={
+            "backend": "openai",
+            "base_url": base_url,
+            "model": "smollm2-135m-instruct",
+            "max_concurrency": concurrency,
+            "timeout_s": 600.0,
+        }
+    )
+
+
+def through_backend(workload: Workload, params: GenerationParams, row: str) -> Measurement:
+    """The workload sent through our OpenAI-compatible backend (adaptive concurrency, retries)."""
+    from synth_assets.generation.backends import OpenAICompatibleBackend
+
+    backend = OpenAICompatibleBackend(params)
+    failures: list[str] = []
+    tokens = [0]
+
+    def on_batch(results: list[Any], failed: list[Any]) -> None:
+        tokens[0] += sum(r.completion_tokens for r in results)
+        failures.extend(f.error for f in failed)
+
+    backend.generate(workload.requests[:2], params, lambda results, failed: None)  # warm-up
     started = time.perf_counter()
-    results = model.generate(
-        requests, max_new_tokens=new_tokens, temperature=0.8, top_p=0.95, repetition_penalty=1.1,
-        batch_size=batch_size,
-    )  # fmt: skip
+    backend.generate(workload.requests, params, on_batch)
     seconds = time.perf_counter() - started
+    # the adaptive limit's path shows whether latency backoff throttled a batching server
+    history = getattr(backend, "concurrency_history", [])
+    note = f"concurrency limit {min(history)}-{max(history)}, last {history[-1]}" if history else ""
+    if failures:
+        note += f"; {len(failures)} failed: {failures[0][:80]}"
+    return Measurement(workload.name, row, tokens[0], seconds, note)
+
+
+def direct_client(workload: Workload, params: GenerationParams, row: str) -> Measurement:
+    """The same request bodies, `params.max_concurrency` in flight, stdlib HTTP, no retries."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    from synth_assets.generation.backends import OpenAICompatibleBackend
+
+    backend = OpenAICompatibleBackend(params)  # only to build exactly the bodies the backend sends
+    url = urlsplit(str(params.base_url))
+
+    def post(request: ChatRequest) -> int:
+        path = f"{url.path}/completions" if request.continuation else f"{url.path}/chat/completions"
+        connection = http.client.HTTPConnection(url.hostname, url.port, timeout=params.timeout_s)
+        try:
+            body = json.dumps(backend._body(request, params))
+            connection.request("POST", path, body=body, headers={"Content-Type": "application/json"})
+            response = connection.getresponse()
+            payload = json.loads(response.read())
+            if response.status != 200:
+                raise RuntimeError(f"HTTP {response.status}: {str(payload)[:200]}")
+            return int(payload["usage"]["completion_tokens"])
+        finally:
+            connection.close()
+
+    with ThreadPoolExecutor(params.max_concurrency) as pool:
+        list(pool.map(post, workload.requests[:2]))  # warm-up
+        started = time.perf_counter()
+        tokens = sum(pool.map(post, workload.requests))
+        seconds = time.perf_counter() - started
+    return Measurement(workload.name, row, tokens, seconds)
+
+
+def llama_server_binary(explicit: str | None) -> str | None:
+    """--llama-server, else $LLAMA_SERVER, else `llama-server` on PATH, else the build script's cache."""
+    from synth_assets.generation.local_llm import default_cache_dir
+
+    for candidate in (explicit, os.environ.get("LLAMA_SERVER"), shutil.which("llama-server")):
+        if candidate:
+            return candidate
+    version = "unknown"
+    try:
+        import importlib.metadata
+
+        version = importlib.metadata.version("llama_cpp_python")
+    except importlib.metadata.PackageNotFoundError:
+        pass
+    cached = default_cache_dir() / "llama-server" / version / "llama-server"
+    return str(cached) if cached.is_file() else None
+
+
+# ---- concurrency -----------------------------------------------------------------------------------
+
+
+def worker(args: argparse.Namespace) -> None:
+    """One generation process of the concurrency figure: load, say 'ready', wait for 'go', generate."""
+    workload = realistic_workload(Path(args.spec), args.concurrency_prompts, args.new_tokens)
+    from synth_assets.generation.local_llm import get_local_model
+
+    params = workload.params
+    settings = {
+        "temperature": params.temperature,
+        "top_p": params.top_p,
+        "repetition_penalty": params.repetition_penalty,
+    }
+    from synth_assets.runtime import choose_threads
+
+    model = get_local_model(dtype=args.dtype)
+    model.generate(workload.requests[:2], max_new_tokens=4, batch_size=2, **settings)
+    print(f"ready {choose_threads().threads}", flush=True)
+    sys.stdin.readline()
+    started = time.time()
+    results = model.generate(
+        workload.requests, max_new_tokens=params.max_new_tokens, batch_size=args.batch_size, **settings
+    )
+    finished = time.time()
     tokens = sum(r.completion_tokens for r in results)
-    print(f"engine: {tokens} tokens in {seconds:.1f}s = {tokens / seconds:.1f} tok/s", flush=True)
-    return tokens / seconds
+    print(json.dumps({"tokens": tokens, "started": started, "finished": finished}), flush=True)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--prompts", type=int, default=32)
-    parser.add_argument("--new-tokens", type=int, default=64)
-    parser.add_argument("--batch-size", type=int, default=32)
+def concurrent_processes(args: argparse.Namespace, count: int, workload_name: str) -> Measurement:
+    """`count` worker processes started together; aggregate tok/s over the span they all ran."""
+    command = [
+        sys.executable, __file__, "--worker", "--spec", str(args.spec), "--dtype", args.dtype,
+        "--concurrency-prompts", str(args.concurrency_prompts), "--new-tokens", str(args.new_tokens),
+        "--batch-size", str(args.batch_size),
+    ]  # fmt: skip
+    processes = [
+        subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        for _ in range(count)
+    ]
+    threads: list[str] = []
+    try:
+        for process in processes:  # every process loaded and warm before any starts timing
+            line = process.stdout.readline() if process.stdout else ""
+            if not line.startswith("ready"):
+                raise RuntimeError(f"concurrency worker failed to start (said {line!r})")
+            threads.append(line.split()[1])
+        for process in processes:
+            assert process.stdin is not None
+            process.stdin.write("go\n")
+            process.stdin.flush()
+        reports = []
+        for process in processes:
+            out, _ = process.communicate(timeout=3600)
+            reports.append(json.loads(out.strip().splitlines()[-1]))
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+    span = max(r["finished"] for r in reports) - min(r["started"] for r in reports)
+    per_process = ", ".join(f"{r['tokens'] / (r['finished'] - r['started']):.1f}" for r in reports)
+    return Measurement(
+        workload_name,
+        f"{count} process{'es' if count > 1 else ''} at once (aggregate)",
+        sum(r["tokens"] for r in reports),
+        span,
+        f"each {args.concurrency_prompts} prompts, threads as a run picks them ({', '.join(threads)}); "
+        f"per process tok/s {per_process}",
+        {"processes": count},
+    )
+
+
+# ---- main ------------------------------------------------------------------------------------------
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Command line; `--rows` is validated against ROWS. Raises SystemExit on bad arguments."""
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--spec", type=Path, default=DEFAULT_SPEC, help="demo spec of the realistic workload")
+    parser.add_argument("--prompts", type=int, default=256, help="realistic workload: prompts")
+    parser.add_argument("--new-tokens", type=int, default=128, help="realistic workload: max_new_tokens")
+    parser.add_argument("--current-prompts", type=int, default=32, help="round-1 workload: prompts")
+    parser.add_argument("--current-new-tokens", type=int, default=64, help="round-1 workload: new tokens")
+    parser.add_argument("--naive-prompts", type=int, default=32, help="naive loop: prompts measured")
+    parser.add_argument("--concurrency-prompts", type=int, default=64, help="prompts per process")
+    parser.add_argument("--processes", default="1,2,4", help="process counts of the concurrency figure")
+    parser.add_argument("--batch-size", type=int, default=32, help="engine: prompts per batch")
+    parser.add_argument("--parallel", type=int, default=8, help="llama-server slots (-np)")
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])
-    args = parser.parse_args()
+    parser.add_argument("--llama-server", default=None, help="path of llama-server (default: see docs)")
+    parser.add_argument("--rows", default=",".join(ROWS), help=f"comma list of: {', '.join(ROWS)}")
+    parser.add_argument("--log-dir", type=Path, default=Path("/tmp"), help="server logs go here")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    rows = [row.strip() for row in args.rows.split(",") if row.strip()]
+    unknown = sorted(set(rows) - set(ROWS))
+    if unknown:
+        parser.error(f"--rows: unknown {', '.join(unknown)} (choose from {', '.join(ROWS)})")
+    args.rows = rows
+    try:
+        args.processes = [int(p) for p in str(args.processes).split(",") if p.strip()]
+    except ValueError:
+        parser.error(f"--processes: expected a comma list of integers, got {args.processes!r}")
+    for name in ("prompts", "new_tokens", "naive_prompts", "concurrency_prompts", "batch_size", "parallel"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1")
+    if any(p < 1 for p in args.processes):
+        parser.error("--processes: every count must be >= 1")
+    return args
 
-    from synth_assets.generation.local_llm import find_gguf_file, get_local_model
 
-    prompts = review_prompts(args.prompts)
+def amx_cpu() -> bool:
+    import torch
+
+    return bool(torch.cpu._is_amx_tile_supported())
+
+
+def ratio(numerator: Measurement | None, denominator: Measurement | None) -> float:
+    if numerator is None or denominator is None or denominator.tok_s == 0:
+        return float("nan")
+    return numerator.tok_s / denominator.tok_s
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    prepare_process()  # OMP_WAIT_POLICY=PASSIVE and thread counts before torch, as `synth-assets run` does
+    args = parse_args(argv)
+    if args.worker:
+        worker(args)
+        return
+    from synth_assets.generation.local_llm import find_gguf_file, get_local_model, resolve_dtype
+    from synth_assets.runtime import request_threads
+
+    request_threads(args.threads)  # every in-process row and server uses the same thread count
+    dtype = resolve_dtype(args.dtype)
+    print(f"CPU: {cpu_model()} ({args.threads} threads); engine dtype: {dtype}", flush=True)
+    gguf = str(find_gguf_file())
     model_dir = str(get_local_model().model_dir)  # also makes sure the weight cache exists
-    engine_tok_s = engine(prompts, args.new_tokens, args.batch_size, args.dtype)
-    naive_tok_s = naive_loop(model_dir, prompts, args.new_tokens, args.threads)
-    llamacpp_tok_s = llama_cpp(str(find_gguf_file()), prompts, args.new_tokens, args.threads)
-    llama_text = f"{llamacpp_tok_s:.1f}" if llamacpp_tok_s else "nan"
-    vs_llama = f"{engine_tok_s / llamacpp_tok_s:.2f}" if llamacpp_tok_s else "nan"
+    rows = set(args.rows)
+    table: list[Measurement] = []
+
+    def record(measurement: Measurement | None) -> Measurement | None:
+        if measurement is not None:
+            table.append(measurement)
+            print(f"  {measurement.row}: {measurement.tokens} tokens in {measurement.seconds:.1f}s = "
+                  f"{measurement.tok_s:.1f} tok/s {measurement.note}", flush=True)  # fmt: skip
+        return measurement
+
+    if "current" in rows:
+        current = current_workload(args.current_prompts, args.current_new_tokens)
+        record(run_engine(current, args.dtype, args.batch_size))
+        record(naive_loop(model_dir, current, len(current.requests), args.threads))
+        record(llama_cpp_in_process(gguf, current, args.threads))
+
+    workload = realistic_workload(args.spec, args.prompts, args.new_tokens)
+    print(f"realistic workload: {len(workload.requests)} prompts from {args.spec}, "
+          f"max_new_tokens {args.new_tokens}, mode {workload.params.mode}, "
+          f"stop {workload.params.stop_strings()}",
+          flush=True)  # fmt: skip
+    engine = engine_f32 = naive = llama_np = direct = None
+    if "engine" in rows:
+        engine = record(run_engine(workload, args.dtype, args.batch_size))
+    if "engine-float32" in rows:
+        if engine is not None and dtype == "float32":
+            engine_f32 = engine  # auto is float32 on this CPU: the same run
+        else:
+            engine_f32 = record(run_engine(workload, "float32", args.batch_size))
+    if "naive" in rows:
+        naive = record(naive_loop(model_dir, workload, args.naive_prompts, args.threads))
+    if "python-server" in rows:
+        if importlib.util.find_spec("llama_cpp") is None:
+            print("python server: llama-cpp-python not installed, skipped", flush=True)
+        else:
+            port = free_port()
+            command = [
+                sys.executable, "-m", "synth_assets.generation.llama_server", "--model", gguf,
+                "--host", "127.0.0.1", "--port", str(port), "--n_threads", str(args.threads),
+                "--n_ctx", "2048",
+            ]  # fmt: skip
+            with serve(command, port, args.log_dir / "synth_python_server.log") as base_url:
+                params = server_params(workload, base_url, args.parallel)
+                record(through_backend(workload, params, "python server (sequential), our backend"))
+    if {"llama-server", "direct-client"} & rows:
+        binary = llama_server_binary(args.llama_server)
+        if binary is None:
+            print("llama-server: not found; build it with scripts/build_llama_server.sh, skipped", flush=True)
+        else:
+            port = free_port()
+            # 1024 tokens of context per slot: the longest realistic prompt plus 128 new tokens fit.
+            command = [
+                binary, "-m", gguf, "--host", "127.0.0.1", "--port", str(port), "-np", str(args.parallel),
+                "-c", str(1024 * args.parallel), "-t", str(args.threads), "--no-webui",
+            ]  # fmt: skip
+            if amx_cpu():
+                # --no-repack is llama-server's use_extra_bufts=False (common.cpp): the AMX buffer type
+                # that makes llama-cpp-python 0.3.36 segfault on multi-token prompts (README). Not
+                # reproducible on the AVX2 EPYC this was written on, so it is kept off where no AMX.
+                command.append("--no-repack")
+            with serve(command, port, args.log_dir / "synth_llama_server.log") as base_url:
+                params = server_params(workload, base_url, args.parallel)
+                if "llama-server" in rows:
+                    llama_np = record(
+                        through_backend(workload, params, f"llama-server -np {args.parallel}, our backend")
+                    )
+                if "direct-client" in rows:
+                    direct = record(
+                        direct_client(workload, params, f"llama-server -np {args.parallel}, direct client")
+                    )
+    by_processes: dict[int, Measurement] = {}
+    if "concurrency" in rows:
+        for count in args.processes:
+            measured = record(concurrent_processes(args, count, workload.name))
+            if measured is not None:
+                by_processes[count] = measured
+
+    print()
+    print("| workload | row | tokens | seconds | tok/s | note |\n|---|---|---|---|---|---|")
+    for m in table:
+        print(f"| {m.workload} | {m.row} | {m.tokens} | {m.seconds:.1f} | {m.tok_s:.1f} | {m.note} |")
+    print(f"\nCPU: {cpu_model()}, {args.threads} threads, engine dtype {dtype}, batch size {args.batch_size}")
+    overhead = (ratio(direct, llama_np) - 1) * 100
     print(
-        f"RESULT engine_tok_s={engine_tok_s:.1f} naive_tok_s={naive_tok_s:.1f} "
-        f"llamacpp_tok_s={llama_text} speedup_vs_naive={engine_tok_s / naive_tok_s:.2f} "
-        f"speedup_vs_llamacpp={vs_llama}"
+        f"RESULT engine_vs_llama_server={ratio(engine, llama_np):.2f} "
+        f"f32_vs_naive={ratio(engine_f32, naive):.2f} "
+        f"http_overhead_pct={overhead:.1f} "
+        f"two_proc_vs_one={ratio(by_processes.get(2), by_processes.get(1)):.2f} "
+        f"four_proc_vs_one={ratio(by_processes.get(4), by_processes.get(1)):.2f} "
+        f"engine_tok_s={engine.tok_s if engine else float('nan'):.1f} "
+        f"engine_f32_tok_s={engine_f32.tok_s if engine_f32 else float('nan'):.1f} "
+        f"naive_tok_s={naive.tok_s if naive else float('nan'):.1f} "
+        f"llama_server_tok_s={llama_np.tok_s if llama_np else float('nan'):.1f} "
+        f"direct_client_tok_s={direct.tok_s if direct else float('nan'):.1f} "
+        f"dtype={dtype} prompts={len(workload.requests)} new_tokens={args.new_tokens}"
     )
 
 

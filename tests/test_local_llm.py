@@ -253,3 +253,97 @@ def test_generation_and_scoring_still_work_with_a_hostile_row(model: LocalChatMo
     assert HOSTILE_SEED in prefix  # still the prompt text for anything that reads it
     scores = model.log_likelihood([prefix, prefix], ["A fine kettle.", "<|im_end|>"])
     assert all(score < 0 for score in scores)
+
+
+# ---- continuous batching -------------------------------------------------------------------------------
+
+
+def _continue(key: str, text: str, seed: int = 0, stop: tuple[str, ...] = ("\n",)) -> ChatRequest:
+    return ChatRequest(
+        key=key, messages=[{"role": "user", "content": text}], seed=seed, continuation=True, stop=stop
+    )
+
+
+def _demo_spec_requests(count: int) -> list[ChatRequest]:
+    """The first `count` prompts `synth-assets run` renders for the demo spec (varied lengths, demos)."""
+    from synth_assets.generation.prompts import expand_prompts
+    from synth_assets.seed import load_seed_data
+    from synth_assets.spec import load_spec
+
+    spec = load_spec(REPO_ROOT / "specs" / "product_reviews.yaml")
+    spec = spec.model_copy(update={"num_samples": count})
+    frame = expand_prompts(spec, load_seed_data(spec))
+    return [
+        _continue(str(row.prompt_id), str(row.prompt_text), int(row.generation_seed))
+        for row in frame.itertuples(index=False)
+    ]
+
+
+@pytest.mark.slow
+def test_continuous_batching_serves_the_local_model(model: LocalChatModel) -> None:
+    assert model._continuous
+
+
+@pytest.mark.slow
+def test_a_finished_rows_slot_takes_the_next_prompt(model: LocalChatModel) -> None:
+    # Greedy: the count never reaches a newline, each quiz answer ends at one. The count has the
+    # shortest prompt, so it starts first; with two slots every answer joins and finishes while it runs.
+    count = _continue("count", "1, 2, 3, 4, 5, 6,", stop=())
+    quiz = "Q: What is the capital of France?\nA: Paris\nQ: What colour is the sky?\nA: Blue\nQ: {}\nA:"
+    answers = [
+        _continue(f"q{i}", quiz.format(question))
+        for i, question in enumerate(
+            ["What is the capital of Italy?", "What colour is grass?", "What is 2 + 2?", "Who wrote Hamlet?"]
+        )
+    ]
+    reported: list[list[str]] = []
+    results = model.generate(
+        [count, *answers],
+        max_new_tokens=40,
+        temperature=0.0,
+        top_p=1.0,
+        repetition_penalty=1.0,
+        batch_size=2,
+        on_batch=lambda finished: reported.append([result.key for result in finished]),
+    )
+    by_key = {result.key: result for result in results}
+    assert by_key["count"].finish_reason == "length" and by_key["count"].completion_tokens == 40
+    assert all(
+        by_key[r.key].finish_reason == "stop" and by_key[r.key].completion_tokens < 40 for r in answers
+    )
+    # reported two at a time as they finish: the four answers before the count that started first
+    assert [len(chunk) for chunk in reported] == [2, 2, 1]
+    assert sorted(key for chunk in reported[:-1] for key in chunk) == sorted(r.key for r in answers)
+    assert reported[-1] == ["count"]
+
+
+@pytest.mark.slow
+def test_a_requests_output_does_not_depend_on_its_batch_mates_in_float32(model: LocalChatModel) -> None:
+    # Demo-spec prompts with sampling: rows stop at different steps, so slots are refilled mid-run
+    # and every row shares its steps with different mates in each configuration.
+    requests = _demo_spec_requests(10)
+    together = model.generate(requests, max_new_tokens=48, batch_size=10, **SAMPLING)
+    few_slots = model.generate(requests, max_new_tokens=48, batch_size=3, **SAMPLING)
+    alone = [model.generate([r], max_new_tokens=48, batch_size=1, **SAMPLING)[0] for r in requests]
+    shuffled = model.generate(requests[::-1], max_new_tokens=48, batch_size=4, **SAMPLING)[::-1]
+    for other in (few_slots, alone, shuffled):
+        assert [(r.key, r.text, r.completion_tokens) for r in other] == [
+            (r.key, r.text, r.completion_tokens) for r in together
+        ]
+    assert len({r.text for r in together}) == len(requests)  # every prompt got its own answer
+    assert len({r.completion_tokens for r in together}) > 1  # rows really ended at different steps
+
+
+@pytest.mark.slow
+def test_continuous_batching_gives_the_batch_at_a_time_answers(
+    model: LocalChatModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Same requests, same seeds: the decode loop that refills slots and model.generate over length
+    # buckets (the path for cache layouts it cannot move) draw the same tokens, prompt by prompt.
+    requests = [*_demo_spec_requests(6), *REQUESTS]
+    continuous = model.generate(requests, max_new_tokens=32, batch_size=4, **SAMPLING)
+    monkeypatch.setattr(model, "_continuous", False)
+    bucketed = model.generate(requests, max_new_tokens=32, batch_size=4, **SAMPLING)
+    assert [(r.key, r.text, r.completion_tokens, r.finish_reason) for r in continuous] == [
+        (r.key, r.text, r.completion_tokens, r.finish_reason) for r in bucketed
+    ]

@@ -24,6 +24,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from synth_assets.generation.continuous_batching import (
+    Finished,
+    generate_continuously,
+    row_generator,
+    sample_next,
+    supports_continuous_batching,
+)
+
 if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -293,6 +301,9 @@ class LocalChatModel:
         self._stop_ids = self._collect_stop_ids()
         self._stop_id_memo: dict[tuple[str, ...], list[int]] = {}
         self._max_positions = int(getattr(self._model.config, "max_position_embeddings", 0) or 0)
+        # Continuous batching moves rows in and out of a plain key/value cache; a model with another
+        # cache layout (sliding windows, recurrent state) decodes batch by batch with model.generate.
+        self._continuous = supports_continuous_batching(self._model)
         self._load_seconds = time.perf_counter() - started
         logger.info(
             "%s ready in %.2fs (%s, %d threads, %s)",
@@ -498,34 +509,95 @@ class LocalChatModel:
                     f"prompt {request.key!r} has {len(ids)} tokens; with max_new_tokens={max_new_tokens} it "
                     f"exceeds the model's {self._max_positions}-token context"
                 )
-        # Length bucketing: similar lengths share a batch, so little compute goes to padding. Ties keep
-        # the caller's order, which makes the batching itself deterministic.
-        order = sorted(range(len(requests)), key=lambda index: (len(encoded[index]), index))
         results: list[ChatResult | None] = [None] * len(requests)
         started = time.perf_counter()
-        done = 0
-        tokens = 0
+        progress = {"done": 0, "tokens": 0}
+
+        def report(finished: list[ChatResult]) -> None:
+            progress["done"] += len(finished)
+            progress["tokens"] += sum(result.completion_tokens for result in finished)
+            if on_batch is not None:
+                on_batch(finished)
+            if on_progress is not None:
+                elapsed = time.perf_counter() - started
+                on_progress(ProgressUpdate(progress["done"], len(requests), progress["tokens"], elapsed))
+
+        settings = {"temperature": temperature, "top_p": top_p, "repetition_penalty": repetition_penalty}
         with self._lock, torch.inference_mode():
             torch.set_num_threads(self._threads)
-            for start in range(0, len(order), batch_size):
-                batch = order[start : start + batch_size]
-                batch_results = self._generate_batch(
-                    [requests[index] for index in batch],
-                    [encoded[index] for index in batch],
-                    max_new_tokens=max_new_tokens,
-                    temperature=temperature,
-                    top_p=top_p,
-                    repetition_penalty=repetition_penalty,
+            if self._continuous:
+                self._generate_continuously(
+                    requests, encoded, results, report, max_new_tokens, batch_size, settings
                 )
-                for index, result in zip(batch, batch_results, strict=True):
-                    results[index] = result
-                    tokens += result.completion_tokens
-                done += len(batch)
-                if on_batch is not None:
-                    on_batch(batch_results)
-                if on_progress is not None:
-                    on_progress(ProgressUpdate(done, len(requests), tokens, time.perf_counter() - started))
+            else:
+                # Length bucketing: similar lengths share a batch, so little compute goes to padding.
+                # Ties keep the caller's order, which makes the batching itself deterministic.
+                order = sorted(range(len(requests)), key=lambda index: (len(encoded[index]), index))
+                for start in range(0, len(order), batch_size):
+                    batch = order[start : start + batch_size]
+                    batch_results = self._generate_batch(
+                        [requests[index] for index in batch],
+                        [encoded[index] for index in batch],
+                        max_new_tokens=max_new_tokens,
+                        **settings,
+                    )
+                    for index, result in zip(batch, batch_results, strict=True):
+                        results[index] = result
+                    report(batch_results)
         return [result for result in results if result is not None]
+
+    def _generate_continuously(
+        self,
+        requests: Sequence[ChatRequest],
+        encoded: list[list[int]],
+        results: list[ChatResult | None],
+        report: Callable[[list[ChatResult]], None],
+        max_new_tokens: int,
+        slots: int,
+        settings: dict[str, float],
+    ) -> None:
+        """`slots` rows decode at once and a finished row's slot takes the next prompt; results are
+        reported `slots` at a time, in the order they finish (a killed run loses fewer than `slots`)."""
+        pending: list[ChatResult] = []
+
+        def finished(rows: list[Finished]) -> None:
+            for row in rows:
+                request = requests[row.index]
+                results[row.index] = self._result(request, encoded[row.index], row.tokens, row.stopped)
+                pending.append(results[row.index])  # type: ignore[arg-type]
+            while len(pending) >= slots:
+                report(pending[:slots])
+                del pending[:slots]
+
+        generate_continuously(
+            self._model,
+            encoded,
+            seeds=[request.seed for request in requests],
+            stops=[self._stop_set(request.stop) for request in requests],
+            slots=slots,
+            max_new_tokens=max_new_tokens,
+            pad_id=int(self._tokenizer.pad_token_id),
+            device=self._device,
+            on_finished=finished,
+            **settings,
+        )
+        if pending:
+            report(pending)
+
+    def _stop_set(self, stop_strings: tuple[str, ...]) -> frozenset[int]:
+        """Token ids that end a row: end of sequence, plus every token containing one of its stop strings."""
+        return frozenset(self._stop_ids) | frozenset(self._ids_containing(tuple(sorted(set(stop_strings)))))
+
+    def _result(self, request: ChatRequest, ids: list[int], tokens: list[int], stopped: bool) -> ChatResult:
+        """A finished row as the caller sees it: text up to (not including) its stop string, stripped."""
+        text = cut_at_stop(self._tokenizer.decode(tokens, skip_special_tokens=True), request.stop)
+        return ChatResult(
+            key=request.key,
+            text=text.strip(),
+            prompt_tokens=len(ids),
+            completion_tokens=len(tokens),
+            finish_reason="stop" if stopped else "length",
+        )
 
     def log_likelihood(
         self, prefixes: Sequence[str], continuations: Sequence[str], batch_size: int = 32
@@ -689,16 +761,7 @@ class LocalChatModel:
         for request, ids, completion in zip(requests, encoded, completions, strict=True):
             end = next((position for position, token in enumerate(completion) if token in stop), None)
             kept = completion if end is None else completion[: end + 1]
-            text = cut_at_stop(self._tokenizer.decode(kept, skip_special_tokens=True), request.stop)
-            results.append(
-                ChatResult(
-                    key=request.key,
-                    text=text.strip(),
-                    prompt_tokens=len(ids),
-                    completion_tokens=len(kept),
-                    finish_reason="length" if end is None else "stop",
-                )
-            )
+            results.append(self._result(request, ids, kept, end is not None))
         return results
 
 
@@ -723,87 +786,23 @@ class _SeededSampler:
         seeds: list[int],
         device: torch.device,
     ) -> None:
-        import torch
-
         self._prompt_width = prompt_width
-        self._temperature = temperature
-        self._top_p = top_p
-        self._penalty = repetition_penalty
-        self._generators = []
-        for seed in seeds:
-            generator = torch.Generator(device=device)
-            # manual_seed rejects values outside int64; seeds are caller data and may be any int.
-            generator.manual_seed(int(seed) % (2**63))
-            self._generators.append(generator)
+        self._settings = {
+            "temperature": temperature,
+            "top_p": top_p,
+            "repetition_penalty": repetition_penalty,
+        }
+        self._generators = [row_generator(seed, device) for seed in seeds]
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         import torch
 
-        scores = scores.float()
-        generated = input_ids[:, self._prompt_width :]
-        if self._penalty != 1.0 and generated.shape[1] > 0:
-            seen = torch.gather(scores, 1, generated)
-            seen = torch.where(seen < 0, seen * self._penalty, seen / self._penalty)
-            scores = scores.scatter(1, generated, seen)
-        if self._temperature == 0:
-            return scores
-        scores = scores / self._temperature
-        # Sampling looks at the top-k tokens only: sorting and drawing noise over the whole 49k vocabulary
-        # for every row at every step cost more than the forward pass. It stays exact: when the top-k
-        # already hold top_p of the mass, every token outside them is outside the nucleus anyway; a row
-        # whose top-k do not cover top_p (a very flat distribution) falls back to the whole vocabulary.
-        k = min(_SAMPLING_CANDIDATES, scores.shape[-1])
-        top_scores, top_index = torch.topk(scores, k, dim=-1)
-        top_probs = (top_scores - torch.logsumexp(scores, dim=-1, keepdim=True)).exp()
-        # drop a token once the tokens ranked above it already cover top_p; the best one always stays
-        keep = (top_probs.cumsum(dim=-1) - top_probs) < self._top_p
-        covered = (
-            top_probs.sum(dim=-1) >= self._top_p if k < scores.shape[-1] else torch.ones_like(keep[:, 0])
-        )
-        choice = torch.empty(scores.shape[0], dtype=torch.long, device=scores.device)
-        uncovered = [row for row in range(scores.shape[0]) if not bool(covered[row])]
-        for row, generator in enumerate(self._generators):
-            if bool(covered[row]):
-                noise = _gumbel(torch.rand(k, generator=generator, device=scores.device))
-                candidate = torch.where(keep[row], top_scores[row] + noise, float("-inf")).argmax()
-                choice[row] = top_index[row, candidate]
-        if uncovered:
-            choice[uncovered] = self._full_vocabulary_sample(scores[uncovered], uncovered)
+        generated = input_ids[:, self._prompt_width :].tolist()
+        choice = sample_next(scores, generated, self._generators, **self._settings)
         # the caller decodes greedily: make the drawn token the only finite score
-        out = torch.full_like(scores, float("-inf"))
+        out = torch.full_like(scores, float("-inf"), dtype=torch.float32)
         out.scatter_(1, choice.unsqueeze(1), 0.0)
         return out
-
-    def _full_vocabulary_sample(self, rows_scores: torch.Tensor, rows: list[int]) -> torch.Tensor:
-        import torch
-
-        if self._top_p < 1.0:
-            sorted_scores, sorted_index = torch.sort(rows_scores, descending=True, dim=-1)
-            probs = sorted_scores.softmax(dim=-1)
-            drop_sorted = (probs.cumsum(dim=-1) - probs) >= self._top_p
-            drop = torch.zeros_like(drop_sorted).scatter(1, sorted_index, drop_sorted)
-            rows_scores = rows_scores.masked_fill(drop, float("-inf"))
-        noise = torch.stack(
-            [
-                _gumbel(
-                    torch.rand(
-                        rows_scores.shape[-1], generator=self._generators[row], device=rows_scores.device
-                    )
-                )
-                for row in rows
-            ]
-        )
-        return (rows_scores + noise).argmax(dim=-1)
-
-
-# top-k candidates considered per sampling step (see _SeededSampler.__call__)
-_SAMPLING_CANDIDATES = 256
-
-
-def _gumbel(uniform: torch.Tensor) -> torch.Tensor:
-    import torch
-
-    return -torch.log(-torch.log(uniform.clamp(min=1e-20, max=1.0 - 1e-7)))
 
 
 @contextmanager

@@ -1,0 +1,298 @@
+"""Continuous batching for the local engine: a row that finishes hands its slot to the next prompt.
+
+`model.generate` runs a batch until its longest row ends, so rows that stopped early keep occupying
+the batch (on the demo spec most rows stop after 15-40 tokens and a few run to the limit). Here the
+decode loop owns a key/value cache per slot (`transformers.DynamicCache`, rows along the batch
+dimension, left padded): finished rows leave the cache at once, waiting prompts are prefilled and
+joined to it, and every step decodes one token for every live row.
+
+Why not transformers' own `ContinuousBatchingManager` / `generate_batch` (5.24): it samples with one
+`torch.multinomial` over the manager's single generator, so a request's text depends on its batch
+mates and per-request seeds are impossible; its per-request processors cover temperature/top-k/top-p
+only (no repetition penalty over the generated tokens) and never see which request a row is; its paged
+attention is built for CUDA. Our sampler needs one generator per request.
+
+Exactness: each row draws from its own generator exactly as the batched engine's sampler did (one
+draw of the top-k candidates per step, or of the whole vocabulary when they do not hold top_p), the
+repetition penalty sees the row's own generated tokens only, and padding is masked; in float32 a
+request's tokens do not depend on which rows share its steps.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel
+
+# top-k candidates considered per sampling step (see sample_next)
+SAMPLING_CANDIDATES = 256
+
+
+def gumbel(uniform: torch.Tensor) -> torch.Tensor:
+    """Gumbel(0, 1) noise from uniform draws (clamped away from 0 and 1)."""
+    import torch
+
+    return -torch.log(-torch.log(uniform.clamp(min=1e-20, max=1.0 - 1e-7)))
+
+
+def sample_next(
+    scores: torch.Tensor,
+    generated: Sequence[Sequence[int]],
+    generators: Sequence[torch.Generator],
+    *,
+    temperature: float,
+    top_p: float,
+    repetition_penalty: float,
+) -> torch.Tensor:
+    """One next token per row (LongTensor [rows]) from `scores` [rows, vocab] (logits).
+
+    Repetition penalty over the row's own `generated` tokens (CTRL, Keskar et al. 2019), temperature,
+    exact nucleus (top-p, Holtzman et al. 2020) and a Gumbel-max draw from the row's own generator;
+    temperature 0 is greedy. Only the top-256 tokens are looked at: when they already hold top_p of the
+    mass every other token is outside the nucleus anyway; a row whose top-256 do not (a very flat
+    distribution) falls back to the whole vocabulary, so the draw stays exact. Sorting and drawing noise
+    over all 49k tokens every step cost more than the forward pass."""
+    import torch
+
+    scores = scores.float()
+    rows = scores.shape[0]
+    width = max((len(tokens) for tokens in generated), default=0)
+    if repetition_penalty != 1.0 and width:
+        # ragged -> rectangular: pad with a token the row already has (scatter writes the same value
+        # twice), rows with no token yet get index 0 and keep their original score
+        index = torch.tensor(
+            [list(t) + [t[0] if t else 0] * (width - len(t)) for t in generated], dtype=torch.long
+        ).to(scores.device)
+        has_tokens = torch.tensor([bool(t) for t in generated], device=scores.device).unsqueeze(1)
+        seen = torch.gather(scores, 1, index)
+        penalised = torch.where(seen < 0, seen * repetition_penalty, seen / repetition_penalty)
+        scores = scores.scatter(1, index, torch.where(has_tokens, penalised, seen))
+    if temperature == 0:
+        return scores.argmax(dim=-1)
+    scores = scores / temperature
+    k = min(SAMPLING_CANDIDATES, scores.shape[-1])
+    top_scores, top_index = torch.topk(scores, k, dim=-1)
+    top_probs = (top_scores - torch.logsumexp(scores, dim=-1, keepdim=True)).exp()
+    # drop a token once the tokens ranked above it already cover top_p; the best one always stays
+    keep = (top_probs.cumsum(dim=-1) - top_probs) < top_p
+    covered = top_probs.sum(dim=-1) >= top_p if k < scores.shape[-1] else torch.ones_like(keep[:, 0])
+    choice = torch.empty(rows, dtype=torch.long, device=scores.device)
+    uncovered = [row for row in range(rows) if not bool(covered[row])]
+    for row, generator in enumerate(generators):
+        if bool(covered[row]):
+            noise = gumbel(torch.rand(k, generator=generator, device=scores.device))
+            candidate = torch.where(keep[row], top_scores[row] + noise, float("-inf")).argmax()
+            choice[row] = top_index[row, candidate]
+    if uncovered:
+        flat = scores[uncovered]
+        if top_p < 1.0:
+            sorted_scores, sorted_index = torch.sort(flat, descending=True, dim=-1)
+            probs = sorted_scores.softmax(dim=-1)
+            drop_sorted = (probs.cumsum(dim=-1) - probs) >= top_p
+            drop = torch.zeros_like(drop_sorted).scatter(1, sorted_index, drop_sorted)
+            flat = flat.masked_fill(drop, float("-inf"))
+        noise = torch.stack(
+            [
+                gumbel(torch.rand(flat.shape[-1], generator=generators[row], device=flat.device))
+                for row in uncovered
+            ]
+        )
+        choice[uncovered] = (flat + noise).argmax(dim=-1)
+    return choice
+
+
+def row_generator(seed: int, device: torch.device) -> torch.Generator:
+    """A request's own random generator (manual_seed rejects values outside int64: seeds are caller data)."""
+    import torch
+
+    generator = torch.Generator(device=device)
+    generator.manual_seed(int(seed) % (2**63))
+    return generator
+
+
+@dataclass
+class _Row:
+    index: int  # position in the caller's prompt list
+    prompt_len: int
+    stop: frozenset[int]
+    generator: torch.Generator
+    generated: list[int] = field(default_factory=list)
+
+    @property
+    def cached(self) -> int:
+        # the last sampled token is fed by the next step, so it is not in the cache yet
+        return self.prompt_len + len(self.generated) - 1
+
+
+@dataclass(frozen=True)
+class Finished:
+    """A prompt's completion: its index in the caller's list, its tokens (stop token included), and
+    whether it ended on a stop token (else it reached max_new_tokens)."""
+
+    index: int
+    tokens: list[int]
+    stopped: bool
+
+
+def supports_continuous_batching(model: PreTrainedModel) -> bool:
+    """True when the model's default cache is all plain DynamicLayers (no sliding windows, no
+    linear-attention state), the only layout whose rows this module knows how to move."""
+    from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer
+
+    try:
+        cache = DynamicCache(config=model.config)
+    except Exception:  # an unusual config: use the batch-at-a-time path
+        return False
+    return all(type(layer) is DynamicLayer for layer in cache.layers) if cache.layers else True
+
+
+def generate_continuously(
+    model: PreTrainedModel,
+    prompts: Sequence[Sequence[int]],
+    *,
+    seeds: Sequence[int],
+    stops: Sequence[frozenset[int]],
+    slots: int,
+    max_new_tokens: int,
+    temperature: float,
+    top_p: float,
+    repetition_penalty: float,
+    pad_id: int,
+    device: torch.device,
+    on_finished: Callable[[list[Finished]], None],
+) -> None:
+    """Decode every prompt (token ids, already checked to fit the context) with at most `slots` rows
+    live at once; `on_finished` gets the rows that ended at each step, in the order they ended.
+
+    Prompts are admitted in length order (similar lengths share a prefill, little padding), whenever
+    at least an eighth of the slots are free (a join copies the cache once, like one decode step)."""
+    import torch
+    from transformers import DynamicCache
+
+    order = deque(sorted(range(len(prompts)), key=lambda i: (len(prompts[i]), i)))
+    refill_at = max(1, slots // 8)
+    live: list[_Row] = []
+    cache: DynamicCache | None = None
+    sampling = {"temperature": temperature, "top_p": top_p, "repetition_penalty": repetition_penalty}
+    cache_argument = _cache_argument(model)
+
+    while order or live:
+        if order and (not live or slots - len(live) >= refill_at):
+            joining = [order.popleft() for _ in range(min(slots - len(live), len(order)))]
+            rows = [_Row(i, len(prompts[i]), stops[i], row_generator(seeds[i], device)) for i in joining]
+            new_cache, logits = _prefill(model, [prompts[i] for i in joining], pad_id, device, cache_argument)
+            first = sample_next(logits, [[] for _ in rows], [r.generator for r in rows], **sampling)
+            for row, token in zip(rows, first.tolist(), strict=True):
+                row.generated.append(int(token))
+            cache = new_cache if cache is None or not live else _join(cache, new_cache)
+            live += rows
+        else:
+            assert cache is not None
+            width = cache.get_seq_length()
+            mask = torch.zeros((len(live), width + 1), dtype=torch.long)
+            for position, row in enumerate(live):
+                mask[position, width - row.cached :] = 1
+            logits = model(
+                input_ids=torch.tensor([[r.generated[-1]] for r in live], device=device),
+                attention_mask=mask.to(device),
+                position_ids=torch.tensor([[r.cached] for r in live], device=device),
+                **{cache_argument: cache},
+                cache_position=torch.tensor([width], device=device),
+                use_cache=True,
+                logits_to_keep=1,
+            ).logits[:, -1, :]
+            chosen = sample_next(logits, [r.generated for r in live], [r.generator for r in live], **sampling)
+            for row, token in zip(live, chosen.tolist(), strict=True):
+                row.generated.append(int(token))
+
+        done = [
+            position
+            for position, row in enumerate(live)
+            if row.generated[-1] in row.stop or len(row.generated) >= max_new_tokens
+        ]
+        if done:
+            on_finished(
+                [
+                    Finished(live[p].index, live[p].generated, live[p].generated[-1] in live[p].stop)
+                    for p in done
+                ]
+            )
+            gone = set(done)
+            keep = [position for position in range(len(live)) if position not in gone]
+            live = [live[position] for position in keep]
+            if live and cache is not None:
+                _select(cache, keep, max(row.cached for row in live))
+
+
+def _cache_argument(model: PreTrainedModel) -> str:
+    """transformers 5.x renames forward's `past_key_values` to `cache` model by model (the old name
+    warns until 5.40): use the name this model's forward takes."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def _prefill(
+    model: PreTrainedModel,
+    prompts: list[Sequence[int]],
+    pad_id: int,
+    device: torch.device,
+    cache_argument: str,
+) -> tuple[object, torch.Tensor]:
+    """Left-padded forward over the joining prompts: (their cache, last-position logits [rows, vocab])."""
+    import torch
+    from transformers import DynamicCache
+
+    width = max(len(ids) for ids in prompts)
+    input_ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for row, ids in enumerate(prompts):
+        input_ids[row, width - len(ids) :] = torch.tensor(list(ids), dtype=torch.long)
+        mask[row, width - len(ids) :] = 1
+    # positions count real tokens only, as generate() does for left-padded rows
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    cache = DynamicCache(config=model.config)
+    logits = model(
+        input_ids=input_ids.to(device),
+        attention_mask=mask.to(device),
+        position_ids=positions.to(device),
+        **{cache_argument: cache},
+        cache_position=torch.arange(width, device=device),
+        use_cache=True,
+        logits_to_keep=1,
+    ).logits[:, -1, :]
+    return cache, logits
+
+
+def _join(cache: object, new: object) -> object:
+    """`cache` with `new`'s rows appended; the shorter one is left padded (padding is masked)."""
+    import torch
+
+    old_width, new_width = cache.get_seq_length(), new.get_seq_length()  # type: ignore[attr-defined]
+    width = max(old_width, new_width)
+    for layer, joining in zip(cache.layers, new.layers, strict=True):  # type: ignore[attr-defined]
+        for name in ("keys", "values"):
+            parts = []
+            for tensor, own in ((getattr(layer, name), old_width), (getattr(joining, name), new_width)):
+                if own < width:
+                    pad = tensor.new_zeros((*tensor.shape[:2], width - own, tensor.shape[3]))
+                    tensor = torch.cat([pad, tensor], dim=2)
+                parts.append(tensor)
+            setattr(layer, name, torch.cat(parts, dim=0))
+    return cache
+
+
+def _select(cache: object, keep: list[int], width: int) -> None:
+    """Keep only rows `keep` and the last `width` positions (the longest live row's cached tokens)."""
+    import torch
+
+    index = torch.tensor(keep, dtype=torch.long)
+    for layer in cache.layers:  # type: ignore[attr-defined]
+        for name in ("keys", "values"):
+            tensor = getattr(layer, name)
+            setattr(layer, name, tensor.index_select(0, index.to(tensor.device))[:, :, -width:, :])
