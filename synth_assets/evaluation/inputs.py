@@ -187,7 +187,7 @@ def shown_seed_ids(
     missing there (the curated set's run wrote no prompts, and the current version differs) is looked
     up in expanded_prompts_history: a prompt_id hashes its demo_ids, so any version that has it says
     the same. A prompt found nowhere is left out (the seed cross-validation then uses its rows in no
-    fold). The history query lives here because storage.py has no read by prompt_id."""
+    fold). The history query lives here because the storage package has no read by prompt_id."""
     wanted = {str(p) for p in curated["prompt_id"]} if "prompt_id" in curated.columns else set()
     shown: dict[str, list[str]] = {}
     if {"prompt_id", "demo_ids"} <= set(prompts.columns):
