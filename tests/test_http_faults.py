@@ -8,6 +8,7 @@ latency are reproducible. No model is loaded here.
 from __future__ import annotations
 
 import email.utils
+import random
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -315,6 +316,28 @@ def test_concurrency_falls_when_the_server_slows_under_load_and_recovers(
     assert history[0] == 8 and lowest <= 4, history
     # additive increase once the server is fast again
     assert max(history[history.index(lowest) :]) >= lowest + 4, history
+
+
+def test_answers_of_very_different_lengths_on_an_idle_server_do_not_lower_the_concurrency(
+    loopback: Callable[..., LoopbackServer],
+) -> None:
+    # An idle server whose time per reply is a fixed cost (prefill, round trip) plus a cost per token,
+    # whatever the load: short, newline-stopped answers and long ones mixed. Seconds per token of a
+    # 2-token answer is 7x that of a 100-token one, which is not a queue.
+    def idle(handler: LoopbackHandler, body: dict, number: int) -> None:
+        completion = 2 if "short" in body["messages"][0]["content"] else 100
+        time.sleep(0.1 + 0.004 * completion)
+        payload = completion_payload()
+        payload["usage"] = {"prompt_tokens": 40, "completion_tokens": completion}
+        handler.send(200, payload)
+
+    server = loopback(idle)
+    backend = OpenAICompatibleBackend(_params(server.url, max_concurrency=16, max_retries=0))
+    lengths = random.Random(0).choices(["short", "long"], k=200)
+    answers, errors = _run(backend, [_ask(f"q{i}", f"a {length} one") for i, length in enumerate(lengths)])
+    assert len(answers) == 200 and not errors
+    history = backend.concurrency_history
+    assert min(history) == history[0] == 8 and max(history) > 8, history
 
 
 def test_a_5xx_halves_the_concurrency(loopback: Callable[..., LoopbackServer]) -> None:

@@ -106,8 +106,10 @@ ABORT_ERROR_SHARE = 0.5
 # a row failed over at least this long: the server is down or unreachable, not merely flaky.
 ABORT_CONSECUTIVE_ATTEMPTS = 20
 ABORT_CONSECUTIVE_SECONDS = 30.0
-# Replies this many times slower per token than usual mean the server is queueing (see _AdaptiveLimit.slow).
+# Replies this many times slower than usual for their size mean the server is queueing (_AdaptiveLimit.slow).
 LATENCY_TOLERANCE = 2.0
+# Two replies are of a similar size when their token counts (plus one) differ by at most this factor.
+SIZE_TOLERANCE = 1.25
 
 
 class GenerationAborted(RuntimeError):
@@ -146,10 +148,12 @@ def retry_after_seconds(headers: Any, now: float | None = None) -> float | None:
 class _AdaptiveLimit:
     """AIMD concurrency: +1 slot after a window of good replies, halve on overload.
 
-    Overload is a 429, a 5xx, a timeout, or a reply slower per completion token than LATENCY_TOLERANCE
-    times the usual (see `slow`; vLLM and llama-server saturate by queueing, not by answering 429;
-    the delay-based signal of TCP Vegas / Netflix concurrency-limits). The limit is halved at most once
-    per round trip: replies to requests sent before the last cut do not cut again.
+    Overload is a 429, a 5xx, a timeout, or replies slower than LATENCY_TOLERANCE times what replies of
+    the same size usually take (see `slow`): vLLM and llama-server saturate by queueing, not by
+    answering 429. That is the delay-based signal of TCP Vegas (Brakmo & Peterson 1995: a round trip
+    against the base RTT of the same path) and Netflix's concurrency-limits (Gradient2Limit: the
+    short-term RTT against the long-term one, tolerance 2). The limit is halved at most once per round
+    trip: replies to requests sent before the last cut do not cut again.
     """
 
     def __init__(self, maximum: int) -> None:
@@ -159,7 +163,10 @@ class _AdaptiveLimit:
         self.history = [self.limit]
         self._successes = 0
         self._epoch = 0
-        self._latencies: deque[float] = deque(maxlen=100)
+        # (prompt tokens, completion tokens, seconds) of the last 100 replies
+        self._replies: deque[tuple[int, int, float]] = deque(maxlen=100)
+        # each recent reply's seconds over the usual seconds of replies of its size
+        self._ratios: deque[float] = deque(maxlen=5)
         self._condition = asyncio.Condition()
 
     async def acquire(self) -> int:
@@ -169,15 +176,28 @@ class _AdaptiveLimit:
             self.in_flight += 1
             return self._epoch
 
-    def slow(self, seconds_per_token: float) -> bool:
-        """Whether replies are now slow enough per token to signal queueing: the median of the last 5
-        against the 10th percentile of the last 100 (one slow reply is noise, not a queue)."""
-        self._latencies.append(seconds_per_token)
-        if len(self._latencies) < 10:
+    def slow(self, seconds: float, prompt_tokens: int, completion_tokens: int) -> bool:
+        """Whether replies are now slow enough to signal queueing. `seconds`: one reply's wall time;
+        the token counts: its usage. Like is compared with like: the reply's time over the 10th
+        percentile of the earlier replies of a similar size (prompt and completion tokens each within
+        SIZE_TOLERANCE; at least 10 of them, else no signal), and the median of the last 5 such
+        ratios against LATENCY_TOLERANCE (one slow reply is noise, not a queue). Seconds per token
+        is not comparable across sizes: prefill and the round trip dominate short, newline-stopped
+        answers, so a 5-token reply looked 5x "slower" than a 40-token one on an idle server and the
+        limit kept halving (llama-server -np 8: our backend at 21 tok/s, a direct client at 71)."""
+        size = (prompt_tokens, completion_tokens)
+        peers = [
+            taken
+            for prompt, completion, taken in self._replies
+            if _similar(prompt, size[0]) and _similar(completion, size[1])
+        ]
+        self._replies.append((prompt_tokens, completion_tokens, seconds))
+        if len(peers) >= 10:
+            baseline = statistics.quantiles(peers, n=10)[0]
+            self._ratios.append(seconds / baseline if baseline > 0 else 1.0)
+        if len(self._ratios) < (self._ratios.maxlen or 0):
             return False
-        recent = statistics.median(list(self._latencies)[-5:])
-        baseline = statistics.quantiles(self._latencies, n=10)[0]
-        return recent > LATENCY_TOLERANCE * baseline
+        return statistics.median(self._ratios) > LATENCY_TOLERANCE
 
     async def release(self, epoch: int, overloaded: bool) -> None:
         async with self._condition:
@@ -195,6 +215,12 @@ class _AdaptiveLimit:
             if self.limit != self.history[-1]:
                 self.history.append(self.limit)
             self._condition.notify_all()
+
+
+def _similar(first: int, second: int) -> bool:
+    """Whether two token counts are within SIZE_TOLERANCE of each other (counted plus one: 0 ~ 0)."""
+    low, high = sorted((first + 1, second + 1))
+    return high <= SIZE_TOLERANCE * low
 
 
 class _Health:
@@ -395,8 +421,8 @@ class OpenAICompatibleBackend:
                 response = await asyncio.wait_for(client.post(endpoint, json=body), params.timeout_s)
                 if response.status_code == 200:
                     result = self._parse(request, response)
-                    seconds_per_token = (time.perf_counter() - started) / (1 + result.completion_tokens)
-                    overloaded = limit.slow(seconds_per_token)
+                    seconds = time.perf_counter() - started
+                    overloaded = limit.slow(seconds, result.prompt_tokens, result.completion_tokens)
                     health.attempt(True)
                     return result
                 last_error = self.redact(f"HTTP {response.status_code}: {response.text[:200]}")
