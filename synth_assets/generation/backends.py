@@ -10,53 +10,33 @@ import asyncio
 import email.utils
 import logging
 import math
+import os
 import random
 import re
 import statistics
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-from synth_assets.generation.local_llm import (
+from synth_assets.generation.local_llm import get_local_model
+from synth_assets.generation.types import (
+    Backend,
+    BatchCallback,
+    CallFailure,
     ChatRequest,
     ChatResult,
+    ProgressCallback,
     ProgressUpdate,
     cut_at_stop,
-    get_local_model,
 )
 from synth_assets.spec import GenerationParams, content_hash
 
 logger = logging.getLogger(__name__)
 
 RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
-
-
-@dataclass(frozen=True)
-class CallFailure:
-    key: str
-    error: str
-
-
-BatchCallback = Callable[[list[ChatResult], list[CallFailure]], None]
-ProgressCallback = Callable[[ProgressUpdate], None]
-
-
-class Backend(Protocol):
-    name: str
-
-    @property
-    def fingerprint(self) -> str: ...
-
-    def generate(
-        self,
-        requests: Sequence[ChatRequest],
-        params: GenerationParams,
-        on_batch: BatchCallback,
-        on_progress: ProgressCallback | None = None,
-    ) -> None: ...
 
 
 class LocalBackend:
@@ -255,6 +235,36 @@ class _Health:
         return None
 
 
+@dataclass(frozen=True)
+class HTTPSettings:
+    """The openai backend's own settings, apart from sampling (the spec keeps them flat in its
+    `generation` block; `from_params` picks them out). `base_url`: the API root, e.g.
+    http://127.0.0.1:8000/v1; `model`: the server's model name; `model_revision`: what identifies the
+    served weights (see `OpenAICompatibleBackend.fingerprint`); `max_concurrency`: requests in flight
+    at most; `timeout_s`: seconds for one whole request; `max_retries`: further attempts per request."""
+
+    base_url: str
+    model: str
+    model_revision: str | None = None
+    max_concurrency: int = 8
+    timeout_s: float = 120.0
+    max_retries: int = 4
+
+    @classmethod
+    def from_params(cls, params: GenerationParams) -> HTTPSettings:
+        """The settings of a spec's generation block. Raises ValueError when it has no base_url."""
+        if not params.base_url:
+            raise ValueError("the openai backend needs base_url")
+        return cls(
+            base_url=params.base_url.rstrip("/"),
+            model=params.model,
+            model_revision=params.model_revision,
+            max_concurrency=params.max_concurrency,
+            timeout_s=params.timeout_s,
+            max_retries=params.max_retries,
+        )
+
+
 class _MalformedResponse(ValueError):
     """A 200 whose body is not a completion (cut off, no `choices`): transient, retried like a 503."""
 
@@ -276,10 +286,9 @@ class OpenAICompatibleBackend:
     name = "openai"
 
     def __init__(self, params: GenerationParams, api_key: str | None = None) -> None:
-        if not params.base_url:
-            raise ValueError("the openai backend needs base_url")
         self.params = params
-        self.base_url = params.base_url.rstrip("/")
+        self.settings = HTTPSettings.from_params(params)
+        self.base_url = self.settings.base_url
         self._api_key = api_key
         self._fingerprint: str | None = None
         self._entry: dict[str, Any] | None = None
@@ -293,9 +302,9 @@ class OpenAICompatibleBackend:
         server reports about the model in /models (vLLM's `root`, llama-server's `meta`), else a hash
         of the base URL, so another server's answers for a model of the same name are never reused."""
         if self._fingerprint is None:
-            model = self.params.model
-            if self.params.model_revision:
-                self._fingerprint = f"openai:{model}@{self.params.model_revision}"
+            model = self.settings.model
+            if self.settings.model_revision:
+                self._fingerprint = f"openai:{model}@{self.settings.model_revision}"
             else:
                 reported = self._reported_model()
                 if reported:
@@ -317,14 +326,14 @@ class OpenAICompatibleBackend:
                 response = httpx.get(
                     f"{self.base_url}/models",
                     headers=self._headers(),
-                    timeout=min(10.0, self.params.timeout_s),
+                    timeout=min(10.0, self.settings.timeout_s),
                 )
                 entries = response.json().get("data", []) if response.status_code == 200 else []
             except (httpx.HTTPError, ValueError, AttributeError) as exc:
                 logger.warning("could not read %s/models: %s", self.base_url, self.redact(str(exc)))
                 entries = []
             for entry in entries if isinstance(entries, list) else []:
-                if isinstance(entry, dict) and entry.get("id") == self.params.model:
+                if isinstance(entry, dict) and entry.get("id") == self.settings.model:
                     self._entry = entry
         return self._entry
 
@@ -409,7 +418,8 @@ class OpenAICompatibleBackend:
             return CallFailure(request.key, refusal)
         last_error = "no attempt made"
         attempt = 0
-        while attempt <= params.max_retries:
+        settings = self.settings
+        while attempt <= settings.max_retries:
             epoch = await limit.acquire()
             overloaded = False
             retry_after: float | None = None
@@ -418,7 +428,7 @@ class OpenAICompatibleBackend:
                 endpoint = "/completions" if request.continuation else "/chat/completions"
                 shape, body = self._formats[0], self._body(request, params)
                 # the deadline covers connecting, waiting and every byte of the body
-                response = await asyncio.wait_for(client.post(endpoint, json=body), params.timeout_s)
+                response = await asyncio.wait_for(client.post(endpoint, json=body), settings.timeout_s)
                 if response.status_code == 200:
                     result = self._parse(request, response)
                     seconds = time.perf_counter() - started
@@ -439,7 +449,7 @@ class OpenAICompatibleBackend:
                 retry_after = retry_after_seconds(response.headers)
             except TimeoutError:
                 overloaded = True
-                last_error = f"no complete answer within timeout_s={params.timeout_s:g}s"
+                last_error = f"no complete answer within timeout_s={settings.timeout_s:g}s"
             except (httpx.TimeoutException, httpx.TransportError) as exc:
                 overloaded = isinstance(exc, httpx.TimeoutException)
                 last_error = self.redact(f"{type(exc).__name__}: {exc}")
@@ -450,11 +460,11 @@ class OpenAICompatibleBackend:
             health.attempt(False, last_error)
             if health.verdict() is not None:
                 raise GenerationAborted(health.verdict())
-            if attempt < params.max_retries:
+            if attempt < settings.max_retries:
                 backoff = min(30.0, 0.5 * 2**attempt) * (0.5 + random.random())
                 await asyncio.sleep(retry_after if retry_after is not None else backoff)
             attempt += 1
-        return CallFailure(request.key, f"gave up after {params.max_retries + 1} attempts: {last_error}")
+        return CallFailure(request.key, f"gave up after {settings.max_retries + 1} attempts: {last_error}")
 
     async def _run(
         self,
@@ -465,7 +475,7 @@ class OpenAICompatibleBackend:
     ) -> None:
         import httpx
 
-        limit = _AdaptiveLimit(params.max_concurrency)
+        limit = _AdaptiveLimit(self.settings.max_concurrency)
         self.concurrency_history = limit.history
         health = _Health()
         started = time.perf_counter()
@@ -474,7 +484,7 @@ class OpenAICompatibleBackend:
         pending_failures: list[CallFailure] = []
         consumed: set[str] = set()
         async with httpx.AsyncClient(
-            base_url=self.base_url, headers=self._headers(), timeout=httpx.Timeout(params.timeout_s)
+            base_url=self.base_url, headers=self._headers(), timeout=httpx.Timeout(self.settings.timeout_s)
         ) as client:
             tasks = [asyncio.create_task(self._call(client, limit, health, r, params)) for r in requests]
             try:
@@ -548,19 +558,31 @@ class OpenAICompatibleBackend:
             asyncio.run(self._run(requests, params, on_batch, on_progress))
 
 
+def api_key_from_env(params: GenerationParams) -> str | None:
+    """The API key named by `generation.api_key_env`, read from the environment at call time and never
+    stored (None when the spec names none). Raises ValueError when the variable is not set."""
+    if not params.api_key_env:
+        return None
+    api_key = os.environ.get(params.api_key_env)
+    if api_key is None:
+        raise ValueError(f"environment variable {params.api_key_env} (generation.api_key_env) is not set")
+    return api_key
+
+
 def build_backend(
-    params: GenerationParams, model_cache_dir: Any = None, model_path: Path | None = None
+    params: GenerationParams,
+    model_cache_dir: Any = None,
+    model_path: Path | None = None,
+    api_key: str | None = None,
 ) -> Backend:
-    """The backend a spec asks for; the API key is read through Dagster's EnvVar, never stored.
-    `model_path`: the local model's file or folder when `params.model` names one (resolved against the
-    spec, see `GenerationSpec.local_model_path`)."""
+    """The backend a spec's generation block asks for. `model_path`: the local model's file or folder
+    when `params.model` names one (resolved against the spec, see `GenerationSpec.local_model_path`).
+    `api_key`: the openai backend's key when the caller already read it (a Dagster resource reads it
+    through `dg.EnvVar`); else `api_key_from_env`. No Dagster import here. Raises ValueError on a
+    missing base_url or an unset api_key_env variable.
+
+    A new backend: one class satisfying `types.Backend` (its own settings dataclass beside it) and one
+    branch here."""
     if params.backend == "local":
         return LocalBackend(model_cache_dir, params.dtype, model_path)
-    api_key = None
-    if params.api_key_env:
-        import dagster as dg
-
-        api_key = dg.EnvVar(params.api_key_env).get_value()
-        if api_key is None:
-            raise ValueError(f"environment variable {params.api_key_env} (generation.api_key_env) is not set")
-    return OpenAICompatibleBackend(params, api_key)
+    return OpenAICompatibleBackend(params, api_key if api_key is not None else api_key_from_env(params))

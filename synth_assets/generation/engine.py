@@ -22,11 +22,10 @@ import numpy as np
 import pandas as pd
 
 from synth_assets.curation.heuristics import chat_wrapping
-from synth_assets.generation.backends import Backend, CallFailure
-from synth_assets.generation.local_llm import ChatRequest, ChatResult, ProgressUpdate
 from synth_assets.generation.prompts import prompt_messages, render_prompt
 from synth_assets.generation.self_instruct import NoveltyPool
 from synth_assets.generation.structured import parse_structured
+from synth_assets.generation.types import Backend, CallFailure, ChatRequest, ChatResult, ProgressUpdate
 from synth_assets.spec import GenerationSpec, content_hash
 from synth_assets.storage import Warehouse, stage_columns
 from synth_assets.templates import TemplateProblem, render, step_context

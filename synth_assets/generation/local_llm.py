@@ -20,7 +20,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +30,12 @@ from synth_assets.generation.continuous_batching import (
     sample_next,
     supports_continuous_batching,
 )
+
+# the request/result types live in types.py (no torch there); re-exported here for older callers
+from synth_assets.generation.types import ChatRequest as ChatRequest
+from synth_assets.generation.types import ChatResult as ChatResult
+from synth_assets.generation.types import ProgressUpdate as ProgressUpdate
+from synth_assets.generation.types import cut_at_stop as cut_at_stop
 
 if TYPE_CHECKING:
     import torch
@@ -58,48 +63,6 @@ class RenderedChat(str):
     """A rendered chat prompt (the text) that remembers the token ids it must be fed as."""
 
     token_ids: tuple[int, ...] = ()
-
-
-def cut_at_stop(text: str, stop: Sequence[str]) -> str:
-    """`text` up to the first occurrence of any stop string (the stop string itself removed)."""
-    for marker in stop:
-        text = text.split(marker, 1)[0]
-    return text
-
-
-@dataclass(frozen=True)
-class ChatRequest:
-    """One completion to make. In continuation mode the single message's content is raw text the
-    model continues (no chat template); a completion ends at the first of `stop`, which is cut off."""
-
-    key: str
-    messages: list[dict[str, str]]
-    seed: int
-    continuation: bool = False
-    stop: tuple[str, ...] = ()
-    # a JSON schema the answer must follow; servers that can constrain decoding to it get it
-    json_schema: dict[str, Any] | None = None
-
-
-@dataclass(frozen=True)
-class ChatResult:
-    key: str
-    text: str
-    prompt_tokens: int
-    completion_tokens: int
-    finish_reason: str
-
-
-@dataclass(frozen=True)
-class ProgressUpdate:
-    done: int
-    total: int
-    completion_tokens: int
-    elapsed_s: float
-
-    @property
-    def tokens_per_s(self) -> float:
-        return self.completion_tokens / self.elapsed_s if self.elapsed_s > 0 else 0.0
 
 
 def default_cache_dir() -> Path:

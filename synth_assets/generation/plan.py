@@ -16,10 +16,10 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from synth_assets.generation.backends import Backend, LocalBackend
+from synth_assets.generation.backends import LocalBackend
 from synth_assets.generation.engine import call_key, format_duration
-from synth_assets.generation.local_llm import ChatRequest, ChatResult
 from synth_assets.generation.prompts import prompt_messages
+from synth_assets.generation.types import Backend, ChatRequest, ChatResult
 from synth_assets.spec import GenerationSpec
 from synth_assets.storage import Warehouse
 
