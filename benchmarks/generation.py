@@ -469,6 +469,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--processes", default="1,2,4", help="process counts of the concurrency figure")
     parser.add_argument("--batch-size", type=int, default=32, help="engine: prompts per batch")
     parser.add_argument("--parallel", type=int, default=8, help="llama-server slots (-np)")
+    parser.add_argument(
+        "--server-rounds", type=int, default=2, help="llama-server: alternating rounds per row"
+    )
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])
     parser.add_argument("--llama-server", default=None, help="path of llama-server (default: see docs)")
@@ -485,7 +488,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         args.processes = [int(p) for p in str(args.processes).split(",") if p.strip()]
     except ValueError:
         parser.error(f"--processes: expected a comma list of integers, got {args.processes!r}")
-    for name in ("prompts", "new_tokens", "naive_prompts", "concurrency_prompts", "batch_size", "parallel"):
+    for name in (
+        "prompts",
+        "new_tokens",
+        "naive_prompts",
+        "concurrency_prompts",
+        "batch_size",
+        "parallel",
+        "server_rounds",
+    ):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
     if any(p < 1 for p in args.processes):
@@ -497,6 +508,20 @@ def amx_cpu() -> bool:
     import torch
 
     return bool(torch.cpu._is_amx_tile_supported())
+
+
+def combined(rounds: list[Measurement]) -> Measurement | None:
+    """Rounds of one row as one measurement: tokens and seconds added, notes kept (None when no round)."""
+    if not rounds:
+        return None
+    notes = "; ".join(f"round {n}: {m.tok_s:.1f} tok/s {m.note}".strip() for n, m in enumerate(rounds, 1))
+    return Measurement(
+        rounds[0].workload,
+        rounds[0].row,
+        sum(m.tokens for m in rounds),
+        sum(m.seconds for m in rounds),
+        notes if len(rounds) > 1 else rounds[0].note,
+    )
 
 
 def ratio(numerator: Measurement | None, denominator: Measurement | None) -> float:
@@ -581,14 +606,19 @@ def main(argv: Sequence[str] | None = None) -> None:
                 command.append("--no-repack")
             with serve(command, port, args.log_dir / "synth_llama_server.log") as base_url:
                 params = server_params(workload, base_url, args.parallel)
-                if "llama-server" in rows:
-                    llama_np = record(
-                        through_backend(workload, params, f"llama-server -np {args.parallel}, our backend")
-                    )
-                if "direct-client" in rows:
-                    direct = record(
-                        direct_client(workload, params, f"llama-server -np {args.parallel}, direct client")
-                    )
+                ours_row = f"llama-server -np {args.parallel}, our backend"
+                direct_row = f"llama-server -np {args.parallel}, direct client"
+                # the two rows alternate, round by round, and add up: on a shared box the load of
+                # other jobs changes by the minute, and rows run one after the other would measure it
+                ours_rounds: list[Measurement] = []
+                direct_rounds: list[Measurement] = []
+                for _ in range(args.server_rounds):
+                    if "llama-server" in rows:
+                        ours_rounds.append(through_backend(workload, params, ours_row))
+                    if "direct-client" in rows:
+                        direct_rounds.append(direct_client(workload, params, direct_row))
+                llama_np = record(combined(ours_rounds))
+                direct = record(combined(direct_rounds))
     by_processes: dict[int, Measurement] = {}
     if "concurrency" in rows:
         for count in args.processes:

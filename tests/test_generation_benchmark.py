@@ -43,6 +43,7 @@ def test_smaller_sizes_and_a_subset_of_rows() -> None:
         (["--prompts", "0"], "--prompts must be >= 1"),
         (["--processes", "1,two"], "--processes: expected a comma list of integers"),
         (["--processes", "0"], "--processes: every count must be >= 1"),
+        (["--server-rounds", "0"], "--server-rounds must be >= 1"),
     ],
 )
 def test_bad_arguments_exit_with_a_one_line_reason(
@@ -88,3 +89,12 @@ def test_ratios_of_missing_rows_are_nan() -> None:
     slow = bench.Measurement("w", "b", tokens=100, seconds=1.0)
     assert bench.ratio(fast, slow) == pytest.approx(3.0)
     assert bench.ratio(fast, None) != bench.ratio(fast, None)  # nan
+
+
+def test_alternating_rounds_of_a_row_add_up() -> None:
+    rounds = [bench.Measurement("w", "ours", 100, 10.0, "limit 8"), bench.Measurement("w", "ours", 50, 2.0)]
+    total = bench.combined(rounds)
+    assert (total.tokens, total.seconds) == (150, 12.0) and total.tok_s == pytest.approx(12.5)
+    assert total.note == "round 1: 10.0 tok/s limit 8; round 2: 25.0 tok/s"
+    assert bench.combined([]) is None
+    assert bench.parse_args([]).server_rounds == 2

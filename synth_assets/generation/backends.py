@@ -194,7 +194,9 @@ class _AdaptiveLimit:
                     self._successes = 0
             if self.limit != self.history[-1]:
                 self.history.append(self.limit)
-            self._condition.notify_all()
+            # wake only as many waiters as there are free slots: notify_all woke every queued request
+            # on each reply (256 prompts: ~65k wake-ups for nothing)
+            self._condition.notify(max(0, self.limit - self.in_flight))
 
 
 def _similar(first: int, second: int) -> bool:
@@ -484,7 +486,9 @@ class OpenAICompatibleBackend:
         pending_failures: list[CallFailure] = []
         consumed: set[str] = set()
         async with httpx.AsyncClient(
-            base_url=self.base_url, headers=self._headers(), timeout=httpx.Timeout(self.settings.timeout_s)
+            base_url=self.base_url,
+            headers=self._headers(),
+            timeout=httpx.Timeout(self.settings.timeout_s),
         ) as client:
             tasks = [asyncio.create_task(self._call(client, limit, health, r, params)) for r in requests]
             try:

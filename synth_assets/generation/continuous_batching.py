@@ -231,6 +231,105 @@ def generate_continuously(
                 _select(cache, keep, max(row.cached for row in live))
 
 
+def _growing_cache(model: PreTrainedModel) -> object:
+    """A `DynamicCache` for `model` whose layers are `_growing_layer_class()` instances."""
+    from transformers import DynamicCache
+
+    cache = DynamicCache(config=model.config)
+    layer_class = _growing_layer_class()
+    cache.layers = [layer_class() for _ in cache.layers]
+    return cache
+
+
+_LAYER_CLASS: list[type] = []
+
+
+def _growing_layer_class() -> type:
+    """`DynamicLayer` whose keys and values are views of a buffer with room along the sequence.
+
+    `DynamicLayer.update` appends a decode step's one position with `torch.cat`, which copies the
+    whole cache of every layer at every step into freshly allocated memory. Measured on the 2-core
+    EPYC (1 thread, shared box), 16 rows x 200 positions x 30 layers: 318 ms per step for the copies,
+    more than the step's matrix products. Here a step writes its position in place; the buffer is
+    reallocated (with half again as much room) only when full, and `_select` drops finished rows
+    with one `index_select`. The values are the same numbers either way.
+    Built on first use so importing this module stays free of torch."""
+    if _LAYER_CLASS:
+        return _LAYER_CLASS[0]
+    from transformers.cache_utils import DynamicLayer
+
+    class GrowingLayer(DynamicLayer):
+        def __init__(self, **kwargs: object) -> None:
+            super().__init__(**kwargs)
+            self.buffers: tuple[torch.Tensor, torch.Tensor] | None = None
+            self.start = 0  # live positions are buffer[:, :, start:stop]
+            self.stop = 0
+            self.views: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None)
+
+        def owns_views(self) -> bool:
+            """Whether keys/values are still the views set here (else they were replaced: `_join`)."""
+            return self.buffers is not None and self.keys is self.views[0] and self.values is self.views[1]
+
+        def rebuffer(self, needed: int) -> None:
+            """Copy the live positions into new buffers with room for `needed` positions and more."""
+            keys, values = self.keys, self.values
+            length = keys.shape[-2] if keys is not None and keys.dim() == 4 else 0
+            capacity = needed + max(32, needed // 2)
+            buffers = []
+            for tensor in (keys, values):
+                buffer = tensor.new_empty((*tensor.shape[:2], capacity, tensor.shape[3]))
+                buffer[:, :, :length] = tensor
+                buffers.append(buffer)
+            self.buffers = (buffers[0], buffers[1])
+            self.start, self.stop = 0, length
+
+        def set_views(self) -> None:
+            assert self.buffers is not None
+            self.keys = self.buffers[0][:, :, self.start : self.stop]
+            self.values = self.buffers[1][:, :, self.start : self.stop]
+            self.views = (self.keys, self.values)
+
+        def update(
+            self, key_states: torch.Tensor, value_states: torch.Tensor, *args: object, **kwargs: object
+        ) -> tuple[torch.Tensor, torch.Tensor]:
+            if not self.is_initialized:
+                self.lazy_initialization(key_states, value_states)
+            if not self.owns_views():
+                if self.keys is None or self.keys.dim() != 4:  # empty: shape it like the new states
+                    self.keys = key_states[:, :, :0]
+                    self.values = value_states[:, :, :0]
+                self.rebuffer(self.keys.shape[-2] + key_states.shape[-2])
+            assert self.buffers is not None
+            new = key_states.shape[-2]
+            if self.stop + new > self.buffers[0].shape[-2]:
+                self.set_views()
+                self.rebuffer(self.stop - self.start + new)
+            self.buffers[0][:, :, self.stop : self.stop + new] = key_states
+            self.buffers[1][:, :, self.stop : self.stop + new] = value_states
+            self.stop += new
+            self.set_views()
+            return self.keys, self.values
+
+        def keep_rows(self, index: torch.Tensor, width: int) -> None:
+            """Keep rows `index` and the last `width` live positions (one copy: index_select)."""
+            if not self.owns_views():
+                keys, values = self.keys, self.values
+                self.keys = keys.index_select(0, index)[:, :, -width:]
+                self.values = values.index_select(0, index)[:, :, -width:]
+                return
+            assert self.buffers is not None
+            first = self.stop - width  # positions left of it are padding of rows that left
+            self.buffers = (
+                self.buffers[0][:, :, first:].index_select(0, index),
+                self.buffers[1][:, :, first:].index_select(0, index),
+            )
+            self.start, self.stop = 0, width
+            self.set_views()
+
+    _LAYER_CLASS.append(GrowingLayer)
+    return GrowingLayer
+
+
 def _cache_argument(model: PreTrainedModel) -> str:
     """transformers 5.x renames forward's `past_key_values` to `cache` model by model (the old name
     warns until 5.40): use the name this model's forward takes."""
@@ -246,7 +345,6 @@ def _prefill(
 ) -> tuple[object, torch.Tensor]:
     """Left-padded forward over the joining prompts: (their cache, last-position logits [rows, vocab])."""
     import torch
-    from transformers import DynamicCache
 
     width = max(len(ids) for ids in prompts)
     input_ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
@@ -256,7 +354,7 @@ def _prefill(
         mask[row, width - len(ids) :] = 1
     # positions count real tokens only, as generate() does for left-padded rows
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    cache = DynamicCache(config=model.config)
+    cache = _growing_cache(model)
     logits = model(
         input_ids=input_ids.to(device),
         attention_mask=mask.to(device),
@@ -293,6 +391,9 @@ def _select(cache: object, keep: list[int], width: int) -> None:
 
     index = torch.tensor(keep, dtype=torch.long)
     for layer in cache.layers:  # type: ignore[attr-defined]
+        if hasattr(layer, "keep_rows"):
+            layer.keep_rows(index.to(layer.keys.device), width)
+            continue
         for name in ("keys", "values"):
             tensor = getattr(layer, name)
             setattr(layer, name, tensor.index_select(0, index.to(tensor.device))[:, :, -width:, :])

@@ -1,0 +1,77 @@
+"""The continuous-batching decode loop's key/value cache (issue 10): a decode step writes its position in
+place instead of copying every layer's cache with torch.cat, and the tokens stay exactly the same.
+
+A tiny randomly initialised Llama (two layers, grouped-query attention) stands in for the model, so
+this runs in seconds without the bundled weights; the bundled model's own exactness tests are in
+test_local_llm.py (slow)."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from synth_assets.generation import continuous_batching as cb  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tiny_llama() -> object:
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(
+        vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+        bos_token_id=1, eos_token_id=2,
+    )  # fmt: skip
+    return transformers.LlamaForCausalLM(config).eval()
+
+
+def _decode(model: object, prompts: list[list[int]], slots: int) -> dict[int, list[int]]:
+    finished: dict[int, list[int]] = {}
+    with torch.no_grad():
+        cb.generate_continuously(
+            model,  # type: ignore[arg-type]
+            prompts,
+            seeds=list(range(len(prompts))),
+            stops=[frozenset({5, 7, 11})] * len(prompts),
+            slots=slots,
+            max_new_tokens=60,
+            temperature=0.9,
+            top_p=0.9,
+            repetition_penalty=1.1,
+            pad_id=0,
+            device=torch.device("cpu"),
+            on_finished=lambda done: finished.update({row.index: row.tokens for row in done}),
+        )
+    return finished
+
+
+def test_the_in_place_cache_gives_the_tokens_of_transformers_own_cache(
+    tiny_llama: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rng = random.Random(0)
+    # prompts of 3-39 tokens stopping at different steps: rows leave, join and outgrow their buffers
+    prompts = [[rng.randrange(3, 300) for _ in range(rng.randrange(3, 40))] for _ in range(23)]
+    in_place = {slots: _decode(tiny_llama, prompts, slots) for slots in (8, 3, 1)}
+    monkeypatch.setattr(cb, "_growing_cache", lambda model: transformers.DynamicCache(config=model.config))
+    concatenated = _decode(tiny_llama, prompts, 8)
+    assert len(concatenated) == 23 and sum(map(len, concatenated.values())) > 23 * 10
+    for slots, tokens in in_place.items():
+        assert tokens == concatenated, f"{slots} slots"
+
+
+def test_a_decode_step_writes_into_the_buffer_without_reallocating_it(tiny_llama: object) -> None:
+    layer = cb._growing_cache(tiny_llama).layers[0]  # type: ignore[attr-defined]
+    keys, values = torch.randn(2, 2, 5, 8), torch.randn(2, 2, 5, 8)
+    layer.update(keys, values)
+    buffer = layer.buffers[0]
+    for step in range(10):
+        new = torch.full((2, 2, 1, 8), float(step))
+        stored_keys, _ = layer.update(new, new)
+        assert layer.buffers[0] is buffer and stored_keys.shape == (2, 2, 6 + step, 8)
+    assert torch.equal(stored_keys[:, :, :5], keys) and torch.equal(stored_keys[:, :, -1], new[:, :, 0])
+    # finished rows leave with one copy; the kept row's last positions stay as they were
+    layer.keep_rows(torch.tensor([1]), width=7)
+    assert layer.keys.shape == (1, 2, 7, 8) and torch.equal(layer.keys, stored_keys[1:, :, -7:])
