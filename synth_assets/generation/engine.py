@@ -70,6 +70,10 @@ def _step_seed(base_seed: int, step: str, attempt: int) -> int:
 
 @dataclass
 class GenerationStats:
+    """Counters of one generation run: prompts taken, LLM calls needed / made / answered from
+    `llm_cache`, failed calls, completion tokens of new calls, `call_seconds` (wall seconds spent in
+    backend calls) and structured-output parse attempts, failures and repairs."""
+
     prompts: int = 0
     calls_needed: int = 0
     calls_made: int = 0
@@ -104,6 +108,13 @@ class GenerationStats:
 
 @dataclass
 class GenerationOutcome:
+    """What `generate_samples` made. `samples`: one row per prompt that got through every step, in the
+    `generated_samples` table's columns (`stage_columns("generated_samples")`: ids, text, label,
+    attributes, lineage, `cache_key`, token counts); `failures`: one row per prompt that did not,
+    columns `prompt_id` and `error` (a one-line reason, API keys redacted); `stats`: call and cache
+    counts, tokens and seconds of the run (`GenerationStats.as_metadata()` is what the asset shows).
+    Nothing here raises; the backend's GenerationAborted propagates from `generate_samples` itself."""
+
     samples: pd.DataFrame
     failures: pd.DataFrame
     stats: GenerationStats = field(default_factory=GenerationStats)
