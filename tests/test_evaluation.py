@@ -24,7 +24,6 @@ from synth_assets.evaluation.inputs import (
     EvaluationInputs,
     last_good_run,
     load_inputs,
-    seconds_from_steps,
 )
 from synth_assets.evaluation.report import build_report, write_report
 from synth_assets.evaluation.usefulness import (
@@ -591,10 +590,13 @@ def test_last_good_run_skips_failed_reports(tmp_path: Path) -> None:
 
 
 def test_generation_seconds_from_recorded_calls() -> None:
+    # moved with the computation to generation (generated_samples records it; issue 13 item 5)
+    from synth_assets.generation.cost import calls_seconds
+
     steps = [json.dumps({"calls": [{"seconds": 0.5}, {"seconds": 0.25}]}), json.dumps({"calls": [{}]}), None]
-    assert seconds_from_steps(pd.DataFrame({"steps": steps})) == pytest.approx(0.75)
-    assert seconds_from_steps(pd.DataFrame({"steps": [None]})) is None
-    assert seconds_from_steps(pd.DataFrame({"text": ["x"]})) is None
+    assert calls_seconds(pd.DataFrame({"steps": steps})) == pytest.approx(0.75)
+    assert calls_seconds(pd.DataFrame({"steps": [None]})) is None
+    assert calls_seconds(pd.DataFrame({"text": ["x"]})) is None
 
 
 # ------------------------------------------------------------------------------------------------- spec
