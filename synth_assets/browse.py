@@ -48,7 +48,7 @@ DEFAULT_DAGSTER_URL = "http://127.0.0.1:3000"
 # lets long texts keep their line breaks in the table view (Datasette collapses whitespace otherwise)
 CSS = "td.col-text, td.col-prompt_text, td.col-system_prompt { white-space: pre-wrap; min-width: 32em; }\n"
 
-_CURATED, _REJECTED = COLUMN_DESCRIPTIONS["curated_set"], COLUMN_DESCRIPTIONS["rejected_samples"]
+_CURATED, _REJECTED = COLUMN_DESCRIPTIONS[Stage.CURATED_SET], COLUMN_DESCRIPTIONS[Stage.REJECTED_SAMPLES]
 # the columns of `samples`, in order, with the descriptions Datasette shows
 SAMPLE_COLUMNS: dict[str, str] = {
     "sample_id": _CURATED["sample_id"],

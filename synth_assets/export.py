@@ -108,9 +108,22 @@ def load_export_data(
             )
         raise ExportError(f"spec '{spec_name}' has no published curated_set to export{why}")
     run_id = str(curated["run_id"].iloc[0])
-    latest = {"spec_name": spec_name, "newest_only": True, "decoded": False, "read_only": True}
-    generated = store.rows_by_ids(Stage.GENERATED_SAMPLES, curated["sample_id"].astype(str), **latest)  # type: ignore[arg-type]
-    prompts = store.rows_by_ids(Stage.EXPANDED_PROMPTS, curated["prompt_id"].astype(str), **latest)  # type: ignore[arg-type]
+    generated = store.rows_by_ids(
+        Stage.GENERATED_SAMPLES,
+        curated["sample_id"],
+        spec_name,
+        newest_only=True,
+        decoded=False,
+        read_only=True,
+    )
+    prompts = store.rows_by_ids(
+        Stage.EXPANDED_PROMPTS,
+        curated["prompt_id"],
+        spec_name,
+        newest_only=True,
+        decoded=False,
+        read_only=True,
+    )
     # text and label first: what a user of the dataset reads; then every curated column by name
     lead = [c for c in ("text", "label", "sample_id", "prompt_id") if c in curated]
     rows = curated[lead + [c for c in curated.columns if c not in lead]].copy()
@@ -381,11 +394,11 @@ def dataset_card(data: ExportData, file_names: list[str]) -> str:
         "",
         "| stage | rows |",
         "|---|---|",
-        f"| seed_data | {data.counts['seed_data']} ({seed}) |",
-        f"| expanded_prompts | {data.counts['expanded_prompts']} |",
-        f"| generated_samples | {data.counts['generated_samples']} |",
-        f"| curated_set | {data.counts['curated_set']} |",
-        f"| rejected_samples | {data.counts['rejected_samples']} ({rejected}) |",
+        f"| seed_data | {data.counts[Stage.SEED_DATA]} ({seed}) |",
+        f"| expanded_prompts | {data.counts[Stage.EXPANDED_PROMPTS]} |",
+        f"| generated_samples | {data.counts[Stage.GENERATED_SAMPLES]} |",
+        f"| curated_set | {data.counts[Stage.CURATED_SET]} |",
+        f"| rejected_samples | {data.counts[Stage.REJECTED_SAMPLES]} ({rejected}) |",
         "",
         "## Evaluation",
         "",

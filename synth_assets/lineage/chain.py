@@ -316,7 +316,7 @@ def format_chain(chain: LineageChain) -> str:
         ]
         if chain.dagster or chain.dagster_note:
             info = chain.dagster.get(str(call.get("run_id")))
-            lines.append(f"      -> {_describe_dagster(info, 'generated_samples')}")
+            lines.append(f"      -> {_describe_dagster(info, Stage.GENERATED_SAMPLES)}")
         lines.append(f"      output: {_short(call.get('text'), 150)}")
     if chain.generations:
         lines.append(f"  sample text: {_short(chain.generation.get('text'), 150)}")
@@ -348,7 +348,7 @@ def format_chain(chain: LineageChain) -> str:
         )
         if run["run_id"] in chain.dagster:
             info = chain.dagster[run["run_id"]]
-            asset = "curated_set" if run.get("decision") else "generated_samples"
+            asset = Stage.CURATED_SET if run.get("decision") else Stage.GENERATED_SAMPLES
             lines.append(f"      {_describe_dagster(info, asset)}")
     if chain.dagster_note:
         lines.append(f"(Dagster: {chain.dagster_note})")
