@@ -108,21 +108,9 @@ def load_export_data(
             )
         raise ExportError(f"spec '{spec_name}' has no published curated_set to export{why}")
     run_id = str(curated["run_id"].iloc[0])
-    generated = store.rows_by_ids(
-        Stage.GENERATED_SAMPLES,
-        curated["sample_id"],
-        spec_name,
-        newest_only=True,
-        decoded=False,
-        read_only=True,
-    )
-    prompts = store.rows_by_ids(
-        Stage.EXPANDED_PROMPTS,
-        curated["prompt_id"],
-        spec_name,
-        newest_only=True,
-        decoded=False,
-        read_only=True,
+    generated, prompts = (
+        store.rows_by_ids(stage, curated[key], spec_name, newest_only=True, decoded=False, read_only=True)
+        for stage, key in ((Stage.GENERATED_SAMPLES, "sample_id"), (Stage.EXPANDED_PROMPTS, "prompt_id"))
     )
     # text and label first: what a user of the dataset reads; then every curated column by name
     lead = [c for c in ("text", "label", "sample_id", "prompt_id") if c in curated]

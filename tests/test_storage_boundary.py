@@ -83,8 +83,8 @@ def test_no_module_outside_storage_touches_the_engine() -> None:
         tree = ast.parse(path.read_text(encoding="utf-8"))
         for node in ast.walk(tree):
             raw_sql = isinstance(node, ast.Attribute) and node.attr in {"query", "read_only_query", "connect"}
-            if raw_sql and not (isinstance(node.value, ast.Name) and node.value.id == "sqlite3"):  # type: ignore[attr-defined]
-                offenders.append(f"{path.relative_to(PACKAGE)}:{node.lineno} .{node.attr}")  # type: ignore[attr-defined]
+            if raw_sql and not (isinstance(node.value, ast.Name) and node.value.id == "sqlite3"):
+                offenders.append(f"{path.relative_to(PACKAGE)}:{node.lineno} .{node.attr}")
             if isinstance(node, ast.Import) and any(a.name == "duckdb" for a in node.names):
                 offenders.append(f"{path.relative_to(PACKAGE)}:{node.lineno} import duckdb")
             if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("duckdb"):
@@ -275,27 +275,23 @@ RECORD = GenerationRecord(
 
 def test_generation_cost_commits_with_its_version_or_not_at_all(tmp_path: Path) -> None:
     store = Warehouse(tmp_path / "w.duckdb")
-    with pytest.raises(LookupError):  # a failing publication rolls the whole transaction back
+
+    def write(**with_it: object) -> None:
         store.write_version(
             Stage.GENERATED_SAMPLES,
             "demo",
             "run1",
             _samples("run1"),
             promote=True,
-            publication=Publication(Stage.CURATED_SET, "no-such-run", True, "x"),
             generation=RECORD,
+            **with_it,
         )
+
+    with pytest.raises(LookupError):  # a failing publication rolls the whole transaction back
+        write(publication=Publication(Stage.CURATED_SET, "no-such-run", True, "x"))
     assert store.generation_record("demo", "run1") is None
     assert store.read_version(Stage.GENERATED_SAMPLES, "demo", "run1").empty
-    store.write_version(
-        Stage.GENERATED_SAMPLES,
-        "demo",
-        "run1",
-        _samples("run1"),
-        promote=True,
-        gate=GateRecord(Stage.GENERATED_SAMPLES, "gx_gate", True, "ok"),
-        generation=RECORD,
-    )
+    write(gate=GateRecord(Stage.GENERATED_SAMPLES, "gx_gate", True, "ok"))
     assert store.generation_record("demo", "run1") == RECORD
     assert store.generation_record("demo", "run1", read_only=True) == RECORD
 

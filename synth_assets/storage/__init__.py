@@ -10,7 +10,7 @@ Every other module reads and writes through `Warehouse` and these names; no SQL 
 package (tests/test_storage_boundary.py keeps it so).
 """
 
-from synth_assets.storage.reads import GateVerdict, VersionInfo, decode_json, is_good
+from synth_assets.storage.reads import VersionVerdict, VersionInfo, decode_json, is_good
 from synth_assets.storage.stages import (
     COMMON_COLUMNS,
     GATE_COLUMNS,
@@ -54,7 +54,7 @@ __all__ = [
     "STAGE_COLUMNS",
     "WAREHOUSE_ERRORS",
     "GateRecord",
-    "GateVerdict",
+    "VersionVerdict",
     "GenerationRecord",
     "Publication",
     "Stage",
