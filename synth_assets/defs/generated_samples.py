@@ -177,7 +177,7 @@ def generated_samples(
         samples,
         promote=outcome.passed,
         gate=GateRecord(Stage.GENERATED_SAMPLES, GATE_CHECK, outcome.passed, outcome.summary()),
-        generation=generation_record(generation, seconds),
+        generation=generation_record(generation, seconds, store),
     )
     tokens = int(samples["completion_tokens"].sum())
     return dg.MaterializeResult(
