@@ -36,12 +36,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import duckdb
 import pandas as pd
 
 from synth_assets.columns import COLUMN_DESCRIPTIONS
 from synth_assets.spec import SpecError, load_spec
-from synth_assets.storage import HISTORY_TABLE, Warehouse
+from synth_assets.storage import Stage, Warehouse
 
 DATABASE = "browse"  # the SQLite file's stem: Datasette's URL path of the database
 DEFAULT_PORT = 8001
@@ -49,7 +48,7 @@ DEFAULT_DAGSTER_URL = "http://127.0.0.1:3000"
 # lets long texts keep their line breaks in the table view (Datasette collapses whitespace otherwise)
 CSS = "td.col-text, td.col-prompt_text, td.col-system_prompt { white-space: pre-wrap; min-width: 32em; }\n"
 
-_CURATED, _REJECTED = COLUMN_DESCRIPTIONS["curated_set"], COLUMN_DESCRIPTIONS["rejected_samples"]
+_CURATED, _REJECTED = COLUMN_DESCRIPTIONS[Stage.CURATED_SET], COLUMN_DESCRIPTIONS[Stage.REJECTED_SAMPLES]
 # the columns of `samples`, in order, with the descriptions Datasette shows
 SAMPLE_COLUMNS: dict[str, str] = {
     "sample_id": _CURATED["sample_id"],
@@ -115,27 +114,17 @@ def spec_name_of(value: str) -> str:
 def resolve_version(store: Warehouse, spec_name: str, version: str | None) -> str:
     """The curated_set run to browse: `version` (a run id or unique prefix), else the published one,
     else the newest. Raises BrowseError naming the known specs or versions when there is none."""
-    try:
-        runs = store.read_only_query(
-            f'SELECT run_id, max(materialized_at) AS written FROM "{HISTORY_TABLE["curated_set"]}" '
-            "WHERE spec_name = ? GROUP BY run_id ORDER BY written DESC",
-            [spec_name],
-        )
-    except duckdb.CatalogException as exc:  # a DuckDB file no stage has written to yet
-        raise BrowseError(
-            f"{store.path}: no curated_set table yet: run `synth-assets run --spec PATH` first"
-        ) from exc
-    if runs.empty:
-        known = store.read_only_query(
-            f'SELECT DISTINCT spec_name FROM "{HISTORY_TABLE["curated_set"]}" ORDER BY spec_name'
-        )["spec_name"].tolist()
+    ids = [v.run_id for v in reversed(store.versions(Stage.CURATED_SET, spec_name, read_only=True))]
+    if not ids and not store.stage_exists(Stage.CURATED_SET, read_only=True):
+        raise BrowseError(f"{store.path}: no curated_set table yet: run `synth-assets run --spec PATH` first")
+    if not ids:
+        known = store.specs_with(Stage.CURATED_SET, read_only=True)
         raise BrowseError(
             f"{store.path}: --spec: no curated_set version of spec '{spec_name}' "
             f"(specs with one: {', '.join(known) or 'none yet, run `synth-assets run --spec PATH`'})"
         )
-    ids = [str(run) for run in runs["run_id"]]
     if version is None:
-        published = store.published_run("curated_set", spec_name, read_only=True)
+        published = store.published_run(Stage.CURATED_SET, spec_name, read_only=True)
         return published if published in ids else ids[0]
     matches = [run for run in ids if run.startswith(version)]
     if len(matches) != 1:
@@ -147,60 +136,13 @@ def resolve_version(store: Warehouse, spec_name: str, version: str | None) -> st
     return matches[0]
 
 
-def _latest_before(table: str, key: str, wanted: str) -> str:
-    """SQL: the newest row of a history table per `key`, among rows written up to the curated version
-    (`$at`), restricted to the keys in the query `wanted`: the version that curated run read."""
-    return (
-        f'SELECT * FROM "{table}" WHERE spec_name = $spec AND materialized_at <= $at '
-        f"AND {key} IN ({wanted}) "
-        f"QUALIFY row_number() OVER (PARTITION BY {key} ORDER BY materialized_at DESC) = 1"
-    )
-
-
-def _read_version(store: Warehouse, spec_name: str, run_id: str) -> dict[str, pd.DataFrame]:
-    """The curated and rejected rows of one version and the upstream rows they came from."""
-    curated_table, rejected_table = HISTORY_TABLE["curated_set"], HISTORY_TABLE["rejected_samples"]
-    version = "spec_name = $spec AND run_id = $run"
-    ids = f'SELECT sample_id FROM "{curated_table}" WHERE {version} UNION ALL ' + (
-        f'SELECT sample_id FROM "{rejected_table}" WHERE {version}'
-    )
-    params = {"spec": spec_name, "run": run_id}
-    with store.connect(read_only=True) as connection:
-        at = connection.execute(
-            f'SELECT max(materialized_at) FROM "{curated_table}" WHERE {version}', params
-        ).fetchone()[0]
-        params_at = {**params, "at": at}
-        frames = {
-            "curated": connection.execute(
-                f'SELECT * FROM "{curated_table}" WHERE {version} ORDER BY rowid', params
-            ).fetchdf(),
-            "rejected": connection.execute(
-                f'SELECT * FROM "{rejected_table}" WHERE {version} ORDER BY rowid', params
-            ).fetchdf(),
-        }
-        generated = _latest_before(HISTORY_TABLE["generated_samples"], "sample_id", ids)
-        frames["generated"] = connection.execute(generated, params_at).fetchdf()
-        prompt_ids = f"SELECT prompt_id FROM ({generated})"
-        prompts = _latest_before(HISTORY_TABLE["expanded_prompts"], "prompt_id", prompt_ids)
-        frames["prompts"] = connection.execute(prompts, params_at).fetchdf()
-        seed_ids = f"SELECT unnest(CAST(json(demo_ids) AS VARCHAR[])) FROM ({prompts})"
-        frames["demos"] = connection.execute(
-            _latest_before(HISTORY_TABLE["seed_data"], "seed_id", seed_ids), params_at
-        ).fetchdf()
-    return frames
-
-
-def _json_list(value: Any) -> list[Any]:
-    if value is None or (isinstance(value, float) and pd.isna(value)):
-        return []
-    parsed = json.loads(value) if isinstance(value, str) else value
-    return list(parsed) if isinstance(parsed, list) else [parsed]
-
-
 def _samples_frame(frames: dict[str, pd.DataFrame], run_id: str, lineage_url: str) -> pd.DataFrame:
     """Curated and rejected rows side by side, with their attributes and lineage keys."""
-    curated = frames["curated"].assign(status="curated", reasons="[]", details="{}")
-    rejected = frames["rejected"].assign(status="rejected", flags="[]")
+    curated = frames["curated"].assign(status="curated")
+    curated["reasons"] = [[] for _ in range(len(curated))]
+    curated["details"] = [{} for _ in range(len(curated))]
+    rejected = frames["rejected"].assign(status="rejected")
+    rejected["flags"] = [[] for _ in range(len(rejected))]
     rows = pd.concat([curated, rejected], ignore_index=True)
     generated = frames["generated"].set_index("sample_id")
     prompts = frames["prompts"].set_index("prompt_id")
@@ -210,7 +152,7 @@ def _samples_frame(frames: dict[str, pd.DataFrame], run_id: str, lineage_url: st
         asked = rows["prompt_id"].map(prompts["label"]) if len(prompts) else rows["label"]
         rows["intended_label"] = rows.get("intended_label", asked).fillna(asked)
     attributes = rows["prompt_id"].map(prompts["attributes"]) if len(prompts) else pd.Series(dtype=object)
-    parsed = [json.loads(a) if isinstance(a, str) else {} for a in attributes.reindex(rows.index)]
+    parsed = [a if isinstance(a, dict) else {} for a in attributes.reindex(rows.index)]
     for name in sorted({key for attrs in parsed for key in attrs}):
         rows[f"attr_{name}"] = [attrs.get(name) for attrs in parsed]
     rows["curated_in_run"] = run_id
@@ -229,7 +171,7 @@ def _lineage_frames(frames: dict[str, pd.DataFrame], dagster_url: str) -> dict[s
         [
             {"prompt_id": prompt_id, "position": position, "seed_id": seed_id}
             for prompt_id, demo_ids in zip(prompts["prompt_id"], prompts["demo_ids"], strict=True)
-            for position, seed_id in enumerate(_json_list(demo_ids))
+            for position, seed_id in enumerate(demo_ids or [])
         ],
         columns=["prompt_id", "position", "seed_id"],
     )
@@ -306,7 +248,11 @@ def _write_sqlite(path: Path, tables: dict[str, pd.DataFrame]) -> None:
                 for c, target in references.items()
             ]
             connection.execute(f'CREATE TABLE "{table}" ({", ".join(columns)})')
-            values = frame.astype(object).where(frame.notna(), None).to_numpy().tolist()
+            # SQLite has no list or object type: the warehouse's JSON columns go back to JSON text
+            values = [
+                [json.dumps(v, ensure_ascii=False) if isinstance(v, list | dict) else v for v in row]
+                for row in frame.astype(object).where(frame.notna(), None).to_numpy().tolist()
+            ]
             marks = ", ".join("?" * len(frame.columns))
             connection.executemany(f'INSERT INTO "{table}" VALUES ({marks})', values)
         connection.commit()
@@ -367,7 +313,7 @@ def export_browse_db(
     Raises BrowseError for an unknown spec or version, FileNotFoundError without a DuckDB file.
     The previous export in `folder` is replaced only once the new one is complete."""
     run_id = resolve_version(store, spec_name, version)
-    frames = _read_version(store, spec_name, run_id)
+    frames = store.version_with_upstream(spec_name, run_id)
     lineage_url = f"{browse_url.rstrip('/')}/{DATABASE}/lineage"
     tables = {"samples": _samples_frame(frames, run_id, lineage_url), **_lineage_frames(frames, dagster_url)}
     folder.mkdir(parents=True, exist_ok=True)

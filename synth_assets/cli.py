@@ -17,9 +17,7 @@ from synth_assets.run_summary import promoted_stages, summary_lines
 from synth_assets.runtime import choose_threads, prepare_process, request_threads
 from synth_assets.seed import load_seed_data
 from synth_assets.spec import GenerationSpec, SpecError, load_spec
-from synth_assets.storage import HISTORY_TABLE, StorageError, Warehouse
-
-STAGES = ("seed_data", "expanded_prompts", "generated_samples", "curated_set", "rejected_samples")
+from synth_assets.storage import ROW_STAGES, Stage, StorageError, Warehouse
 
 
 class CliError(Exception):
@@ -28,17 +26,6 @@ class CliError(Exception):
 
 def _warehouse(args: argparse.Namespace) -> Warehouse:
     return Warehouse(args.db) if args.db else Warehouse()
-
-
-def _latest_spec(store: Warehouse, spec_name: str | None) -> str:
-    if spec_name:
-        return spec_name
-    latest = store.read_only_query(
-        f"SELECT spec_name FROM {HISTORY_TABLE['curated_set']} ORDER BY materialized_at DESC LIMIT 1"
-    )
-    if latest.empty:
-        raise CliError("no curated_set yet: run `synth-assets run --spec PATH` first")
-    return str(latest["spec_name"].iloc[0])
 
 
 def _plan(args: argparse.Namespace, spec: GenerationSpec, seed_rows: pd.DataFrame) -> int:
@@ -130,31 +117,26 @@ def command_run(args: argparse.Namespace) -> int:
     for evaluation in result.get_asset_check_evaluations():
         verdict = "passed" if evaluation.passed else "FAILED"
         print(f"check {evaluation.asset_key.to_user_string()}:{evaluation.check_name} {verdict}")
-    counts = []
-    for stage in STAGES:
-        frame = store.read_only_query(f'SELECT count(*) AS n FROM "{stage}" WHERE spec_name = ?', [spec.name])
-        counts.append(f"{stage}={int(frame['n'].iloc[0])}")
+    counts = [f"{stage}={store.row_count(stage, spec.name, read_only=True)}" for stage in ROW_STAGES]
     print("rows: " + " ".join(counts) + " (curated_set, rejected_samples: the published version)")
     for line in summary_lines(store, spec, run_id):
         print(line)
     publication, held_back = publication_summary(store, spec.name, run_id)
     print(publication)
     # this run's report, passed or not (the `evaluation_report` table keeps only the last good one)
-    report = store.read_only_query(
-        f"SELECT report_path FROM {HISTORY_TABLE['evaluation_report']} WHERE spec_name = ? AND run_id = ? "
-        "UNION ALL SELECT report_path FROM evaluation_report WHERE spec_name = ?",
-        [spec.name, run_id, spec.name],
-    )
+    report = store.read_version(Stage.EVALUATION_REPORT, spec.name, run_id, read_only=True)
+    if report.empty:
+        report = store.read_current(Stage.EVALUATION_REPORT, spec.name, read_only=True)
     print(f"DuckDB: {store.path}")
     if not report.empty:
         print(f"report: {report['report_path'].iloc[0]}")
     print(f"Dagster run {run_id} in DAGSTER_HOME={instance.root_directory}")
     print("UI: make ui, then open http://127.0.0.1:3000; samples: synth-assets browse --spec NAME")
     if stopped:
-        kept = store.read_only_query("SELECT count(*) AS n FROM llm_cache WHERE run_id = ?", [run_id])
+        kept = store.calls_made_in(run_id, read_only=True)
         print(
             f"error: stopped by {stopped}: run {run_id} recorded as {status}; "
-            f"{int(kept['n'].iloc[0])} finished LLM calls of this run are kept in llm_cache, "
+            f"{kept} finished LLM calls of this run are kept in llm_cache, "
             "rerun the same command to resume; "
             f"{_current_note(store, spec, run_id)}",
             file=sys.stderr,
@@ -198,7 +180,7 @@ def publication_summary(store: Warehouse, spec_name: str, run_id: str) -> tuple[
     """The run summary's publication line: which curated_set version is published after `run_id`
     and what happened to the version that run evaluated (with the gate's reason when held back);
     plus, when it was held back, a short sentence for the one-line error."""
-    published = store.published_run("curated_set", spec_name, read_only=True)
+    published = store.published_run(Stage.CURATED_SET, spec_name, read_only=True)
     current = (
         f"published curated_set: run {published} (what `synth-assets export` writes)"
         if published
@@ -243,7 +225,7 @@ def _spec_fingerprints(spec_name: str, run_ids: list[str]) -> dict[str, str]:
             return found
         for run_id in run_ids:
             info = runs.describe(run_id, spec_name) or {}
-            materialization = (info.get("materializations") or {}).get("curated_set") or {}
+            materialization = (info.get("materializations") or {}).get(Stage.CURATED_SET) or {}
             if materialization.get("spec_fingerprint"):
                 found[run_id] = str(materialization["spec_fingerprint"])
     return found
@@ -287,15 +269,13 @@ def _export_spec(
     fingerprint = None
     with open_run_directory() as runs:
         if runs is not None:
-            recorded = runs.latest_metadata("seed_data", spec_name).get("spec_path")
+            recorded = runs.latest_metadata(Stage.SEED_DATA, spec_name).get("spec_path")
             if recorded and not spec_file:
                 candidates.append(Path(str(recorded)))
-            run = store.read_only_query(
-                "SELECT run_id FROM curated_set WHERE spec_name = ? LIMIT 1", [spec_name]
-            )
-            if len(run):
-                info = runs.describe(str(run["run_id"].iloc[0]), spec_name) or {}
-                curated = (info.get("materializations") or {}).get("curated_set") or {}
+            published = store.published_run(Stage.CURATED_SET, spec_name, read_only=True)
+            if published:
+                info = runs.describe(published, spec_name) or {}
+                curated = (info.get("materializations") or {}).get(Stage.CURATED_SET) or {}
                 fingerprint = curated.get("spec_fingerprint")
     for path in candidates:
         try:
@@ -333,16 +313,11 @@ def command_report(args: argparse.Namespace) -> int:
     """The newest evaluation report (of a spec, or of any spec), whether or not it passed its gate;
     `--good` prints the last good (promoted) one instead."""
     store = _warehouse(args)
-    table = "evaluation_report" if args.good else HISTORY_TABLE["evaluation_report"]
-    where = " WHERE spec_name = ?" if args.spec else ""
-    frame = store.read_only_query(
-        f'SELECT * FROM "{table}"{where} ORDER BY materialized_at DESC LIMIT 1',
-        [args.spec] if args.spec else [],
-    )
-    if frame.empty:
+    # the promoted report is the last good one: a report is promoted exactly when its gate passed
+    row = store.newest_row(Stage.EVALUATION_REPORT, args.spec, promoted=args.good, read_only=True)
+    if row is None:
         which = "good " if args.good else ""
         raise CliError(f"no {which}evaluation report{' for ' + args.spec if args.spec else ''} yet")
-    row = frame.iloc[0]
     print(row["markdown"])
     if row.get("report_path"):
         print(f"report file: {row['report_path']} (plot links are relative to its folder)")

@@ -4,6 +4,8 @@ show these. Dagster-free, so `synth-assets browse` does not import Dagster. Keys
 
 from __future__ import annotations
 
+from synth_assets.storage.stages import Stage
+
 _SAMPLE = {
     "sample_id": "id of the sample: a hash of prompt, model fingerprint, parameters and seed",
     "prompt_id": "the expanded prompt that produced the sample",
@@ -20,7 +22,7 @@ _SCORES = {
 }
 
 COLUMN_DESCRIPTIONS: dict[str, dict[str, str]] = {
-    "seed_data": {
+    Stage.SEED_DATA: {
         "seed_id": "id of the seed row: its split and the id column, else a hash of split, text and label",
         "split": "train (shown to the model as demos) or holdout (never shown; evaluation only)",
         "text": "the real text from the seed file",
@@ -28,7 +30,7 @@ COLUMN_DESCRIPTIONS: dict[str, dict[str, str]] = {
         "source_file": "the seed file the row came from",
         "source_row": "row number in that file (1-based, header excluded)",
     },
-    "expanded_prompts": {
+    Stage.EXPANDED_PROMPTS: {
         "prompt_id": "id of the prompt: a hash of the spec identity, label, attributes and demos",
         "prompt_index": "position of the prompt in the spec's plan",
         "label": "the label the prompt asks for",
@@ -39,7 +41,7 @@ COLUMN_DESCRIPTIONS: dict[str, dict[str, str]] = {
         "generation_seed": "sampling seed of the LLM call",
         "cell": "JSON: the attribute cell this prompt fills (per-cell quotas; empty otherwise)",
     },
-    "generated_samples": {
+    Stage.GENERATED_SAMPLES: {
         **_SAMPLE,
         "label": "the label the prompt asked for",
         "text": "the raw model output (final step)",
@@ -55,7 +57,7 @@ COLUMN_DESCRIPTIONS: dict[str, dict[str, str]] = {
         "generated_in_run": "the run whose call produced the text (earlier runs when cached)",
         "steps": "JSON: the output of every generation step",
     },
-    "curated_set": {
+    Stage.CURATED_SET: {
         **_SAMPLE,
         "label": "final label (differs from intended_label only when relabeled)",
         "text": "the sample text, PII scrubbed, truncated ending trimmed",
@@ -64,14 +66,14 @@ COLUMN_DESCRIPTIONS: dict[str, dict[str, str]] = {
         **_SCORES,
         "flags": "JSON list: label_doubt, relabeled, pii_scrubbed, trimmed_truncated_ending",
     },
-    "rejected_samples": {
+    Stage.REJECTED_SAMPLES: {
         **_SAMPLE,
         "text": "the sample text, PII scrubbed",
         "reasons": "JSON list of every reason code the row failed",
         "details": "JSON object: reason code -> what was measured",
         **_SCORES,
     },
-    "evaluation_report": {
+    Stage.EVALUATION_REPORT: {
         "metrics": "JSON: every scalar metric of the run (key figures, usefulness, cost, ...)",
         "markdown": "the report as Markdown",
         "report_path": "the report file on disk",

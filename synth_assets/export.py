@@ -13,7 +13,6 @@ Pure with respect to Dagster: DuckDB in, files out. `datasets` is imported only 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ from typing import Any
 import pandas as pd
 
 from synth_assets.spec import GenerationSpec
-from synth_assets.storage import HISTORY_TABLE, Warehouse
+from synth_assets.storage import ROW_STAGES, Stage, Warehouse
 
 FORMATS = ("parquet", "jsonl", "hf")
 # lineage and provenance columns joined onto each exported row (generated_samples / expanded_prompts)
@@ -76,13 +75,10 @@ def _first(frame: pd.DataFrame, column: str) -> Any:
 
 
 def _reason_counts(rejected: pd.DataFrame) -> dict[str, int]:
+    """Rows per rejection reason (a row counts once per reason it failed), most frequent first."""
     counts: dict[str, int] = {}
-    for value in rejected.get("reasons", pd.Series(dtype=str)):
-        try:
-            reasons = json.loads(value) if isinstance(value, str) else []
-        except ValueError:
-            reasons = [value]
-        for reason in reasons:
+    for reasons in rejected.get("reasons", pd.Series(dtype=object)):
+        for reason in reasons or []:
             counts[str(reason)] = counts.get(str(reason), 0) + 1
     return dict(sorted(counts.items(), key=lambda item: -item[1]))
 
@@ -96,9 +92,9 @@ def load_export_data(
     """The published curated set of a spec with its lineage columns, and what the card reports.
 
     Raises ExportError (one line, saying why when a version was held back) when none is published."""
-    curated = store.read_only_query(
-        'SELECT * FROM "curated_set" WHERE spec_name = ? ORDER BY rowid', [spec_name]
-    )
+    # the files keep JSON columns as the JSON text they are stored as (one string type per column
+    # for every Parquet/JSONL/HF reader), so these rows are read undecoded
+    curated = store.read_current(Stage.CURATED_SET, spec_name, read_only=True)
     decisions = store.publications(spec_name, read_only=True)
     if curated.empty:
         why = ""
@@ -112,19 +108,9 @@ def load_export_data(
             )
         raise ExportError(f"spec '{spec_name}' has no published curated_set to export{why}")
     run_id = str(curated["run_id"].iloc[0])
-    ids = curated["sample_id"].astype(str).tolist()
-    marks = ", ".join("?" for _ in ids)
-    generated = store.read_only_query(
-        f"SELECT * FROM {HISTORY_TABLE['generated_samples']} WHERE spec_name = ? AND sample_id IN ({marks}) "
-        "QUALIFY row_number() OVER (PARTITION BY sample_id ORDER BY materialized_at DESC) = 1",
-        [spec_name, *ids],
-    )
-    prompt_ids = sorted(set(curated["prompt_id"].astype(str)))
-    prompts = store.read_only_query(
-        f"SELECT * FROM {HISTORY_TABLE['expanded_prompts']} WHERE spec_name = ? AND prompt_id IN "
-        f"({', '.join('?' for _ in prompt_ids)}) QUALIFY row_number() OVER "
-        "(PARTITION BY prompt_id ORDER BY materialized_at DESC) = 1",
-        [spec_name, *prompt_ids],
+    generated, prompts = (
+        store.rows_by_ids(stage, curated[key], spec_name, newest_only=True, decoded=False, read_only=True)
+        for stage, key in ((Stage.GENERATED_SAMPLES, "sample_id"), (Stage.EXPANDED_PROMPTS, "prompt_id"))
     )
     # text and label first: what a user of the dataset reads; then every curated column by name
     lead = [c for c in ("text", "label", "sample_id", "prompt_id") if c in curated]
@@ -140,27 +126,8 @@ def load_export_data(
     rows = rows.rename(columns={"run_id": "curated_run_id"})
     rows["materialized_at"] = rows["materialized_at"].astype(str)
 
-    counts: dict[str, int] = {}
-    for stage in ("seed_data", "expanded_prompts", "generated_samples", "curated_set", "rejected_samples"):
-        frame = store.read_only_query(f'SELECT count(*) AS n FROM "{stage}" WHERE spec_name = ?', [spec_name])
-        counts[stage] = int(frame["n"].iloc[0])
-    splits = store.read_only_query(
-        'SELECT split, count(*) AS n FROM "seed_data" WHERE spec_name = ? GROUP BY split ORDER BY split',
-        [spec_name],
-    )
-    rejected = store.read_only_query(
-        f"SELECT reasons FROM {HISTORY_TABLE['rejected_samples']} WHERE spec_name = ? AND run_id = ?",
-        [spec_name, run_id],
-    )
-    versions = store.read_only_query(
-        f"SELECT count(DISTINCT run_id) AS n FROM {HISTORY_TABLE['curated_set']} WHERE spec_name = ?",
-        [spec_name],
-    )
-    gates = store.read_only_query(
-        "SELECT asset, check_name, passed, summary FROM gate_results WHERE spec_name = ? AND run_id = ? "
-        "ORDER BY evaluated_at",
-        [spec_name, run_id],
-    )
+    counts = {stage: store.row_count(stage, spec_name, read_only=True) for stage in ROW_STAGES}
+    rejected = store.read_version(Stage.REJECTED_SAMPLES, spec_name, run_id, read_only=True, decoded=True)
     generation = (
         generated[
             [c for c in ("model", "backend", "model_fingerprint", "generation_params") if c in generated]
@@ -173,13 +140,13 @@ def load_export_data(
         rows=rows,
         curated_run_id=run_id,
         curated_at=str(curated["materialized_at"].max())[:19],
-        versions=int(versions["n"].iloc[0]),
+        versions=len(store.versions(Stage.CURATED_SET, spec_name, read_only=True)),
         counts=counts,
-        seed_splits={str(s): int(n) for s, n in splits.itertuples(index=False)},
+        seed_splits=store.value_counts(Stage.SEED_DATA, spec_name, "split", read_only=True),
         labels={str(k): int(v) for k, v in curated["label"].value_counts().items()},
         rejections=_reason_counts(rejected),
         generation=generation,
-        gates=gates.to_dict("records"),
+        gates=store.gate_records(spec_name, run_id, read_only=True),
         evaluation=_evaluation(store, spec_name, run_id),
         spec=spec,
         spec_text=spec.source_path.read_text(encoding="utf-8")
@@ -232,33 +199,24 @@ def _publication(decisions: pd.DataFrame, run_id: str) -> str | None:
 
 
 def _evaluation(store: Warehouse, spec_name: str, run_id: str) -> dict[str, Any] | None:
-    """The report of this curated version if one was made (a passing one first: that is the one
-    that published it), else the promoted one."""
-    history = store.read_only_query(
-        f"SELECT * FROM {HISTORY_TABLE['evaluation_report']} WHERE spec_name = ? "
-        "ORDER BY materialized_at DESC",
-        [spec_name],
-    )
+    """The report of this curated version if one was made (a good one first: that is the one that
+    published it), else the promoted one."""
+    history = store.history(Stage.EVALUATION_REPORT, spec_name, read_only=True)
     if history.empty:
         return None
     if "curated_run_id" in history:
         same = history[history["curated_run_id"] == run_id]
     else:  # older reports: the report of the same run evaluated the curated set of that run
         same = history[history["run_id"] == run_id]
-    if "passed" in same and len(same):
-        # stable sort: passing reports first, newest first within each group
-        same = same.assign(_passed=same["passed"].fillna(True).astype(bool)).sort_values(
-            "_passed", ascending=False, kind="stable"
-        )
-    promoted = store.read_only_query('SELECT * FROM "evaluation_report" WHERE spec_name = ?', [spec_name])
-    chosen = same.head(1) if len(same) else promoted.head(1)
+    good = set(store.good_versions(Stage.EVALUATION_REPORT, spec_name, read_only=True))
+    # stable sort: good reports first, newest first within each group
+    same = same.assign(_good=same["run_id"].isin(good)).sort_values("_good", ascending=False, kind="stable")
+    chosen = same.head(1)
+    if chosen.empty:
+        chosen = store.read_current(Stage.EVALUATION_REPORT, spec_name, read_only=True, decoded=True).head(1)
     if chosen.empty:
         return None
     row = chosen.iloc[0].to_dict()
-    try:
-        metrics = json.loads(row.get("metrics") or "{}")
-    except ValueError:
-        metrics = {}
     passed = row.get("passed")
     return {
         "run_id": str(row["run_id"]),
@@ -266,7 +224,7 @@ def _evaluation(store: Warehouse, spec_name: str, run_id: str) -> dict[str, Any]
         "curated_run_id": row.get("curated_run_id") or row["run_id"],
         "passed": None if passed is None or pd.isna(passed) else bool(passed),
         "gate_summary": row.get("gate_summary"),
-        "metrics": metrics if isinstance(metrics, dict) else {},
+        "metrics": row.get("metrics") if isinstance(row.get("metrics"), dict) else {},
     }
 
 
@@ -424,11 +382,11 @@ def dataset_card(data: ExportData, file_names: list[str]) -> str:
         "",
         "| stage | rows |",
         "|---|---|",
-        f"| seed_data | {data.counts['seed_data']} ({seed}) |",
-        f"| expanded_prompts | {data.counts['expanded_prompts']} |",
-        f"| generated_samples | {data.counts['generated_samples']} |",
-        f"| curated_set | {data.counts['curated_set']} |",
-        f"| rejected_samples | {data.counts['rejected_samples']} ({rejected}) |",
+        f"| seed_data | {data.counts[Stage.SEED_DATA]} ({seed}) |",
+        f"| expanded_prompts | {data.counts[Stage.EXPANDED_PROMPTS]} |",
+        f"| generated_samples | {data.counts[Stage.GENERATED_SAMPLES]} |",
+        f"| curated_set | {data.counts[Stage.CURATED_SET]} |",
+        f"| rejected_samples | {data.counts[Stage.REJECTED_SAMPLES]} ({rejected}) |",
         "",
         "## Evaluation",
         "",

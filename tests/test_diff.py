@@ -51,8 +51,9 @@ def rejected(*items: tuple[str, str, list[str], dict[str, str]]) -> pd.DataFrame
                 "prompt_id": p,
                 "label": "positive",
                 "text": f"text of {s}",
-                "reasons": json.dumps(reasons),
-                "details": json.dumps(details),
+                # decoded, as the storage reads hand them over
+                "reasons": reasons,
+                "details": details,
             }
             for s, p, reasons, details in items
         ],
@@ -66,7 +67,7 @@ def generations(*items: tuple[str, float, int]) -> pd.DataFrame:
                 "sample_id": s,
                 "model_fingerprint": "tiny-fp",
                 "backend": "local",
-                "generation_params": json.dumps({"temperature": t, "top_p": 0.95}),
+                "generation_params": {"temperature": t, "top_p": 0.95},
                 "generation_seed": seed,
             }
             for s, t, seed in items

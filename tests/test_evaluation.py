@@ -24,7 +24,6 @@ from synth_assets.evaluation.inputs import (
     EvaluationInputs,
     last_good_run,
     load_inputs,
-    seconds_from_steps,
 )
 from synth_assets.evaluation.report import build_report, write_report
 from synth_assets.evaluation.usefulness import (
@@ -590,11 +589,25 @@ def test_last_good_run_skips_failed_reports(tmp_path: Path) -> None:
     assert store.read_current("evaluation_report", "demo")["run_id"].tolist() == ["run1"]
 
 
-def test_generation_seconds_from_recorded_calls() -> None:
-    steps = [json.dumps({"calls": [{"seconds": 0.5}, {"seconds": 0.25}]}), json.dumps({"calls": [{}]}), None]
-    assert seconds_from_steps(pd.DataFrame({"steps": steps})) == pytest.approx(0.75)
-    assert seconds_from_steps(pd.DataFrame({"steps": [None]})) is None
-    assert seconds_from_steps(pd.DataFrame({"text": ["x"]})) is None
+def test_generation_seconds_from_recorded_calls(tmp_path: Path) -> None:
+    """The seconds of the LLM calls behind the samples (their cache keys: `cache_key` and each call
+    in `steps`), summed from llm_cache. Moved with the computation to generation, which records it
+    with the version (issue 13 item 5): evaluation no longer reads steps itself."""
+    from synth_assets.generation.cost import call_keys
+
+    steps = [
+        json.dumps({"calls": [{"cache_key": "k1"}, {"cache_key": "k2"}]}),
+        json.dumps({"calls": [{}]}),
+        None,
+    ]
+    samples = pd.DataFrame({"cache_key": ["k2", None, "k3"], "steps": steps})
+    assert call_keys(samples) == ["k2", "k3", "k1"]
+    assert call_keys(pd.DataFrame({"text": ["x"]})) == []
+    store = Warehouse(tmp_path / "w.duckdb")
+    calls = pd.DataFrame({"cache_key": ["k1", "k2", "k3"], "seconds": [0.5, 0.25, None]})
+    store.store_calls(calls)
+    assert store.call_seconds(call_keys(samples)) == pytest.approx(0.75)
+    assert store.call_seconds(["k3"]) is None and store.call_seconds([]) is None
 
 
 # ------------------------------------------------------------------------------------------------- spec

@@ -121,6 +121,10 @@ def test_good_run_reports_every_family_with_plots_and_passes_the_gate(env: Env) 
         "usefulness_synthetic_macro_f1",
     ):
         assert key in metrics, key
+    # the cost section reads what generated_samples recorded with its version (issue 13 item 5)
+    record = env.store.generation_record(SPEC, env.first_run_id)
+    assert record is not None and record.samples > 0 and record.calls_made > 0
+    assert record.call_seconds and metrics["generation_seconds"] == pytest.approx(record.call_seconds)
     metadata = _latest_metadata(env)
     # top-level numbers, which the UI charts across runs (rounded; full precision in `metrics`)
     assert metadata[GATE_METRIC].value == pytest.approx(metrics[GATE_METRIC], abs=1e-4)

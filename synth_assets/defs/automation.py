@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import dagster as dg
-import duckdb
 
 from synth_assets.defs.assets import seed_data, spec_partitions, stage_assets
 from synth_assets.defs.resources import SPEC_PATH_TAG, SpecCatalog, WarehouseResource
@@ -32,7 +31,7 @@ from synth_assets.defs.seed_data import SPEC_INPUTS, spec_for_observation, spec_
 from synth_assets.paths import default_specs_dir
 from synth_assets.seed import spec_inputs_digest
 from synth_assets.spec import GenerationSpec, SpecError, load_spec
-from synth_assets.storage import Warehouse
+from synth_assets.storage import WAREHOUSE_ERRORS, Stage, Warehouse
 
 SPEC_DIGEST_TAG = "synth_assets/spec_digest"
 DOWNSTREAM_STAGES = ["expanded_prompts", "generated_samples", "curated_set", "evaluation_report"]
@@ -129,10 +128,9 @@ def in_warehouse(store: Warehouse, spec_name: str) -> bool:
     """Whether the warehouse holds a promoted `seed_data` for the spec (it was materialized, maybe
     from another Dagster instance). A DuckDB file that is missing, busy or older counts as no."""
     try:
-        rows = store.read_only_query("SELECT count(*) AS n FROM seed_data WHERE spec_name = ?", [spec_name])
-    except (FileNotFoundError, duckdb.Error):
+        return store.row_count(Stage.SEED_DATA, spec_name, read_only=True) > 0
+    except WAREHOUSE_ERRORS:
         return False
-    return int(rows["n"].iloc[0]) > 0
 
 
 def scan_specs(directory: Path) -> tuple[dict[str, tuple[str, Path, GenerationSpec]], list[str]]:

@@ -11,7 +11,7 @@ from synth_assets.columns import COLUMN_DESCRIPTIONS
 from synth_assets.curation.pii import scan, scrub
 from synth_assets.quality.gates import GateOutcome
 from synth_assets.spec import GenerationSpec, content_hash
-from synth_assets.storage import STAGE_COLUMNS, Warehouse
+from synth_assets.storage import STAGE_COLUMNS, Stage, Warehouse
 
 spec_partitions = dg.DynamicPartitionsDefinition(name="spec")
 
@@ -163,7 +163,7 @@ def gate_spec(asset: str, description: str) -> dg.AssetCheckSpec:
 
 def read_upstream(warehouse: Warehouse, stage: str, spec: GenerationSpec) -> pd.DataFrame:
     frame = warehouse.read_current(stage, spec.name)
-    if frame.empty and stage != "rejected_samples":
+    if frame.empty and stage != Stage.REJECTED_SAMPLES:
         raise dg.Failure(
             f"{stage} has no promoted rows for spec '{spec.name}': materialize it first "
             "(or its last version failed its gate)"

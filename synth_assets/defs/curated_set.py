@@ -28,7 +28,7 @@ from synth_assets.defs.resources import LocalModelResource, SpecCatalog, Warehou
 from synth_assets.defs.seed_data import seed_data
 from synth_assets.embeddings import embed
 from synth_assets.quality.gates import curation_metrics, validate_curated_set
-from synth_assets.storage import HISTORY_TABLE, GateRecord, Warehouse
+from synth_assets.storage import GateRecord, Stage, Warehouse
 
 
 @dg.asset(
@@ -47,7 +47,7 @@ from synth_assets.storage import HISTORY_TABLE, GateRecord, Warehouse
             "label balance within tolerance, minimum row count",
         )
     ],
-    metadata={"dagster/column_schema": column_schema("curated_set")},
+    metadata={"dagster/column_schema": column_schema(Stage.CURATED_SET)},
 )
 def curated_set(
     context: dg.AssetExecutionContext,
@@ -64,9 +64,9 @@ def curated_set(
     spec = specs.spec_for(context)
     store = warehouse.warehouse()
     run_id = context.run.run_id
-    samples = read_upstream(store, "generated_samples", spec)
-    prompts = read_upstream(store, "expanded_prompts", spec)
-    seed_rows = read_upstream(store, "seed_data", spec)
+    samples = read_upstream(store, Stage.GENERATED_SAMPLES, spec)
+    prompts = read_upstream(store, Stage.EXPANDED_PROMPTS, spec)
+    seed_rows = read_upstream(store, Stage.SEED_DATA, spec)
     previous = (
         _earlier_versions(store, spec.name, run_id) if spec.curation.dedup_against_previous_versions else None
     )
@@ -95,15 +95,15 @@ def curated_set(
     for note in outcome.notes:
         context.log.info(f"curation: {note}")
     gate = validate_curated_set(outcome.curated, spec, rejected=outcome.rejected)
-    published = store.published_run("curated_set", spec.name)
+    published = store.published_run(Stage.CURATED_SET, spec.name)
     # never promoted here: publication waits for the evaluation (staged -> published). The passing
     # verdict is what makes this version "staged" (Warehouse.staged_runs), so it commits with it.
     store.write_versions(
-        {"curated_set": outcome.curated, "rejected_samples": outcome.rejected},
+        {Stage.CURATED_SET: outcome.curated, Stage.REJECTED_SAMPLES: outcome.rejected},
         spec.name,
         run_id,
         promote=False,
-        gate=GateRecord("curated_set", GATE_CHECK, gate.passed, gate.summary()),
+        gate=GateRecord(Stage.CURATED_SET, GATE_CHECK, gate.passed, gate.summary()),
     )
     publication = _publication_note(gate.passed, spec.name, published)
     if gate.passed:
@@ -116,7 +116,7 @@ def curated_set(
     )
     return dg.MaterializeResult(
         metadata={
-            **stage_metadata("curated_set", outcome.curated, spec),
+            **stage_metadata(Stage.CURATED_SET, outcome.curated, spec),
             **_curation_metadata(outcome, len(samples)),
             "staged": gate.passed,
             "publication": publication,
@@ -139,8 +139,7 @@ def _earlier_versions(store: Warehouse, spec_name: str, run_id: str) -> pd.DataF
     """Rows of every earlier curated version of this spec that passed its GX gate and was not held
     back by the usefulness gate (published, or not yet evaluated), this run excluded. A version that
     failed either gate never reached anyone, so it does not make new samples redundant."""
-    history = HISTORY_TABLE["curated_set"]
-    staged = [run for run in store.staged_runs(spec_name) if run != run_id]
+    staged = [run for run in store.good_versions(Stage.CURATED_SET, spec_name) if run != run_id]
     if not staged:
         return pd.DataFrame(columns=["sample_id", "text", "run_id"])
     decisions = store.publications(spec_name)
@@ -150,10 +149,7 @@ def _earlier_versions(store: Warehouse, spec_name: str, run_id: str) -> pd.DataF
     keep = [run for run in staged if run not in held_back]
     if not keep:
         return pd.DataFrame(columns=["sample_id", "text", "run_id"])
-    return store.query(
-        f'SELECT sample_id, text, run_id FROM "{history}" WHERE spec_name = ? AND list_contains(?, run_id)',
-        [spec_name, keep],
-    )
+    return store.read_versions(Stage.CURATED_SET, spec_name, keep)[["sample_id", "text", "run_id"]]
 
 
 def _publication_note(passed: bool, spec_name: str, published: str | None) -> str:

@@ -20,9 +20,9 @@ from synth_assets.evaluation.gate import (
     PublicationDecision,
     publication_decision,
 )
-from synth_assets.evaluation.inputs import EvaluationInputError, EvaluationInputs, last_good_run, load_inputs
+from synth_assets.evaluation.inputs import EvaluationInputError, last_good_run, load_inputs
 from synth_assets.evaluation.report import UI_METRICS, build_report, write_report
-from synth_assets.storage import Publication
+from synth_assets.storage import Publication, Stage
 
 
 def _number(value: float | None) -> float | str:
@@ -91,33 +91,6 @@ def _publication_metadata(
     }
 
 
-def _generation_seconds_from_dagster(
-    context: dg.AssetExecutionContext, inputs: EvaluationInputs, partition: str
-) -> None:
-    """generated_samples has no time column: use the `generation_seconds` its materialization
-    recorded, but only when that materialization wrote the very samples evaluated here."""
-    if inputs.generation_seconds is not None or not inputs.samples_run_id:
-        return
-    records = context.instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=dg.AssetKey("generated_samples"), asset_partitions=[partition]),
-        limit=5,
-    ).records
-    for record in records:
-        if record.run_id != inputs.samples_run_id:
-            continue
-        value = (
-            record.asset_materialization.metadata.get("generation_seconds")
-            if record.asset_materialization
-            else None
-        )
-        if value is not None and isinstance(value.value, int | float):
-            inputs.generation_seconds = float(value.value)
-            inputs.generation_seconds_source = (
-                f"`generation_seconds` of the generated_samples materialization in run {record.run_id}"
-            )
-        return
-
-
 @dg.asset(
     partitions_def=spec_partitions,
     deps=[curated_set],
@@ -159,7 +132,6 @@ def evaluation_report(
         raise dg.Failure(str(exc)) from exc
     for note in inputs.notes:
         context.log.warning(note)
-    _generation_seconds_from_dagster(context, inputs, spec.name)
     baseline = last_good_run(store, spec.name, exclude_run_id=run_id)
     report = build_report(spec, run_id=run_id, inputs=inputs, embed=embed, baseline=baseline)
     verdict = report.verdict
@@ -186,12 +158,12 @@ def evaluation_report(
     # one transaction: the report row (promoted only when the gate passed, so a failed run never
     # becomes the "last good run") and the publication decision on the curated_set version it judged
     store.write_version(
-        "evaluation_report",
+        Stage.EVALUATION_REPORT,
         spec.name,
         run_id,
         row,
         promote=verdict.passed,
-        publication=Publication("curated_set", evaluated, decision.publish, verdict.reason)
+        publication=Publication(Stage.CURATED_SET, evaluated, decision.publish, verdict.reason)
         if evaluated
         else None,
     )

@@ -18,6 +18,7 @@ from synth_assets.defs.common import (
 from synth_assets.defs.resources import SpecCatalog, WarehouseResource
 from synth_assets.defs.seed_data import seed_data
 from synth_assets.generation.prompts import expand_prompts
+from synth_assets.storage import Stage
 
 
 @dg.asset(
@@ -27,7 +28,7 @@ from synth_assets.generation.prompts import expand_prompts
     kinds={"duckdb", "jinja"},
     owners=OWNERS,
     code_version="1",
-    metadata={"dagster/column_schema": column_schema("expanded_prompts")},
+    metadata={"dagster/column_schema": column_schema(Stage.EXPANDED_PROMPTS)},
 )
 def expanded_prompts(
     context: dg.AssetExecutionContext, specs: SpecCatalog, warehouse: WarehouseResource
@@ -36,15 +37,15 @@ def expanded_prompts(
     the seed's training split, rendered through the spec's sandboxed Jinja2 template."""
     spec = specs.spec_for(context)
     store = warehouse.warehouse()
-    prompts = expand_prompts(spec, read_upstream(store, "seed_data", spec))
-    store.write_version("expanded_prompts", spec.name, context.run.run_id, prompts, promote=True)
+    prompts = expand_prompts(spec, read_upstream(store, Stage.SEED_DATA, spec))
+    store.write_version(Stage.EXPANDED_PROMPTS, spec.name, context.run.run_id, prompts, promote=True)
     attribute_counts = {
         name: pd.Series([json.loads(a)[name] for a in prompts["attributes"]]).value_counts().to_dict()
         for name in (a.name for a in spec.attributes)
     }
     return dg.MaterializeResult(
         metadata={
-            **stage_metadata("expanded_prompts", prompts, spec),
+            **stage_metadata(Stage.EXPANDED_PROMPTS, prompts, spec),
             "labels_requested": dg.MetadataValue.json(prompts["label"].value_counts().to_dict()),
             "attributes_sampled": dg.MetadataValue.json(attribute_counts),
             "example_prompt": dg.MetadataValue.md(f"```\n{prompts['prompt_text'].iloc[0]}\n```"),

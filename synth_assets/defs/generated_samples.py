@@ -27,11 +27,12 @@ from synth_assets.defs.common import (
 from synth_assets.defs.expanded_prompts import expanded_prompts
 from synth_assets.defs.resources import LocalModelResource, SpecCatalog, WarehouseResource
 from synth_assets.generation.backends import LocalBackend, build_backend, control_tokens_in
+from synth_assets.generation.cost import generation_record
 from synth_assets.generation.engine import GenerationOutcome, generate_samples
 from synth_assets.generation.local_llm import ProgressUpdate
 from synth_assets.quality.gates import ExpectationOutcome, GateOutcome, validate_generated_samples
 from synth_assets.spec import GenerationSpec
-from synth_assets.storage import GateRecord
+from synth_assets.storage import GateRecord, Stage
 
 
 def cheap_acceptance(samples: pd.DataFrame, prompts: pd.DataFrame, spec: GenerationSpec) -> pd.Series:
@@ -118,7 +119,7 @@ def with_failed_share(
             "GX suite: schema, non-null text, unique ids, labels in the spec, lengths mostly in bounds",
         )
     ],
-    metadata={"dagster/column_schema": column_schema("generated_samples")},
+    metadata={"dagster/column_schema": column_schema(Stage.GENERATED_SAMPLES)},
 )
 def generated_samples(
     context: dg.AssetExecutionContext,
@@ -131,10 +132,10 @@ def generated_samples(
     history but never becomes the version that curation reads."""
     spec = specs.spec_for(context)
     store = warehouse.warehouse()
-    prompts = read_upstream(store, "expanded_prompts", spec)
+    prompts = read_upstream(store, Stage.EXPANDED_PROMPTS, spec)
     backend = build_backend(spec.generation, llm.cache_dir or None, spec.local_model_path)
     if not isinstance(backend, LocalBackend):
-        refuse_control_tokens(prompts, spec, read_upstream(store, "seed_data", spec))
+        refuse_control_tokens(prompts, spec, read_upstream(store, Stage.SEED_DATA, spec))
     if isinstance(backend, LocalBackend):
         context.log.info(
             f"model {spec.generation.model} ready in {backend.model.load_seconds:.1f}s "
@@ -157,7 +158,7 @@ def generated_samples(
         log=context.log.info,
         on_progress=log_progress,
         accept=lambda samples: cheap_acceptance(samples, prompts, spec),
-        seed_rows=read_upstream(store, "seed_data", spec) if spec.self_instruct else None,
+        seed_rows=read_upstream(store, Stage.SEED_DATA, spec) if spec.self_instruct else None,
     )
     seconds = time.perf_counter() - started
     samples = generation.samples
@@ -168,18 +169,20 @@ def generated_samples(
         )
     outcome = with_failed_share(validate_generated_samples(samples, spec), generation, spec)
     failed_share = failed_prompt_share(generation)
+    # the version, its gate verdict and what it cost commit together
     store.write_version(
-        "generated_samples",
+        Stage.GENERATED_SAMPLES,
         spec.name,
         context.run.run_id,
         samples,
         promote=outcome.passed,
-        gate=GateRecord("generated_samples", GATE_CHECK, outcome.passed, outcome.summary()),
+        gate=GateRecord(Stage.GENERATED_SAMPLES, GATE_CHECK, outcome.passed, outcome.summary()),
+        generation=generation_record(generation, seconds, store),
     )
     tokens = int(samples["completion_tokens"].sum())
     return dg.MaterializeResult(
         metadata={
-            **stage_metadata("generated_samples", samples, spec),
+            **stage_metadata(Stage.GENERATED_SAMPLES, samples, spec),
             "model": spec.generation.model,
             "backend": backend.name,
             "model_fingerprint": backend.fingerprint,

@@ -26,6 +26,7 @@ from synth_assets.defs.resources import SPEC_PATH_TAG, SpecCatalog, WarehouseRes
 from synth_assets.runtime import choose_threads
 from synth_assets.seed import load_seed_data, spec_inputs_digest
 from synth_assets.spec import GenerationSpec, SpecError, load_spec
+from synth_assets.storage import Stage
 
 SPEC_INPUTS = "spec_inputs"
 # seed_data records where the spec of a partition lives, so an observation outside a run can find a
@@ -100,7 +101,7 @@ with warnings.catch_warnings():
     kinds={"duckdb", "pandas"},
     owners=OWNERS,
     code_version="1",
-    metadata={"dagster/column_schema": column_schema("seed_data")},
+    metadata={"dagster/column_schema": column_schema(Stage.SEED_DATA)},
 )
 def seed_data(
     context: dg.AssetExecutionContext, specs: SpecCatalog, warehouse: WarehouseResource
@@ -109,11 +110,11 @@ def seed_data(
     columns, non-empty text, labels from the spec. The 'holdout' split is never shown to the model."""
     spec = specs.spec_for(context)
     rows = load_seed_data(spec)
-    warehouse.warehouse().write_version("seed_data", spec.name, context.run.run_id, rows, promote=True)
+    warehouse.warehouse().write_version(Stage.SEED_DATA, spec.name, context.run.run_id, rows, promote=True)
     per_split_label = rows.groupby(["split", "label"]).size().unstack(fill_value=0)
     return dg.MaterializeResult(
         metadata={
-            **stage_metadata("seed_data", rows, spec),
+            **stage_metadata(Stage.SEED_DATA, rows, spec),
             "seed_file": dg.MetadataValue.path(str(spec.seed_path)),
             SPEC_PATH_METADATA: dg.MetadataValue.path(str(spec.source_path)),
             "spec_digest": spec_inputs_digest(spec),

@@ -8,17 +8,12 @@ reading the published version would judge stale data and never let a new version
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
-import duckdb
 import pandas as pd
 
-from synth_assets.storage import HISTORY_TABLE, Warehouse
-
-# per-row generation time, if the generation stage ever stores one; summed for the cost section
-SECONDS_COLUMNS = ("generation_seconds", "elapsed_s", "latency_s", "seconds")
+from synth_assets.storage import Stage, Warehouse
 
 
 class EvaluationInputError(ValueError):
@@ -71,37 +66,29 @@ def _version(store: Warehouse, stage: str, spec_name: str, run_id: str | None) -
 
 
 def _latest_curated_attempt(store: Warehouse, spec_name: str) -> tuple[str, bool | None, str] | None:
-    """(run_id, passed, summary) of the newest curated_set version: from gate_results, else history."""
-    gates = store.query(
-        "SELECT run_id, passed, summary FROM gate_results WHERE spec_name = ? AND asset = 'curated_set' "
-        "ORDER BY evaluated_at DESC LIMIT 1",
-        [spec_name],
-    )
-    if len(gates):
-        row = gates.iloc[0]
-        return str(row["run_id"]), bool(row["passed"]), str(row["summary"])
-    history = store.query(
-        f'SELECT run_id FROM "{HISTORY_TABLE["curated_set"]}" WHERE spec_name = ? '
-        "ORDER BY materialized_at DESC LIMIT 1",
-        [spec_name],
-    )
-    return (str(history["run_id"].iloc[0]), None, "") if len(history) else None
+    """(run_id, passed, summary) of the newest curated_set version; passed None: never judged."""
+    versions = store.versions(Stage.CURATED_SET, spec_name)
+    if not versions:
+        return None
+    newest = versions[-1].run_id
+    verdict = store.gate_verdict(Stage.CURATED_SET, spec_name, newest)
+    return (newest, None, "") if verdict is None else (newest, verdict.passed, verdict.summary)
 
 
 def _curated_to_evaluate(store: Warehouse, spec_name: str) -> pd.DataFrame:
-    """The newest staged curated_set version; for a database without curated gate verdicts (written
-    before staging existed, or by hand) the published one."""
-    staged = store.staged_runs(spec_name)
+    """The newest good (staged) curated_set version; for a database without curated gate verdicts
+    (written before staging existed, or by hand) the published one."""
+    staged = store.good_versions(Stage.CURATED_SET, spec_name)
     if staged:
-        return store.read_version("curated_set", spec_name, staged[0])
-    return store.read_current("curated_set", spec_name)
+        return store.read_version(Stage.CURATED_SET, spec_name, staged[0])
+    return store.read_current(Stage.CURATED_SET, spec_name)
 
 
 def load_inputs(store: Warehouse, spec_name: str) -> EvaluationInputs:
     """The newest staged curated set (the newest version that passed its GX gate, published or not)
     and what it came from. Raises EvaluationInputError when there is none, or no seed data."""
     curated = _curated_to_evaluate(store, spec_name)
-    seed_rows = store.read_current("seed_data", spec_name)
+    seed_rows = store.read_current(Stage.SEED_DATA, spec_name)
     if curated.empty:
         raise EvaluationInputError(
             f"curated_set has no staged rows for spec '{spec_name}': materialize it first "
@@ -126,13 +113,13 @@ def load_inputs(store: Warehouse, spec_name: str) -> EvaluationInputs:
                 f"the newest curated_set version (run {latest_run}) has no gate verdict; this report "
                 f"evaluates the newest staged version, from run {curated_run}"
             )
-    samples = _version(store, "generated_samples", spec_name, curated_run)
-    prompts = _version(store, "expanded_prompts", spec_name, curated_run)
+    samples = _version(store, Stage.GENERATED_SAMPLES, spec_name, curated_run)
+    prompts = _version(store, Stage.EXPANDED_PROMPTS, spec_name, curated_run)
     # rejected rows are written in the same transaction as the curated set they complement
     rejected = (
-        store.read_version("rejected_samples", spec_name, curated_run)
+        store.read_version(Stage.REJECTED_SAMPLES, spec_name, curated_run)
         if curated_run
-        else store.read_current("rejected_samples", spec_name)
+        else store.read_current(Stage.REJECTED_SAMPLES, spec_name)
     )
     inputs = EvaluationInputs(
         seed_rows=seed_rows,
@@ -144,129 +131,44 @@ def load_inputs(store: Warehouse, spec_name: str) -> EvaluationInputs:
         samples_run_id=_run_of(samples),
         notes=notes,
         fell_back=fell_back,
-        published_run_id=store.published_run("curated_set", spec_name),
-        shown_seed_ids=shown_seed_ids(store, spec_name, prompts, curated),
+        published_run_id=store.published_run(Stage.CURATED_SET, spec_name),
+        shown_seed_ids=shown_seed_ids(store, spec_name, curated),
     )
-    for column in SECONDS_COLUMNS:
-        if column in samples.columns:
-            inputs.generation_seconds = float(pd.to_numeric(samples[column], errors="coerce").sum())
-            inputs.generation_seconds_source = f"sum of generated_samples.{column}"
-            break
-    else:
-        seconds = seconds_from_steps(samples)
-        if seconds is not None:
-            inputs.generation_seconds = seconds
-            inputs.generation_seconds_source = "sum of the LLM calls' seconds in generated_samples.steps"
-        else:
-            seconds = _llm_cache_seconds(store, call_keys(samples))
-            if seconds is not None:
-                inputs.generation_seconds = seconds
-                inputs.generation_seconds_source = (
-                    "sum of llm_cache.seconds of the calls behind these samples (what the calls took when "
-                    "they were made: a batch's time is shared by its calls, and a call reused from the cache "
-                    "costs no time in the run that reuses it)"
-                )
+    samples_run = inputs.samples_run_id
+    record = store.generation_record(spec_name, samples_run) if samples_run else None
+    if record is not None and record.call_seconds is not None:
+        inputs.generation_seconds = float(record.call_seconds)
+        inputs.generation_seconds_source = (
+            f"generation_runs.call_seconds of the generated_samples version of run {samples_run}: the sum "
+            "of what the LLM calls behind these samples took when they were made (a batch's time is "
+            "shared by its calls; a call reused from the cache keeps its original time)"
+        )
     return inputs
 
 
-def _demo_ids(raw: object) -> list[str] | None:
-    """`expanded_prompts.demo_ids` (a JSON list of seed ids) as a list, None when unreadable."""
-    try:
-        ids = json.loads(raw) if isinstance(raw, str) else None
-    except ValueError:
-        return None
-    return [str(i) for i in ids] if isinstance(ids, list) else None
-
-
-def shown_seed_ids(
-    store: Warehouse, spec_name: str, prompts: pd.DataFrame, curated: pd.DataFrame
-) -> dict[str, list[str]]:
-    """prompt_id -> seed ids its prompt showed, for the prompts of the curated rows.
-
-    From the expanded_prompts version read with the curated set (normally the same run's); a prompt
-    missing there (the curated set's run wrote no prompts, and the current version differs) is looked
-    up in expanded_prompts_history: a prompt_id hashes its demo_ids, so any version that has it says
-    the same. A prompt found nowhere is left out (the seed cross-validation then uses its rows in no
-    fold). The history query lives here because the storage package has no read by prompt_id."""
-    wanted = {str(p) for p in curated["prompt_id"]} if "prompt_id" in curated.columns else set()
-    shown: dict[str, list[str]] = {}
-    if {"prompt_id", "demo_ids"} <= set(prompts.columns):
-        for prompt_id, raw in zip(prompts["prompt_id"], prompts["demo_ids"], strict=True):
-            ids = _demo_ids(raw)
-            if str(prompt_id) in wanted and ids is not None:
-                shown[str(prompt_id)] = ids
-    missing = sorted(wanted - set(shown))
-    if missing:
-        frame = store.query(
-            f'SELECT prompt_id, demo_ids FROM "{HISTORY_TABLE["expanded_prompts"]}" '
-            "WHERE spec_name = ? AND list_contains(?, prompt_id) "
-            "QUALIFY row_number() OVER (PARTITION BY prompt_id ORDER BY materialized_at DESC) = 1",
-            [spec_name, missing],
-        )
-        for prompt_id, raw in zip(frame["prompt_id"], frame["demo_ids"], strict=True):
-            ids = _demo_ids(raw)
-            if ids is not None:
-                shown[str(prompt_id)] = ids
-    return shown
-
-
-def call_keys(samples: pd.DataFrame) -> list[str]:
-    """Cache keys of every LLM call behind the samples: `cache_key`, plus each call in `steps`."""
-    keys: list[str] = []
-    if "cache_key" in samples.columns:
-        keys += [str(k) for k in samples["cache_key"] if isinstance(k, str) and k]
-    if "steps" in samples.columns:
-        for raw in samples["steps"]:
-            try:
-                calls = json.loads(raw).get("calls", []) if isinstance(raw, str) and raw else []
-            except (ValueError, AttributeError):
-                continue
-            keys += [str(c["cache_key"]) for c in calls if isinstance(c, dict) and c.get("cache_key")]
-    return list(dict.fromkeys(keys))
-
-
-def _llm_cache_seconds(store: Warehouse, keys: list[str]) -> float | None:
-    if not keys:
-        return None
-    try:
-        frame = store.query(
-            "SELECT sum(seconds) AS seconds, count(seconds) AS calls FROM llm_cache "
-            "WHERE list_contains(?, cache_key)",
-            [keys],
-        )
-    except duckdb.Error:  # no llm_cache table, or one without a seconds column
-        return None
-    return float(frame["seconds"].iloc[0]) if int(frame["calls"].iloc[0]) else None
-
-
-def seconds_from_steps(samples: pd.DataFrame) -> float | None:
-    """Total `seconds` of the LLM calls recorded per sample in the `steps` JSON ({"calls": [...]}),
-    None when no call carries a time."""
-    if "steps" not in samples.columns:
-        return None
-    total, found = 0.0, False
-    for raw in samples["steps"]:
-        try:
-            calls = json.loads(raw).get("calls", []) if isinstance(raw, str) and raw else []
-        except (ValueError, AttributeError):
-            continue
-        for call in calls:
-            value = call.get("seconds") if isinstance(call, dict) else None
-            if isinstance(value, int | float) and not isinstance(value, bool):
-                total += float(value)
-                found = True
-    return total if found else None
+def shown_seed_ids(store: Warehouse, spec_name: str, curated: pd.DataFrame) -> dict[str, list[str]]:
+    """prompt_id -> seed ids its prompt showed (expanded_prompts.demo_ids: the anchor row first, then
+    the few-shot demos), for the prompts of the curated rows: from the newest expanded_prompts
+    version written up to the curated one that has the prompt (normally the same run's; a prompt_id
+    hashes its demo_ids, so an earlier version that has it says the same). A
+    prompt found nowhere is left out (the seed cross-validation then uses its rows in no fold)."""
+    wanted = sorted({str(p) for p in curated["prompt_id"]}) if "prompt_id" in curated.columns else []
+    run_id = str(curated["run_id"].iloc[0]) if len(curated) and "run_id" in curated.columns else None
+    prompts = store.rows_by_ids(
+        Stage.EXPANDED_PROMPTS, wanted, spec_name, newest_only=True, written_by=run_id
+    )
+    return {
+        str(prompt_id): [str(i) for i in ids]
+        for prompt_id, ids in zip(prompts.get("prompt_id", []), prompts.get("demo_ids", []), strict=True)
+        if isinstance(ids, list)
+    }
 
 
 def last_good_run(store: Warehouse, spec_name: str, exclude_run_id: str | None = None) -> BaselineRun | None:
-    """The newest evaluation of the spec that passed its gate (rows from before the gate existed
-    have passed = NULL and were always promoted, so they count as good), other than `exclude_run_id`."""
-    frame = store.query(
-        f'SELECT run_id, metrics FROM "{HISTORY_TABLE["evaluation_report"]}" '
-        "WHERE spec_name = ? AND run_id IS DISTINCT FROM ? AND (passed OR passed IS NULL) "
-        "ORDER BY materialized_at DESC LIMIT 1",
-        [spec_name, exclude_run_id],
-    )
-    if frame.empty:
+    """The newest good evaluation of the spec (`storage.is_good`: its usefulness gate passed; reports
+    from before the gate existed count as good), other than `exclude_run_id`."""
+    run_id = store.last_good(Stage.EVALUATION_REPORT, spec_name, exclude_run_id=exclude_run_id)
+    if run_id is None:
         return None
-    return BaselineRun(str(frame["run_id"].iloc[0]), json.loads(frame["metrics"].iloc[0]))
+    report = store.read_version(Stage.EVALUATION_REPORT, spec_name, run_id, decoded=True)
+    return BaselineRun(run_id, report["metrics"].iloc[0] or {})

@@ -27,7 +27,7 @@ from synth_assets.generation.self_instruct import NoveltyPool
 from synth_assets.generation.structured import parse_structured
 from synth_assets.generation.types import Backend, CallFailure, ChatRequest, ChatResult, ProgressUpdate
 from synth_assets.spec import GenerationSpec, content_hash
-from synth_assets.storage import Warehouse, stage_columns
+from synth_assets.storage import Stage, Warehouse, stage_columns
 from synth_assets.templates import TemplateProblem, render, step_context
 
 FIRST_STEP = "answer"
@@ -555,4 +555,4 @@ def _generate_frame(
         [{"prompt_id": pid, "error": reason} for pid, reason in failed.items()],
         columns=["prompt_id", "error"],
     )
-    return pd.DataFrame.from_records(records, columns=stage_columns("generated_samples")), failures
+    return pd.DataFrame.from_records(records, columns=stage_columns(Stage.GENERATED_SAMPLES)), failures

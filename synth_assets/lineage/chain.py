@@ -6,7 +6,8 @@ looked up through a `RunDirectory`, optional: without one, or when the instance 
 run, the chain is complete except for that annotation.
 
 Columns are read by name and optional ones (`steps`, `generated_in_run`, scores other stages add) are
-used when present, so older databases and newer columns both work.
+used when present, so older databases and newer columns both work. Every read goes through the
+storage vocabulary, which hands over JSON columns already decoded.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any, Protocol
 
 import pandas as pd
 
-from synth_assets.storage import HISTORY_TABLE, Warehouse
+from synth_assets.storage import Stage, Warehouse
 
 # columns every decision row has; anything else on a curated/rejected row is a score or a note
 _DECISION_BASE = {"spec_name", "sample_id", "prompt_id", "label", "text", "run_id", "materialized_at"}
@@ -81,47 +82,19 @@ class LineageChain:
 
 
 def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    """Rows as plain JSON-ready dicts (timestamps as ISO text, NaN as None)."""
     return json.loads(frame.to_json(orient="records", date_format="iso"))
-
-
-def _json(value: Any, default: Any) -> Any:
-    if value is None or (isinstance(value, float) and pd.isna(value)) or value == "":
-        return default
-    if not isinstance(value, str):
-        return value
-    try:
-        return json.loads(value)
-    except ValueError:
-        return value
-
-
-class _Tables:
-    """Which tables and columns this database has (older files lack the newer ones)."""
-
-    def __init__(self, warehouse: Warehouse) -> None:
-        frame = warehouse.read_only_query(
-            "SELECT table_name, column_name FROM information_schema.columns WHERE table_schema = 'main'"
-        )
-        self.columns: dict[str, set[str]] = {}
-        for table, column in frame.itertuples(index=False):
-            self.columns.setdefault(str(table), set()).add(str(column))
-
-    def has(self, table: str, column: str | None = None) -> bool:
-        return table in self.columns and (column is None or column in self.columns[table])
 
 
 def resolve_sample_id(warehouse: Warehouse, row_id: str) -> str:
     """The full sample id for an id or an unambiguous prefix (curated, rejected or generated)."""
-    tables = [HISTORY_TABLE[stage] for stage in ("generated_samples", "curated_set", "rejected_samples")]
-    union = " UNION ".join(
-        f"SELECT sample_id FROM {table} WHERE starts_with(sample_id, ?)" for table in tables
-    )
-    matches = warehouse.read_only_query(f"SELECT DISTINCT sample_id FROM ({union})", [row_id] * 3)
-    if matches.empty:
+    stages = (Stage.GENERATED_SAMPLES, Stage.CURATED_SET, Stage.REJECTED_SAMPLES)
+    matches = sorted({value for _, value in warehouse.resolve_prefix(row_id, stages, read_only=True)})
+    if not matches:
         raise LineageError(f"no generated sample with id '{row_id}'")
     if len(matches) > 1:
         raise LineageError(f"id '{row_id}' is ambiguous: {len(matches)} samples start with it")
-    return str(matches["sample_id"].iloc[0])
+    return matches[0]
 
 
 def _calls_of(generations: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -129,7 +102,7 @@ def _calls_of(generations: list[dict[str, Any]]) -> list[dict[str, Any]]:
     records them (multi-step, cached, retried), else one call described by the row itself."""
     calls: dict[str, dict[str, Any]] = {}
     for version in generations:
-        steps = _json(version.get("steps"), {})
+        steps = version.get("steps")
         recorded = steps.get("calls", []) if isinstance(steps, dict) else []
         if not recorded:
             recorded = [
@@ -152,73 +125,50 @@ def _calls_of(generations: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     "model": version.get("model"),
                     "model_fingerprint": version.get("model_fingerprint"),
                     "backend": version.get("backend"),
-                    "generation_params": _json(version.get("generation_params"), {}),
+                    "generation_params": version.get("generation_params") or {},
                     "seed": version.get("generation_seed"),
                 }
     return list(calls.values())
 
 
-def _enrich_calls_from_cache(warehouse: Warehouse, tables: _Tables, calls: list[dict[str, Any]]) -> None:
+_CACHE_FACTS = ("backend", "model_fingerprint", "generation_params", "seed", "seconds", "run_id")
+
+
+def _enrich_calls_from_cache(warehouse: Warehouse, calls: list[dict[str, Any]]) -> None:
     """Per-call facts the llm_cache knows exactly (the seed of a step, its seconds, its backend)."""
     keys = [str(c["cache_key"]) for c in calls if c.get("cache_key")]
-    if not keys or not tables.has("llm_cache"):
-        return
-    wanted = [
-        c
-        for c in ("backend", "model_fingerprint", "generation_params", "seed", "seconds", "run_id")
-        if tables.has("llm_cache", c)
-    ]
-    frame = warehouse.read_only_query(
-        f"SELECT cache_key, {', '.join(wanted)} FROM llm_cache WHERE cache_key IN "
-        f"({', '.join('?' for _ in keys)})",
-        keys,
-    )
+    frame = warehouse.cached_calls(keys, read_only=True, decoded=True)
     by_key = {row["cache_key"]: row for row in _records(frame)}
     for call in calls:
         row = by_key.get(str(call.get("cache_key")))
         if row is None:
             continue
-        for column in wanted:
+        for column in _CACHE_FACTS:
             if row.get(column) is not None:
-                call[column] = _json(row[column], {}) if column == "generation_params" else row[column]
+                call[column] = row[column]
 
 
 def trace(warehouse: Warehouse, row_id: str, runs: RunDirectory | None = None) -> LineageChain:
-    """The whole chain for a curated or rejected sample id (an unambiguous prefix is enough)."""
-    tables = _Tables(warehouse)
+    """The whole chain for a curated or rejected sample id (an unambiguous prefix is enough).
+    Raises LineageError for an unknown or ambiguous id, FileNotFoundError without a DuckDB file."""
     sample_id = resolve_sample_id(warehouse, row_id)
-    generated_table = HISTORY_TABLE["generated_samples"]
-    generations = _records(
-        warehouse.read_only_query(
-            f"SELECT * FROM {generated_table} WHERE sample_id = ? ORDER BY materialized_at", [sample_id]
-        )
-    )
-    curated = warehouse.read_only_query(
-        f"SELECT * FROM {HISTORY_TABLE['curated_set']} WHERE sample_id = ? ORDER BY materialized_at",
-        [sample_id],
-    )
-    rejected = warehouse.read_only_query(
-        f"SELECT * FROM {HISTORY_TABLE['rejected_samples']} WHERE sample_id = ? ORDER BY materialized_at",
-        [sample_id],
-    )
+    generations = _records(warehouse.rows_by_ids(Stage.GENERATED_SAMPLES, [sample_id], read_only=True))
+    curated = warehouse.rows_by_ids(Stage.CURATED_SET, [sample_id], read_only=True)
+    rejected = warehouse.rows_by_ids(Stage.REJECTED_SAMPLES, [sample_id], read_only=True)
     anchor = generations[-1] if generations else _records(pd.concat([curated, rejected]).tail(1))[0]
     spec_name = str(anchor["spec_name"])
     prompt_id = str(anchor["prompt_id"])
 
-    prompt_rows = warehouse.read_only_query(
-        f"SELECT * FROM {HISTORY_TABLE['expanded_prompts']} WHERE spec_name = ? AND prompt_id = ? "
-        "ORDER BY materialized_at",
-        [spec_name, prompt_id],
-    )
+    prompt_rows = warehouse.rows_by_ids(Stage.EXPANDED_PROMPTS, [prompt_id], spec_name, read_only=True)
     if len(prompt_rows):
         prompt = _records(prompt_rows.tail(1))[0]
-        prompt["attributes"] = _json(prompt.get("attributes"), {})
-        prompt["demo_ids"] = _json(prompt.get("demo_ids"), [])
+        prompt["attributes"] = prompt.get("attributes") or {}
+        prompt["demo_ids"] = prompt.get("demo_ids") or []
         prompt["runs"] = list(dict.fromkeys(prompt_rows["run_id"]))
     else:
         prompt = {"prompt_id": prompt_id, "attributes": {}, "demo_ids": [], "runs": []}
     # self-instruct draws demos at generation time: the sample records the prompt it was sent
-    sent = _json(generations[-1].get("steps"), {}) if generations else {}
+    sent = generations[-1].get("steps") if generations else None
     if isinstance(sent, dict) and sent.get("prompt_text"):
         prompt["prompt_text"] = sent["prompt_text"]
         prompt["demo_ids"] = [d for d in sent.get("demo_ids", []) if not str(d).startswith("machine:")]
@@ -226,31 +176,25 @@ def trace(warehouse: Warehouse, row_id: str, runs: RunDirectory | None = None) -
     demos: list[dict[str, Any]] = []
     if prompt["demo_ids"]:
         demo_ids = [str(d) for d in prompt["demo_ids"]]
-        demo_rows = warehouse.read_only_query(
-            f"SELECT * FROM {HISTORY_TABLE['seed_data']} WHERE spec_name = ? AND seed_id IN "
-            f"({', '.join('?' for _ in demo_ids)}) QUALIFY row_number() OVER "
-            "(PARTITION BY seed_id ORDER BY materialized_at DESC) = 1",
-            [spec_name, *demo_ids],
+        demo_rows = warehouse.rows_by_ids(
+            Stage.SEED_DATA, demo_ids, spec_name, newest_only=True, read_only=True
         )
         by_id = {row["seed_id"]: row for row in _records(demo_rows)}
         demos = [by_id.get(seed_id, {"seed_id": seed_id, "missing": True}) for seed_id in demo_ids]
 
     calls = _calls_of(generations)
-    _enrich_calls_from_cache(warehouse, tables, calls)
+    _enrich_calls_from_cache(warehouse, calls)
 
-    gates = warehouse.read_only_query(
-        "SELECT run_id, asset, check_name, passed, summary FROM gate_results WHERE spec_name = ?",
-        [spec_name],
-    )
-    verdicts: dict[tuple[str, str], bool] = {}
-    for row in gates.itertuples(index=False):
-        verdicts[(str(row.run_id), str(row.asset))] = bool(
-            verdicts.get((str(row.run_id), str(row.asset)), True) and row.passed
-        )
-    promoted = warehouse.read_only_query(
-        "SELECT run_id FROM curated_set WHERE spec_name = ? AND sample_id = ?", [spec_name, sample_id]
-    )
-    promoted_runs = set(promoted["run_id"])
+    verdicts = {
+        stage: warehouse.gate_verdicts(stage, spec_name, read_only=True)
+        for stage in (Stage.GENERATED_SAMPLES, Stage.CURATED_SET)
+    }
+
+    def passed(stage: Stage, run_id: str) -> bool | None:
+        verdict = verdicts[stage].get(run_id)
+        return None if verdict is None else verdict.passed
+
+    published = warehouse.published_run(Stage.CURATED_SET, spec_name, read_only=True)
 
     decisions: list[dict[str, Any]] = []
     for decision, frame in (("curated", curated), ("rejected", rejected)):
@@ -261,11 +205,13 @@ def trace(warehouse: Warehouse, row_id: str, runs: RunDirectory | None = None) -
                     "decision": decision,
                     "run_id": row["run_id"],
                     "materialized_at": row["materialized_at"],
-                    "reasons": _json(row.get("reasons"), []),
-                    "details": _json(row.get("details"), {}),
-                    "scores": {k: v for k, v in scores.items() if v not in (None, "", "[]", "{}")},
-                    "curated_set_gate_passed": verdicts.get((row["run_id"], "curated_set")),
-                    "in_promoted_curated_set": decision == "curated" and row["run_id"] in promoted_runs,
+                    "reasons": row.get("reasons") or [],
+                    "details": row.get("details") or {},
+                    "scores": {k: v for k, v in scores.items() if v not in (None, "", [], {})},
+                    "curated_set_gate_passed": passed(Stage.CURATED_SET, row["run_id"]),
+                    "in_promoted_curated_set": decision == "curated"
+                    and row["spec_name"] == spec_name
+                    and row["run_id"] == published,
                 }
             )
     decisions.sort(key=lambda d: str(d["materialized_at"]))
@@ -275,7 +221,7 @@ def trace(warehouse: Warehouse, row_id: str, runs: RunDirectory | None = None) -
         entry = runs_seen.setdefault(version["run_id"], {"run_id": version["run_id"]})
         entry["materialized_at"] = version["materialized_at"]
         entry["generated"] = True
-        entry["generated_samples_gate_passed"] = verdicts.get((version["run_id"], "generated_samples"))
+        entry["generated_samples_gate_passed"] = passed(Stage.GENERATED_SAMPLES, version["run_id"])
     for decision in decisions:
         entry = runs_seen.setdefault(decision["run_id"], {"run_id": decision["run_id"]})
         entry.setdefault("materialized_at", decision["materialized_at"])
@@ -370,7 +316,7 @@ def format_chain(chain: LineageChain) -> str:
         ]
         if chain.dagster or chain.dagster_note:
             info = chain.dagster.get(str(call.get("run_id")))
-            lines.append(f"      -> {_describe_dagster(info, 'generated_samples')}")
+            lines.append(f"      -> {_describe_dagster(info, Stage.GENERATED_SAMPLES)}")
         lines.append(f"      output: {_short(call.get('text'), 150)}")
     if chain.generations:
         lines.append(f"  sample text: {_short(chain.generation.get('text'), 150)}")
@@ -385,7 +331,8 @@ def format_chain(chain: LineageChain) -> str:
         for reason in decision["reasons"] or []:
             lines.append(f"      reason {reason}: {details.get(reason, '')}".rstrip(": "))
         for name, value in decision["scores"].items():
-            lines.append(f"      {name}: {_short(value, 120)}")
+            shown = json.dumps(value) if isinstance(value, list | dict) else value
+            lines.append(f"      {name}: {_short(shown, 120)}")
     lines += ["", "present in runs:"]
     for run in chain.runs:
         generated = (
@@ -401,7 +348,7 @@ def format_chain(chain: LineageChain) -> str:
         )
         if run["run_id"] in chain.dagster:
             info = chain.dagster[run["run_id"]]
-            asset = "curated_set" if run.get("decision") else "generated_samples"
+            asset = Stage.CURATED_SET if run.get("decision") else Stage.GENERATED_SAMPLES
             lines.append(f"      {_describe_dagster(info, asset)}")
     if chain.dagster_note:
         lines.append(f"(Dagster: {chain.dagster_note})")

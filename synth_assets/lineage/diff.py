@@ -1,7 +1,8 @@
 """What changed in `curated_set` between two versions (runs) of a spec, and why.
 
 Pure: DataFrames in (the rows of each version, the rejections of each version, the prompts and the
-generation facts by sample id), a `CuratedDiff` out. `load_versions` reads them from DuckDB.
+generation facts by sample id, JSON columns decoded), a `CuratedDiff` out. `load_diff` reads them
+through the storage vocabulary.
 
 Rows are matched by sample id first. A sample id is a content hash of prompt + model fingerprint +
 parameters + seed, so a prompt that was answered differently keeps its prompt id but gets a new
@@ -17,14 +18,13 @@ Causes (one per row, with a detail line):
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
 
-from synth_assets.storage import HISTORY_TABLE, Warehouse
+from synth_assets.storage import Stage, Warehouse
 
 NEW_PROMPT = "new prompt"
 PROMPT_DROPPED = "prompt no longer generated (spec or seed change)"
@@ -120,23 +120,13 @@ class CuratedDiff:
         }
 
 
-def _json(value: Any, default: Any) -> Any:
-    if not isinstance(value, str) or not value:
-        return default
-    try:
-        return json.loads(value)
-    except ValueError:
-        return default
-
-
 def _by_sample(frame: pd.DataFrame) -> dict[str, dict[str, Any]]:
     return {str(row["sample_id"]): row for row in frame.to_dict("records")}
 
 
 def _rejection_cause(row: dict[str, Any], earlier_sample_ids: set[str]) -> tuple[str, str]:
-    reasons = [str(r) for r in _json(row.get("reasons"), [])]
-    details = _json(row.get("details"), {})
-    details = details if isinstance(details, dict) else {}
+    reasons = [str(r) for r in row.get("reasons") or []]
+    details = row.get("details") or {}
     detail = "; ".join(f"{r}: {details[r]}" if r in details else r for r in reasons)
     for reason in reasons:
         name, cited = reason.lower(), str(details.get(reason, "")).lower()
@@ -157,8 +147,8 @@ def _generation_change(old_id: str, new_id: str, generations: dict[str, dict[str
     parts = []
     if old.get("model_fingerprint") != new.get("model_fingerprint"):
         parts.append(f"model {old.get('model_fingerprint')} -> {new.get('model_fingerprint')}")
-    old_params = _json(old.get("generation_params"), {})
-    new_params = _json(new.get("generation_params"), {})
+    old_params = old.get("generation_params") or {}
+    new_params = new.get("generation_params") or {}
     for key in sorted(set(old_params) | set(new_params)):
         if old_params.get(key) != new_params.get(key):
             parts.append(f"{key} {old_params.get(key)} -> {new_params.get(key)}")
@@ -222,13 +212,13 @@ def diff_versions(
         if prompt not in prompts_a:
             cause, detail = NEW_PROMPT, f"prompt {prompt} is not in run {before.run_id}"
         elif sample in rejected_a:
-            reasons = _json(rejected_a[sample].get("reasons"), [])
+            reasons = rejected_a[sample].get("reasons") or []
             cause, detail = NO_LONGER_REJECTED, f"rejected in run A by {' + '.join(reasons) or '?'}"
         else:
             earlier_rejected = [s for s, r in rejected_a.items() if str(r["prompt_id"]) == prompt]
             if earlier_rejected:
                 _, change = _generation_change(earlier_rejected[0], sample, generated)
-                reasons = _json(rejected_a[earlier_rejected[0]].get("reasons"), [])
+                reasons = rejected_a[earlier_rejected[0]].get("reasons") or []
                 cause = MODEL_OR_PARAMS
                 detail = f"{change}; the earlier sample {earlier_rejected[0]} was rejected by " + (
                     " + ".join(reasons) or "?"
@@ -291,39 +281,41 @@ class DiffError(LookupError):
 
 
 def curated_versions(store: Warehouse, spec_name: str) -> pd.DataFrame:
-    """curated_set versions of a spec, oldest first: run_id, materialized_at, rows, gate verdict."""
-    return store.read_only_query(
-        f"""
-        SELECT v.run_id, v.materialized_at, v.rows, g.passed AS gate_passed
-        FROM (SELECT run_id, max(materialized_at) AS materialized_at, count(*) AS rows
-              FROM {HISTORY_TABLE["curated_set"]} WHERE spec_name = ? GROUP BY run_id) v
-        LEFT JOIN (SELECT run_id, bool_and(passed) AS passed FROM gate_results
-                   WHERE spec_name = ? AND asset = 'curated_set' GROUP BY run_id) g USING (run_id)
-        ORDER BY v.materialized_at
-        """,
-        [spec_name, spec_name],
+    """curated_set versions of a spec, oldest first: run_id, materialized_at, rows, gate_passed
+    (the newest GX verdict on the version, None when it was never judged)."""
+    verdicts = store.gate_verdicts(Stage.CURATED_SET, spec_name, read_only=True)
+    return pd.DataFrame(
+        [
+            {
+                "run_id": version.run_id,
+                "materialized_at": version.materialized_at,
+                "rows": version.rows,
+                "gate_passed": verdicts[version.run_id].passed if version.run_id in verdicts else None,
+            }
+            for version in store.versions(Stage.CURATED_SET, spec_name, read_only=True)
+        ],
+        columns=["run_id", "materialized_at", "rows", "gate_passed"],
     )
 
 
 def latest_spec(store: Warehouse) -> str:
-    frame = store.read_only_query(
-        f"SELECT spec_name FROM {HISTORY_TABLE['curated_set']} ORDER BY materialized_at DESC LIMIT 1"
-    )
-    if frame.empty:
+    """The spec whose curated_set was written last; DiffError when there is none."""
+    name = store.newest_spec(Stage.CURATED_SET, read_only=True)
+    if name is None:
         raise DiffError("no curated_set yet: run `synth-assets run --spec PATH` first")
-    return str(frame["spec_name"].iloc[0])
+    return name
 
 
 def spec_of_run(store: Warehouse, run_prefix: str) -> str:
-    frame = store.read_only_query(
-        f"SELECT DISTINCT spec_name, run_id FROM {HISTORY_TABLE['curated_set']} WHERE starts_with(run_id, ?)",
-        [run_prefix],
-    )
-    if frame.empty:
+    """The spec of the curated_set version whose run id starts with `run_prefix` (DiffError when
+    none or several runs match)."""
+    matches = store.resolve_prefix(run_prefix, [Stage.CURATED_SET], column="run_id", read_only=True)
+    if not matches:
         raise DiffError(f"run '{run_prefix}' has no curated_set version")
-    if frame["run_id"].nunique() > 1:
-        raise DiffError(f"run id '{run_prefix}' is ambiguous: {frame['run_id'].nunique()} runs start with it")
-    return str(frame["spec_name"].iloc[0])
+    runs = {run for _, run in matches}
+    if len(runs) > 1:
+        raise DiffError(f"run id '{run_prefix}' is ambiguous: {len(runs)} runs start with it")
+    return matches[0][0]
 
 
 def pick_runs(versions: pd.DataFrame, spec_name: str, runs: list[str]) -> tuple[str, str]:
@@ -349,22 +341,24 @@ def pick_runs(versions: pd.DataFrame, spec_name: str, runs: list[str]) -> tuple[
 def load_version(
     store: Warehouse, spec_name: str, run_id: str, spec_fingerprint: str | None = None
 ) -> RunVersion:
-    prompts = store.read_version("expanded_prompts", spec_name, run_id)
-    curated = store.read_version("curated_set", spec_name, run_id)
-    gate = store.read_only_query(
-        "SELECT bool_and(passed) AS passed FROM gate_results WHERE spec_name = ? AND run_id = ? "
-        "AND asset = 'curated_set'",
-        [spec_name, run_id],
-    )["passed"].iloc[0]
+    """One curated_set version with its rejections and prompts (JSON decoded), and its gate verdict."""
+    prompts = store.read_version(Stage.EXPANDED_PROMPTS, spec_name, run_id, read_only=True, decoded=True)
+    curated = store.read_version(Stage.CURATED_SET, spec_name, run_id, read_only=True, decoded=True)
+    rejected = store.read_version(Stage.REJECTED_SAMPLES, spec_name, run_id, read_only=True, decoded=True)
+    verdict = store.gate_verdict(Stage.CURATED_SET, spec_name, run_id, read_only=True)
     return RunVersion(
         run_id=run_id,
-        curated=curated,
-        rejected=store.read_version("rejected_samples", spec_name, run_id),
+        curated=curated if len(curated.columns) else _empty_rows(),
+        rejected=rejected if len(rejected.columns) else _empty_rows(),
         prompts=prompts if len(prompts) else None,
         spec_fingerprint=spec_fingerprint,
         materialized_at=str(curated["materialized_at"].max()) if len(curated) else None,
-        promoted_gate_passed=None if pd.isna(gate) else bool(gate),
+        promoted_gate_passed=None if verdict is None else verdict.passed,
     )
+
+
+def _empty_rows() -> pd.DataFrame:
+    return pd.DataFrame(columns=["sample_id", "prompt_id", "label", "text"])
 
 
 def load_diff(
@@ -378,28 +372,16 @@ def load_diff(
     fingerprints = spec_fingerprints or {}
     before = load_version(store, spec_name, run_a, fingerprints.get(run_a))
     after = load_version(store, spec_name, run_b, fingerprints.get(run_b))
-    ids = sorted(
-        {
-            str(s)
-            for frame in (before.curated, before.rejected, after.curated, after.rejected)
-            for s in frame["sample_id"]
-        }
+    ids = {
+        str(s)
+        for frame in (before.curated, before.rejected, after.curated, after.rejected)
+        for s in frame["sample_id"]
+    }
+    generations = store.rows_by_ids(
+        Stage.GENERATED_SAMPLES, sorted(ids), spec_name, newest_only=True, read_only=True
     )
-    generations = None
-    if ids:
-        generations = store.read_only_query(
-            f"SELECT * FROM {HISTORY_TABLE['generated_samples']} WHERE spec_name = ? AND sample_id IN "
-            f"({', '.join('?' for _ in ids)}) QUALIFY row_number() OVER "
-            "(PARTITION BY sample_id ORDER BY materialized_at DESC) = 1",
-            [spec_name, *ids],
-        )
-    earlier = store.read_only_query(
-        f"SELECT DISTINCT sample_id FROM {HISTORY_TABLE['curated_set']} WHERE spec_name = ? AND "
-        f"materialized_at < (SELECT min(materialized_at) FROM {HISTORY_TABLE['curated_set']} "
-        "WHERE spec_name = ? AND run_id = ?)",
-        [spec_name, spec_name, run_b],
-    )
-    result = diff_versions(spec_name, before, after, generations, {str(s) for s in earlier["sample_id"]})
+    earlier = store.ids_before(Stage.CURATED_SET, spec_name, run_b, read_only=True)
+    result = diff_versions(spec_name, before, after, generations if len(generations) else None, earlier)
     return result, before, after
 
 

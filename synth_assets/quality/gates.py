@@ -21,7 +21,7 @@ from typing import Any
 import pandas as pd
 
 from synth_assets.spec import GenerationSpec
-from synth_assets.storage import stage_columns
+from synth_assets.storage import Stage, stage_columns
 
 _EXAMPLES = 5
 _DUPLICATE_REASONS = ("exact_duplicate", "near_duplicate", "semantic_duplicate")
@@ -160,7 +160,7 @@ def validate_generated_samples(frame: pd.DataFrame, spec: GenerationSpec) -> Gat
         "generated_samples_gate",
         frame,
         [
-            gxe.ExpectTableColumnsToMatchOrderedList(column_list=stage_columns("generated_samples")),
+            gxe.ExpectTableColumnsToMatchOrderedList(column_list=stage_columns(Stage.GENERATED_SAMPLES)),
             gxe.ExpectTableRowCountToBeBetween(min_value=1),
             gxe.ExpectColumnValuesToNotBeNull(column="text"),
             gxe.ExpectColumnValuesToBeUnique(column="sample_id"),
@@ -228,7 +228,7 @@ def validate_curated_set(
 
     rules, gates = spec.curation, spec.gates
     rows: list[Any] = [
-        gxe.ExpectTableColumnsToMatchOrderedList(column_list=stage_columns("curated_set")),
+        gxe.ExpectTableColumnsToMatchOrderedList(column_list=stage_columns(Stage.CURATED_SET)),
         # an empty dataset is never promoted, whatever the threshold says (a spec copied in code can
         # carry curated_min_rows 0 past the spec's own validation)
         gxe.ExpectTableRowCountToBeBetween(
