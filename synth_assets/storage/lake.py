@@ -687,13 +687,110 @@ class Lake:
         return total
 
 
-# re-exported for callers that compare the layouts (benchmarks/storage.py, migrate)
-__all__ = [
-    "HISTORY_TABLE",
-    "INSTALL_HINT",
-    "Lake",
-    "LakeConfig",
-    "LakeUnavailable",
-    "S3Settings",
-    "extension_dir",
-]
+class MigrationRefused(StorageError):
+    """An existing DuckDB file of the earlier layout cannot be imported as it is: one line saying how."""
+
+
+def _source_tables(source: Path) -> tuple[duckdb.DuckDBPyConnection, set[str]]:
+    """A connection on which the earlier layout's tables are readable by name, and their names.
+
+    `source` is the DuckDB file, or the folder `EXPORT DATABASE '<folder>' (FORMAT parquet)` wrote (the
+    way over from a file of a DuckDB this version cannot open)."""
+    connection = duckdb.connect()
+    if source.is_dir():
+        tables = {path.stem for path in source.glob("*.parquet")}
+        for table in tables:
+            parquet = _sql_text(str(source / f"{table}.parquet"))
+            # the file's row order stands in for the table's rowid (the order versions were written in)
+            connection.execute(
+                f'CREATE VIEW "{table}" AS SELECT * EXCLUDE (file_row_number), file_row_number AS rowid '
+                f"FROM read_parquet({parquet}, file_row_number = true)"
+            )
+        return connection, tables
+    try:
+        connection.execute(f"ATTACH {_sql_text(str(source))} AS source (READ_ONLY)")
+    except duckdb.Error as exc:
+        connection.close()
+        if "newer version" in str(exc) or "version number" in str(exc):
+            raise MigrationRefused(
+                f"{source}: written by a newer DuckDB than {duckdb.__version__}, which cannot open it; "
+                f"with that DuckDB run EXPORT DATABASE '<folder>' (FORMAT parquet) and import the folder"
+            ) from None
+        raise MigrationRefused(f"{source}: not a readable DuckDB file ({str(exc).splitlines()[0]})") from None
+    connection.execute("USE source")
+    tables = {name for (name,) in connection.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
+    return connection, tables
+
+
+def import_warehouse(source: str | Path, lake: Lake) -> dict[str, int]:
+    """Import a warehouse of the earlier layout (`data/synth_assets.duckdb`, see synth_assets.storage)
+    into an empty lake, in one snapshot: every history version (with its run id and materialized_at),
+    which run is current per spec and stage, gate results, publications, the LLM cache and failures.
+
+    Returns rows imported per source table. Raises MigrationRefused (one line, nothing written) when the
+    file is missing, unreadable, of a newer DuckDB (says how to export it), not of this layout, or the
+    lake already holds versions."""
+    path = Path(source).resolve()
+    if not path.exists():
+        raise MigrationRefused(f"{path}: no such file to import")
+    connection, tables = _source_tables(path)
+    try:
+        if not set(HISTORY_TABLE.values()) & tables:
+            raise MigrationRefused(f"{path}: has none of the tables {sorted(HISTORY_TABLE.values())}")
+        held = lake.query("SELECT count(*) AS n FROM versions")["n"].iloc[0]
+        if held:
+            raise MigrationRefused(
+                f"{path}: the lake at {lake.config.catalog} already holds {held} versions; "
+                "import into an empty lake (a new catalog) so nothing is doubled"
+            )
+        versions: list[tuple[str, str, str, pd.DataFrame]] = []
+        counts: dict[str, int] = {}
+        for stage, history in HISTORY_TABLE.items():
+            if history not in tables:
+                continue
+            frame = connection.execute(f'SELECT * FROM "{history}" ORDER BY materialized_at, rowid').fetchdf()
+            counts[history] = len(frame)
+            for (spec_name, run_id), rows in frame.groupby(["spec_name", "run_id"], sort=False):
+                versions.append((stage, str(spec_name), str(run_id), rows))
+        current = [
+            (stage, str(spec_name), str(run_id), at)
+            for stage in STAGE_COLUMNS
+            if stage in tables
+            for spec_name, run_id, at in connection.execute(
+                f'SELECT spec_name, any_value(run_id), max(materialized_at) FROM "{stage}" GROUP BY spec_name'
+            ).fetchall()
+        ]
+        extras = {
+            table: connection.execute(f'SELECT * FROM "{table}"')
+            .fetchdf()
+            .drop(columns="rowid", errors="ignore")
+            for table in ("gate_results", "publications", "llm_cache", "generation_failures")
+            if table in tables
+        }
+    finally:
+        connection.close()
+
+    def work(lake_connection: duckdb.DuckDBPyConnection, write_id: str) -> None:
+        for stage, spec_name, run_id, rows in versions:
+            columns = stage_columns(stage)
+            present = rows.reindex(columns=columns).reset_index(drop=True)
+            ids = content_ids(present, columns)
+            present.insert(0, "content_id", ids)
+            present["ordinal"] = range(len(present))
+            members = membership_id(ids)
+            Lake._store_rows(lake_connection, stage, present, members)
+            at = rows["materialized_at"].max()
+            Lake._append(
+                lake_connection, "versions", [spec_name, stage, run_id, members, len(ids), at, write_id]
+            )
+        for stage, spec_name, run_id, at in current:
+            Lake._append(lake_connection, "promotions", [spec_name, stage, run_id, at, write_id])
+        for table, frame in extras.items():
+            if len(frame):
+                lake_connection.register("imported", frame)
+                lake_connection.execute(f'INSERT INTO "{table}" BY NAME SELECT * FROM imported')
+                lake_connection.unregister("imported")
+                counts[table] = len(frame)
+
+    lake._write(f"import {path.name}", work)
+    return counts
