@@ -14,6 +14,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -236,17 +237,24 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@pytest.fixture
-def postgres() -> Iterator[dict[str, str]]:
-    """A PostgreSQL server in a temp folder on a free loopback port, stopped afterwards."""
+class ServerUnavailable(Exception):
+    """A real server cannot start here; the message says why (tests skip with it)."""
+
+
+@contextmanager
+def postgres_server() -> Iterator[dict[str, str]]:
+    """A PostgreSQL server in a temp folder on a free loopback port, stopped afterwards (also used by
+    benchmarks/storage.py). Raises ServerUnavailable when it cannot start here."""
     binaries = _pg_bin()
     if binaries is None:
-        pytest.skip("PostgreSQL server binaries not installed (Debian: apt-get install postgresql)")
+        raise ServerUnavailable(
+            "PostgreSQL server binaries not installed (Debian: apt-get install postgresql)"
+        )
     # initdb refuses to run as root: run the server as the `postgres` user the package creates
     as_user: list[str] = []
     if os.geteuid() == 0:
         if shutil.which("runuser") is None:
-            pytest.skip("running as root without runuser: cannot start PostgreSQL as an unprivileged user")
+            raise ServerUnavailable("running as root without runuser: cannot start PostgreSQL unprivileged")
         as_user = ["runuser", "-u", "postgres", "--"]
     # not under tmp_path: pytest's folder is private to root, and the server runs as `postgres`
     root = Path(tempfile.mkdtemp(prefix="synth-assets-pg-"))
@@ -317,16 +325,29 @@ def postgres() -> Iterator[dict[str, str]]:
 
 
 @pytest.fixture
-def s3_server() -> Iterator[dict[str, str]]:
+def postgres() -> Iterator[dict[str, str]]:
+    """A real PostgreSQL server for one test (skips, saying why, where none can start)."""
+    try:
+        with postgres_server() as settings:
+            yield settings
+    except ServerUnavailable as exc:
+        pytest.skip(str(exc))
+
+
+@contextmanager
+def moto_s3_server() -> Iterator[dict[str, str]]:
     """moto's S3-compatible server (`moto[server]`) on a free loopback port, with a bucket `lake`;
     stopped afterwards. `MOTO_PYTHONPATH`, when set, is the folder moto was installed into with
-    `pip install --target` (kept off this process's path: its Flask/Werkzeug pins differ from Dagster's)."""
+    `pip install --target` (kept off this process's path: its Flask/Werkzeug pins differ from
+    Dagster's). Raises ServerUnavailable when moto is not installed."""
     env = dict(os.environ)
     if os.environ.get("MOTO_PYTHONPATH"):
         env["PYTHONPATH"] = os.environ["MOTO_PYTHONPATH"]
     found = subprocess.run([sys.executable, "-c", "import moto.server"], env=env, capture_output=True)
     if found.returncode != 0:
-        pytest.skip("moto[server] not installed (pip install 'moto[server]'): no S3 server to start")
+        raise ServerUnavailable(
+            "moto[server] not installed (pip install 'moto[server]'): no S3 server to start"
+        )
     port = _free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
@@ -341,11 +362,21 @@ def s3_server() -> Iterator[dict[str, str]]:
                 request = urllib.request.Request(f"http://127.0.0.1:{port}/lake", method="PUT")
                 urllib.request.urlopen(request, timeout=5).close()
                 break
-            except OSError:
+            except OSError as exc:
                 if server.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"moto's S3 server did not start on port {port}")
+                    raise RuntimeError(f"moto's S3 server did not start on port {port}") from exc
                 time.sleep(0.2)
         yield {"endpoint": f"127.0.0.1:{port}", "bucket": "lake", "key_id": "test", "secret": "test"}
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+@pytest.fixture
+def s3_server() -> Iterator[dict[str, str]]:
+    """moto's S3 server for one test (skips, saying why, where moto is not installed)."""
+    try:
+        with moto_s3_server() as settings:
+            yield settings
+    except ServerUnavailable as exc:
+        pytest.skip(str(exc))
