@@ -18,7 +18,7 @@ import duckdb
 import pandas as pd
 import pytest
 
-from synth_assets.storage import GateRecord, Publication, Warehouse, stage_columns
+from synth_assets.storage import GateRecord, Publication, StorageError, Warehouse, stage_columns
 from synth_assets.storage.lake import (
     Lake,
     LakeConfig,
@@ -181,6 +181,21 @@ def test_missing_extension_wheels_is_one_line_saying_what_to_install() -> None:
     last = done.stderr.strip().splitlines()[-1]
     assert "LakeUnavailable: DuckLake extension wheels not installed: pip install duckdb==1.4.4" in last
     assert "duckdb-ext-ducklake==1.4.4.20260205" in last
+
+
+def test_an_unusable_catalog_is_one_line_naming_it(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    with pytest.raises(StorageError, match=r"a-file.*Not a directory") as bad_folder:
+        Lake(LakeConfig.embedded(blocker / "data")).snapshot_id()
+    assert "\n" not in str(bad_folder.value)
+    started = time.monotonic()
+    unreachable = "postgres:dbname=lake host=127.0.0.1 port=1 user=u password=secret"
+    with pytest.raises(StorageError, match="cannot attach the DuckLake catalog") as refused:
+        Lake(LakeConfig(unreachable, f"{tmp_path / 'parquet'}/"), lock_timeout_s=5).snapshot_id()
+    message = str(refused.value)
+    assert "\n" not in message and "secret" not in message and "Connection refused" in message
+    assert time.monotonic() - started < 30
 
 
 # one writer process: SPEC versions of ROWS rows each, its own spec, started at the same time as another

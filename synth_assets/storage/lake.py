@@ -34,6 +34,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import sqlite3
 import threading
 import time
@@ -76,6 +77,7 @@ INSTALL_HINT = f"pip install duckdb=={DUCKDB_VERSION} " + " ".join(
 # rows of a write (a version, a promotion, a gate verdict) then add no file
 INLINING_ROW_LIMIT = 100
 LAKE = "lake"  # the attached catalog's name
+_PASSWORD = re.compile(r"password=\S+")
 
 VERSION_COLUMNS = {
     "spec_name": "VARCHAR",
@@ -187,6 +189,10 @@ class LakeConfig:
             )
         return cls(catalog=catalog, data_path=data, s3=s3)
 
+    def describe(self) -> str:
+        """The catalog for messages: its file, or its PostgreSQL address without the password."""
+        return _PASSWORD.sub("password=***", self.catalog.removeprefix("sqlite:"))
+
     @property
     def local_data(self) -> Path | None:
         return None if self.data_path.startswith("s3://") else Path(self.data_path)
@@ -261,10 +267,14 @@ class Lake:
                 )
             )
         local = self.config.local_data
-        if local is not None:
-            local.mkdir(parents=True, exist_ok=True)
-        if self.config.catalog.startswith("sqlite:"):
-            self._prepare_sqlite(Path(self.config.catalog.removeprefix("sqlite:")))
+        try:
+            if local is not None:
+                local.mkdir(parents=True, exist_ok=True)
+            if self.config.catalog.startswith("sqlite:"):
+                self._prepare_sqlite(Path(self.config.catalog.removeprefix("sqlite:")))
+        except (OSError, sqlite3.Error) as exc:
+            connection.close()
+            raise StorageError(f"{getattr(exc, 'filename', None) or self.config.describe()}: {exc}") from exc
         self._retrying(
             lambda: connection.execute(
                 f"ATTACH {_sql_text('ducklake:' + self.config.catalog)} AS {LAKE} "
@@ -312,8 +322,12 @@ class Lake:
             except duckdb.Error as exc:
                 text = str(exc).lower()
                 if not any(mark in text for mark in _RETRYABLE) or time.monotonic() > deadline:
-                    where = Path(self.config.catalog.split(":", 1)[1])
-                    raise _storage_error(where, exc, doing) or exc from exc
+                    where = self.config.describe()
+                    friendly = _storage_error(Path(where), exc, doing)
+                    if friendly is None and doing == "attaching the catalog":
+                        first = _PASSWORD.sub("password=***", str(exc).strip().splitlines()[0])
+                        friendly = StorageError(f"{where}: cannot attach the DuckLake catalog: {first}")
+                    raise friendly or exc from exc
                 self.retries.append(" ".join(str(exc).split())[:300])
                 time.sleep(delay)
                 delay = min(delay * 2, 1.0)
