@@ -163,6 +163,62 @@ def test_publication_and_gates_as_the_warehouse_does(lake: Lake) -> None:
     assert lake.read_version("evaluation_report", "demo", "eval-2").empty
 
 
+def publication_story(store: Warehouse | Lake) -> dict[str, object]:
+    """Stage, gate, publish, hold back, fail part-way: what a reader of `store` then sees."""
+
+    def stage(run: str, ids: list[str], passed: bool) -> None:
+        store.write_versions(
+            {"curated_set": curated(len(ids), run), "rejected_samples": rejected(1, run)},
+            "demo",
+            run,
+            promote=False,
+            gate=GateRecord("curated_set", "gx_gate", passed, "verdict"),
+        )
+
+    def evaluate(run: str, version: str, passed: bool) -> None:
+        report = pd.DataFrame([{c: None for c in stage_columns("evaluation_report")} | {"passed": passed}])
+        decision = Publication("curated_set", version, passed, "gate passed" if passed else "FAILED: worse")
+        store.write_version("evaluation_report", "demo", run, report, promote=passed, publication=decision)
+
+    stage("run1", ["a", "b"], True)
+    stage("run2", ["c"], False)
+    evaluate("eval1", "run1", True)
+    stage("run3", ["d"], True)
+    evaluate("eval3", "run3", False)
+    seed_rows = pd.DataFrame(
+        {c: ["x"] for c in stage_columns("seed_data")} | {"source_row": ["not a number"]}
+    )
+    with pytest.raises(Exception, match=r"source_row|Could not convert|Conversion"):
+        store.write_versions(
+            {"curated_set": curated(1, "z"), "seed_data": seed_rows}, "demo", "run4", promote=True
+        )
+    log = store.publications("demo", read_only=True)
+    return {
+        "staged": store.staged_runs("demo"),
+        "published": [
+            store.published_run(s, "demo") for s in ("curated_set", "rejected_samples", "evaluation_report")
+        ],
+        "curated": store.read_current("curated_set", "demo")["sample_id"].tolist(),
+        "rejected": store.read_current("rejected_samples", "demo")["sample_id"].tolist(),
+        "run2": store.read_version("curated_set", "demo", "run2")["sample_id"].tolist(),
+        "run4": len(store.read_version("curated_set", "demo", "run4")),
+        "log": [
+            [None if pd.isna(value) else value for value in row]
+            for row in log[
+                ["version_run_id", "decided_in_run_id", "published", "reason", "previously_published_run_id"]
+            ]
+            .astype(object)
+            .values.tolist()
+        ],
+    }
+
+
+def test_the_lake_answers_as_the_warehouse_does(tmp_path: Path, lake: Lake) -> None:
+    expected = publication_story(Warehouse(tmp_path / "w.duckdb"))
+    assert expected["curated"] == ["run10", "run11"] and expected["staged"] == ["run3", "run1"]  # as meant
+    assert publication_story(lake) == expected
+
+
 def test_llm_cache_first_write_wins(lake: Lake) -> None:
     calls = pd.DataFrame([{"cache_key": "k1", "text": "first", "seconds": 1.0}])
     lake.store_calls(calls)

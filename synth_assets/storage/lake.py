@@ -635,12 +635,15 @@ class Lake:
             return pd.DataFrame(columns=["spec_name", *stage_columns(stage), "run_id", "materialized_at"])
         return self.read_version(stage, spec_name, run_id, snapshot=snapshot)
 
-    def published_run(self, stage: str, spec_name: str) -> str | None:
-        """The run whose version of `stage` is current for the spec, None if none is."""
+    def published_run(self, stage: str, spec_name: str, *, read_only: bool = False) -> str | None:
+        """The run whose version of `stage` is current for the spec, None if none is. (`read_only`: for
+        the Warehouse's signature; a DuckLake reader never takes a writer's lock.)"""
         with self.connect() as connection:
             return self._current_run(connection, stage, spec_name)
 
-    def staged_runs(self, spec_name: str, stage: str = "curated_set") -> list[str]:
+    def staged_runs(
+        self, spec_name: str, stage: str = "curated_set", *, read_only: bool = False
+    ) -> list[str]:
         """Runs whose version of `stage` passed its blocking gate (newest gate row), newest first."""
         frame = self.query(
             """
@@ -657,7 +660,9 @@ class Lake:
         )
         return [str(run) for run in frame["run_id"]]
 
-    def publications(self, spec_name: str, stage: str = "curated_set") -> pd.DataFrame:
+    def publications(
+        self, spec_name: str, stage: str = "curated_set", *, read_only: bool = False
+    ) -> pd.DataFrame:
         """Every publication decision for the spec's `stage`, newest first (PUBLICATION_COLUMNS)."""
         return self.query(
             "SELECT * FROM publications WHERE spec_name = ? AND stage = ? "
