@@ -5,10 +5,16 @@ from __future__ import annotations
 import http.server
 import json
 import os
+import shutil
+import socket
 import subprocess
 import sys
+import tempfile
 import threading
+import time
+import urllib.request
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -217,3 +223,160 @@ def start_cli_run(spec_path: Path, env: dict[str, str]) -> subprocess.Popen[str]
         env=env,
         cwd=Path(__file__).resolve().parent.parent,
     )
+
+
+# --- a real PostgreSQL server (moved here from test_deploy.py: test_storage_lake.py uses it too) ---
+def _pg_bin() -> Path | None:
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    return found[-1].parent if found else None
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class ServerUnavailable(Exception):
+    """A real server cannot start here; the message says why (tests skip with it)."""
+
+
+@contextmanager
+def postgres_server() -> Iterator[dict[str, str]]:
+    """A PostgreSQL server in a temp folder on a free loopback port, stopped afterwards (also used by
+    benchmarks/storage.py). Raises ServerUnavailable when it cannot start here."""
+    binaries = _pg_bin()
+    if binaries is None:
+        raise ServerUnavailable(
+            "PostgreSQL server binaries not installed (Debian: apt-get install postgresql)"
+        )
+    # initdb refuses to run as root: run the server as the `postgres` user the package creates
+    as_user: list[str] = []
+    if os.geteuid() == 0:
+        if shutil.which("runuser") is None:
+            raise ServerUnavailable("running as root without runuser: cannot start PostgreSQL unprivileged")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    # not under tmp_path: pytest's folder is private to root, and the server runs as `postgres`
+    root = Path(tempfile.mkdtemp(prefix="synth-assets-pg-"))
+    if as_user:
+        shutil.chown(root, "postgres")
+    data, port, password = root / "data", _free_port(), "test-only-password"
+    (root / "pw").write_text(password)
+    if as_user:
+        shutil.chown(root / "pw", "postgres")
+
+    def run(*args: str) -> None:
+        done = subprocess.run([*as_user, *args], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, f"{Path(args[0]).name} failed: {done.stderr[-1000:]}"
+
+    run(
+        str(binaries / "initdb"),
+        "-D",
+        str(data),
+        "-U",
+        "dagster",
+        "--pwfile",
+        str(root / "pw"),
+        "-A",
+        "scram-sha-256",
+        "--no-sync",
+    )
+    run(
+        str(binaries / "pg_ctl"),
+        "-D",
+        str(data),
+        "-l",
+        str(root / "log"),
+        "-w",
+        "-t",
+        "60",
+        "start",
+        "-o",
+        f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off",
+    )
+    try:
+        subprocess.run(
+            [
+                *as_user,
+                str(binaries.parent / "bin" / "createdb"),
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(port),
+                "-U",
+                "dagster",
+                "dagster_test",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=60,
+            env={**os.environ, "PGPASSWORD": password},
+        )
+        yield {
+            "DAGSTER_PG_HOST": "127.0.0.1",
+            "DAGSTER_PG_PORT": str(port),
+            "DAGSTER_PG_USERNAME": "dagster",
+            "DAGSTER_PG_PASSWORD": password,
+            "DAGSTER_PG_DB": "dagster_test",
+        }
+    finally:
+        run(str(binaries / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop")
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def postgres() -> Iterator[dict[str, str]]:
+    """A real PostgreSQL server for one test (skips, saying why, where none can start)."""
+    try:
+        with postgres_server() as settings:
+            yield settings
+    except ServerUnavailable as exc:
+        pytest.skip(str(exc))
+
+
+@contextmanager
+def moto_s3_server() -> Iterator[dict[str, str]]:
+    """moto's S3-compatible server (`moto[server]`) on a free loopback port, with a bucket `lake`;
+    stopped afterwards. `MOTO_PYTHONPATH`, when set, is the folder moto was installed into with
+    `pip install --target` (kept off this process's path: its Flask/Werkzeug pins differ from
+    Dagster's). Raises ServerUnavailable when moto is not installed."""
+    env = dict(os.environ)
+    if os.environ.get("MOTO_PYTHONPATH"):
+        env["PYTHONPATH"] = os.environ["MOTO_PYTHONPATH"]
+    found = subprocess.run([sys.executable, "-c", "import moto.server"], env=env, capture_output=True)
+    if found.returncode != 0:
+        raise ServerUnavailable(
+            "moto[server] not installed (pip install 'moto[server]'): no S3 server to start"
+        )
+    port = _free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                request = urllib.request.Request(f"http://127.0.0.1:{port}/lake", method="PUT")
+                urllib.request.urlopen(request, timeout=5).close()
+                break
+            except OSError as exc:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"moto's S3 server did not start on port {port}") from exc
+                time.sleep(0.2)
+        yield {"endpoint": f"127.0.0.1:{port}", "bucket": "lake", "key_id": "test", "secret": "test"}
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+@pytest.fixture
+def s3_server() -> Iterator[dict[str, str]]:
+    """moto's S3 server for one test (skips, saying why, where moto is not installed)."""
+    try:
+        with moto_s3_server() as settings:
+            yield settings
+    except ServerUnavailable as exc:
+        pytest.skip(str(exc))

@@ -4,13 +4,8 @@ run. The second test skips, saying why, when PostgreSQL's server binaries are no
 
 from __future__ import annotations
 
-import os
 import shutil
-import socket
-import subprocess
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
@@ -54,97 +49,6 @@ def test_config_is_valid_and_takes_credentials_from_the_environment(
     assert resolved.success, resolved.errors
     assert resolved.value["postgres_db"]["port"] == 6543
     assert resolved.value["postgres_db"]["password"] == "s3cret"
-
-
-def _pg_bin() -> Path | None:
-    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
-    return found[-1].parent if found else None
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@pytest.fixture
-def postgres() -> Iterator[dict[str, str]]:
-    """A PostgreSQL server in a temp folder on a free loopback port, stopped afterwards."""
-    binaries = _pg_bin()
-    if binaries is None:
-        pytest.skip("PostgreSQL server binaries not installed (Debian: apt-get install postgresql)")
-    # initdb refuses to run as root: run the server as the `postgres` user the package creates
-    as_user: list[str] = []
-    if os.geteuid() == 0:
-        if shutil.which("runuser") is None:
-            pytest.skip("running as root without runuser: cannot start PostgreSQL as an unprivileged user")
-        as_user = ["runuser", "-u", "postgres", "--"]
-    # not under tmp_path: pytest's folder is private to root, and the server runs as `postgres`
-    root = Path(tempfile.mkdtemp(prefix="synth-assets-pg-"))
-    if as_user:
-        shutil.chown(root, "postgres")
-    data, port, password = root / "data", _free_port(), "test-only-password"
-    (root / "pw").write_text(password)
-    if as_user:
-        shutil.chown(root / "pw", "postgres")
-
-    def run(*args: str) -> None:
-        done = subprocess.run([*as_user, *args], capture_output=True, text=True, timeout=120)
-        assert done.returncode == 0, f"{Path(args[0]).name} failed: {done.stderr[-1000:]}"
-
-    run(
-        str(binaries / "initdb"),
-        "-D",
-        str(data),
-        "-U",
-        "dagster",
-        "--pwfile",
-        str(root / "pw"),
-        "-A",
-        "scram-sha-256",
-        "--no-sync",
-    )
-    run(
-        str(binaries / "pg_ctl"),
-        "-D",
-        str(data),
-        "-l",
-        str(root / "log"),
-        "-w",
-        "-t",
-        "60",
-        "start",
-        "-o",
-        f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off",
-    )
-    try:
-        subprocess.run(
-            [
-                *as_user,
-                str(binaries.parent / "bin" / "createdb"),
-                "-h",
-                "127.0.0.1",
-                "-p",
-                str(port),
-                "-U",
-                "dagster",
-                "dagster_test",
-            ],
-            check=True,
-            capture_output=True,
-            timeout=60,
-            env={**os.environ, "PGPASSWORD": password},
-        )
-        yield {
-            "DAGSTER_PG_HOST": "127.0.0.1",
-            "DAGSTER_PG_PORT": str(port),
-            "DAGSTER_PG_USERNAME": "dagster",
-            "DAGSTER_PG_PASSWORD": password,
-            "DAGSTER_PG_DB": "dagster_test",
-        }
-    finally:
-        run(str(binaries / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop")
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def test_instance_runs_on_a_real_postgres(

@@ -1,0 +1,421 @@
+"""DuckLake as the storage engine (synth_assets.storage.lake): every write a snapshot readable by time
+travel, an unchanged re-write adds no data file, two real writer processes on the embedded catalog and on
+a PostgreSQL catalog with S3 data lose nothing, and an existing DuckDB warehouse is imported or refused in
+one line. Skipped as a whole, saying what to install, where DuckDB 1.4.4 and the extension wheels are not
+installed."""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+import pytest
+
+from synth_assets.storage import GateRecord, Publication, StorageError, Warehouse, stage_columns
+from synth_assets.storage.lake import (
+    Lake,
+    LakeConfig,
+    LakeUnavailable,
+    MigrationRefused,
+    S3Settings,
+    extension_dir,
+    import_warehouse,
+)
+
+try:
+    extension_dir()
+except LakeUnavailable as exc:
+    pytest.skip(str(exc), allow_module_level=True)
+
+DATA = Path(__file__).parent / "data"
+
+
+def seeds(count: int, changed: dict[int, str] | None = None) -> pd.DataFrame:
+    rows = [
+        {
+            "seed_id": f"s{i}",
+            "split": "train",
+            "text": (changed or {}).get(i, f"review number {i}"),
+            "label": "positive" if i % 2 else "negative",
+            "source_file": "seeds.csv",
+            "source_row": i,
+        }
+        for i in range(count)
+    ]
+    return pd.DataFrame(rows)
+
+
+def curated(count: int, tag: str) -> pd.DataFrame:
+    columns = stage_columns("curated_set")
+    return pd.DataFrame(
+        [
+            {c: None for c in columns} | {"sample_id": f"{tag}{i}", "text": f"{tag} text {i}"}
+            for i in range(count)
+        ]
+    )
+
+
+def rejected(count: int, tag: str) -> pd.DataFrame:
+    columns = stage_columns("rejected_samples")
+    return pd.DataFrame(
+        [{c: None for c in columns} | {"sample_id": f"{tag}-r{i}", "reasons": "[]"} for i in range(count)]
+    )
+
+
+@pytest.fixture
+def lake(tmp_path: Path) -> Lake:
+    lake = Lake(LakeConfig.embedded(tmp_path / "data"))
+    yield lake
+    lake.close()
+
+
+def test_every_write_is_a_snapshot_and_earlier_ones_stay_readable(lake: Lake) -> None:
+    first = lake.write_version("seed_data", "demo", "run-1", seeds(5), promote=True)
+    second = lake.write_version("seed_data", "demo", "run-2", seeds(5, {0: "edited"}), promote=True)
+    assert second > first
+    assert lake.read_current("seed_data", "demo")["text"].iloc[0] == "edited"
+    assert lake.published_run("seed_data", "demo") == "run-2"
+    # time travel: the catalog as it was at the first snapshot
+    assert lake.read_current("seed_data", "demo", snapshot=first)["text"].iloc[0] == "review number 0"
+    assert lake.read_version("seed_data", "demo", "run-2", snapshot=first).empty
+    history = lake.history("seed_data", "demo")
+    assert history["run_id"].tolist() == ["run-1", "run-2"]
+    assert history["snapshot_id"].tolist() == [first, second]
+    version = lake.read_version("seed_data", "demo", "run-1")
+    assert list(version.columns) == ["spec_name", *stage_columns("seed_data"), "run_id", "materialized_at"]
+    assert version["seed_id"].tolist() == [f"s{i}" for i in range(5)]  # written order kept
+
+
+def test_a_version_not_promoted_stays_out_of_the_current_one(lake: Lake) -> None:
+    lake.write_version("seed_data", "demo", "good", seeds(3), promote=True)
+    lake.write_version("seed_data", "demo", "bad", seeds(4), promote=False)
+    assert lake.published_run("seed_data", "demo") == "good"
+    assert len(lake.read_current("seed_data", "demo")) == 3
+    assert len(lake.read_version("seed_data", "demo", "bad")) == 4
+
+
+def test_unchanged_rewrite_adds_no_data_file_and_stays_within_a_tenth(lake: Lake) -> None:
+    lake.write_version("seed_data", "demo", "run-0", seeds(400), promote=True)
+    files, size = sorted(lake.data_files()), lake.storage_bytes()
+    assert files  # 400 rows are over the inlining limit: Parquet files
+    for run in range(1, 10):
+        lake.write_version("seed_data", "demo", f"run-{run}", seeds(400), promote=True)
+    assert sorted(lake.data_files()) == files
+    assert lake.storage_bytes() <= 1.1 * size
+    assert len(lake.history("seed_data", "demo")) == 10
+
+
+def test_diff_by_content_and_rows_added_between_snapshots(lake: Lake) -> None:
+    before = lake.write_version("seed_data", "demo", "a", seeds(6), promote=True)
+    after = lake.write_version("seed_data", "demo", "b", seeds(6, {2: "new text"}), promote=True)
+    added, removed = lake.diff_versions("seed_data", "demo", "a", "b")
+    assert added["text"].tolist() == ["new text"]
+    assert removed["text"].tolist() == ["review number 2"]
+    inserted = lake.rows_added_between("seed_data", before + 1, after)
+    assert inserted["text"].tolist() == ["new text"]
+
+
+def test_publication_and_gates_as_the_warehouse_does(lake: Lake) -> None:
+    gate = GateRecord("curated_set", "curated_set_gate", True, "ok")
+    lake.write_versions(
+        {"curated_set": curated(3, "v1"), "rejected_samples": rejected(2, "v1")},
+        "demo",
+        "run-1",
+        promote=False,
+        gate=gate,
+    )
+    assert lake.staged_runs("demo") == ["run-1"]
+    assert lake.published_run("curated_set", "demo") is None
+    report = pd.DataFrame([{c: None for c in stage_columns("evaluation_report")} | {"passed": True}])
+    lake.write_version(
+        "evaluation_report",
+        "demo",
+        "eval-1",
+        report,
+        promote=True,
+        publication=Publication("curated_set", "run-1", True, "usefulness gate passed"),
+    )
+    assert lake.read_current("curated_set", "demo")["sample_id"].tolist() == ["v10", "v11", "v12"]
+    assert len(lake.read_current("rejected_samples", "demo")) == 2  # published together
+    decisions = lake.publications("demo")
+    assert decisions[["version_run_id", "decided_in_run_id", "published"]].values.tolist() == [
+        ["run-1", "eval-1", True]
+    ]
+    assert lake.gate_records("demo")["check_name"].tolist() == ["curated_set_gate"]
+    before = lake.snapshot_id()
+    with pytest.raises(LookupError, match="no version from run nope"):
+        lake.write_version(
+            "evaluation_report",
+            "demo",
+            "eval-2",
+            report,
+            promote=True,
+            publication=Publication("curated_set", "nope", True, "x"),
+        )
+    assert lake.snapshot_id() == before  # nothing of the failed write was kept
+    assert lake.read_version("evaluation_report", "demo", "eval-2").empty
+
+
+def publication_story(store: Warehouse | Lake) -> dict[str, object]:
+    """Stage, gate, publish, hold back, fail part-way: what a reader of `store` then sees."""
+
+    def stage(run: str, ids: list[str], passed: bool) -> None:
+        store.write_versions(
+            {"curated_set": curated(len(ids), run), "rejected_samples": rejected(1, run)},
+            "demo",
+            run,
+            promote=False,
+            gate=GateRecord("curated_set", "gx_gate", passed, "verdict"),
+        )
+
+    def evaluate(run: str, version: str, passed: bool) -> None:
+        report = pd.DataFrame([{c: None for c in stage_columns("evaluation_report")} | {"passed": passed}])
+        decision = Publication("curated_set", version, passed, "gate passed" if passed else "FAILED: worse")
+        store.write_version("evaluation_report", "demo", run, report, promote=passed, publication=decision)
+
+    stage("run1", ["a", "b"], True)
+    stage("run2", ["c"], False)
+    evaluate("eval1", "run1", True)
+    stage("run3", ["d"], True)
+    evaluate("eval3", "run3", False)
+    seed_rows = pd.DataFrame(
+        {c: ["x"] for c in stage_columns("seed_data")} | {"source_row": ["not a number"]}
+    )
+    with pytest.raises(Exception, match=r"source_row|Could not convert|Conversion"):
+        store.write_versions(
+            {"curated_set": curated(1, "z"), "seed_data": seed_rows}, "demo", "run4", promote=True
+        )
+    log = store.publications("demo", read_only=True)
+    return {
+        "staged": store.staged_runs("demo"),
+        "published": [
+            store.published_run(s, "demo") for s in ("curated_set", "rejected_samples", "evaluation_report")
+        ],
+        "curated": store.read_current("curated_set", "demo")["sample_id"].tolist(),
+        "rejected": store.read_current("rejected_samples", "demo")["sample_id"].tolist(),
+        "run2": store.read_version("curated_set", "demo", "run2")["sample_id"].tolist(),
+        "run4": len(store.read_version("curated_set", "demo", "run4")),
+        "log": [
+            [None if pd.isna(value) else value for value in row]
+            for row in log[
+                ["version_run_id", "decided_in_run_id", "published", "reason", "previously_published_run_id"]
+            ]
+            .astype(object)
+            .values.tolist()
+        ],
+    }
+
+
+def test_the_lake_answers_as_the_warehouse_does(tmp_path: Path, lake: Lake) -> None:
+    expected = publication_story(Warehouse(tmp_path / "w.duckdb"))
+    assert expected["curated"] == ["run10", "run11"] and expected["staged"] == ["run3", "run1"]  # as meant
+    assert publication_story(lake) == expected
+
+
+def test_llm_cache_first_write_wins(lake: Lake) -> None:
+    calls = pd.DataFrame([{"cache_key": "k1", "text": "first", "seconds": 1.0}])
+    lake.store_calls(calls)
+    lake.store_calls(calls.assign(text="second"))
+    assert lake.cached_calls(["k1", "never"])["text"].tolist() == ["first"]
+
+
+def test_missing_extension_wheels_is_one_line_saying_what_to_install() -> None:
+    # the import system's own "not installed": a None entry in sys.modules makes `import` fail
+    code = (
+        "import sys; sys.modules['duckdb_ext'] = None\n"
+        "from synth_assets.storage.lake import Lake, LakeConfig\n"
+        f"Lake(LakeConfig.embedded({str(Path('/nonexistent'))!r})).published_run('seed_data', 'x')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    last = done.stderr.strip().splitlines()[-1]
+    assert "LakeUnavailable: DuckLake extension wheels not installed: pip install duckdb==1.4.4" in last
+    assert "duckdb-ext-ducklake==1.4.4.20260205" in last
+
+
+def test_an_unusable_catalog_is_one_line_naming_it(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    with pytest.raises(StorageError, match=r"a-file.*Not a directory") as bad_folder:
+        Lake(LakeConfig.embedded(blocker / "data")).snapshot_id()
+    assert "\n" not in str(bad_folder.value)
+    started = time.monotonic()
+    unreachable = "postgres:dbname=lake host=127.0.0.1 port=1 user=u password=secret"
+    with pytest.raises(StorageError, match="cannot attach the DuckLake catalog") as refused:
+        Lake(LakeConfig(unreachable, f"{tmp_path / 'parquet'}/"), lock_timeout_s=5).snapshot_id()
+    message = str(refused.value)
+    assert "\n" not in message and "secret" not in message and "Connection refused" in message
+    assert time.monotonic() - started < 30
+
+
+# one writer process: SPEC versions of ROWS rows each, its own spec, started at the same time as another
+WRITER = """
+import json, sys
+import pandas as pd
+from synth_assets.storage.lake import Lake, LakeConfig, S3Settings
+config, spec, versions, rows = json.loads(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+s3 = S3Settings(**config["s3"]) if config.get("s3") else None
+lake = Lake(LakeConfig(config["catalog"], config["data_path"], s3))
+for version in range(versions):
+    frame = pd.DataFrame([{"seed_id": f"{spec}-{version}-{i}", "split": "train", "text": f"{spec} {i}",
+        "label": "a", "source_file": "f.csv", "source_row": i} for i in range(rows)])
+    lake.write_version("seed_data", spec, f"run-{version}", frame, promote=True)
+print("done", spec)
+"""
+
+
+def run_two_writers(config: LakeConfig, versions: int = 4, rows: int = 300) -> None:
+    payload = json.dumps(
+        {
+            "catalog": config.catalog,
+            "data_path": config.data_path,
+            "s3": dataclasses.asdict(config.s3) if config.s3 else None,
+        }
+    )
+    writers = [
+        subprocess.Popen(
+            [sys.executable, "-c", WRITER, payload, spec, str(versions), str(rows)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for spec in ("alpha", "beta")
+    ]
+    reader, reads, failed = Lake(config), 0, []
+    while any(writer.poll() is None for writer in writers):
+        try:
+            reader.read_current("seed_data", "alpha")
+            reads += 1
+        except duckdb.Error as exc:
+            failed.append(str(exc).splitlines()[0])
+        time.sleep(0.05)
+    for writer in writers:
+        _out, err = writer.communicate(timeout=300)
+        assert writer.returncode == 0, err[-2000:]
+    assert failed == [], f"{len(failed)} of {reads + len(failed)} reads failed during the writes"
+    for spec in ("alpha", "beta"):
+        history = reader.history("seed_data", spec)
+        assert history["run_id"].tolist() == [f"run-{v}" for v in range(versions)]
+        assert history["row_count"].tolist() == [rows] * versions
+        assert history["snapshot_id"].notna().all()
+        for version in range(versions):
+            frame = reader.read_version("seed_data", spec, f"run-{version}")
+            assert frame["seed_id"].tolist() == [f"{spec}-{version}-{i}" for i in range(rows)]
+        assert reader.published_run("seed_data", spec) == f"run-{versions - 1}"
+    reader.close()
+
+
+def test_two_writer_processes_on_the_embedded_catalog_lose_nothing(tmp_path: Path) -> None:
+    run_two_writers(LakeConfig.embedded(tmp_path / "data"))
+
+
+def test_postgres_catalog_with_s3_data_two_writer_processes(
+    postgres: dict[str, str], s3_server: dict[str, str]
+) -> None:
+    catalog = (
+        f"postgres:dbname={postgres['DAGSTER_PG_DB']} host={postgres['DAGSTER_PG_HOST']} "
+        f"port={postgres['DAGSTER_PG_PORT']} user={postgres['DAGSTER_PG_USERNAME']} "
+        f"password={postgres['DAGSTER_PG_PASSWORD']}"
+    )
+    settings = S3Settings(s3_server["endpoint"], s3_server["key_id"], s3_server["secret"])
+    config = LakeConfig(catalog, f"s3://{s3_server['bucket']}/synth/", settings)
+    run_two_writers(config, versions=3, rows=200)
+    lake = Lake(config)
+    assert all(not path.startswith("/") for path in lake.data_files())  # in the bucket, not on disk
+    lake.close()
+
+
+def test_postgres_catalog_with_local_data(postgres: dict[str, str], tmp_path: Path) -> None:
+    catalog = (
+        f"postgres:dbname={postgres['DAGSTER_PG_DB']} host={postgres['DAGSTER_PG_HOST']} "
+        f"port={postgres['DAGSTER_PG_PORT']} user={postgres['DAGSTER_PG_USERNAME']} "
+        f"password={postgres['DAGSTER_PG_PASSWORD']}"
+    )
+    lake = Lake(LakeConfig(catalog, f"{tmp_path / 'parquet'}/"))
+    snapshot = lake.write_version("seed_data", "demo", "run-1", seeds(300), promote=True)
+    lake.write_version("seed_data", "demo", "run-2", seeds(300, {1: "x"}), promote=True)
+    assert lake.read_current("seed_data", "demo", snapshot=snapshot)["text"].iloc[1] == "review number 1"
+    assert list((tmp_path / "parquet").rglob("*.parquet"))
+    lake.close()
+
+
+def current_layout_file(path: Path) -> Warehouse:
+    """A real warehouse of the earlier layout: two seed versions, a staged and published curated set."""
+    warehouse = Warehouse(path)
+    warehouse.write_version("seed_data", "demo", "run-1", seeds(4), promote=True)
+    warehouse.write_version("seed_data", "demo", "run-2", seeds(4, {3: "later"}), promote=True)
+    warehouse.write_versions(
+        {"curated_set": curated(2, "c"), "rejected_samples": rejected(1, "c")},
+        "demo",
+        "run-2",
+        promote=False,
+        gate=GateRecord("curated_set", "curated_set_gate", True, "ok"),
+    )
+    report = pd.DataFrame([{c: None for c in stage_columns("evaluation_report")} | {"passed": True}])
+    warehouse.write_version(
+        "evaluation_report",
+        "demo",
+        "eval-1",
+        report,
+        promote=True,
+        publication=Publication("curated_set", "run-2", True, "passed"),
+    )
+    return warehouse
+
+
+def assert_same_content(warehouse: Warehouse, lake: Lake) -> None:
+    for run in ("run-1", "run-2"):
+        old = warehouse.read_version("seed_data", "demo", run)
+        new = lake.read_version("seed_data", "demo", run)
+        pd.testing.assert_frame_equal(old, new, check_dtype=False)
+    for stage in ("seed_data", "curated_set", "rejected_samples", "evaluation_report"):
+        assert lake.published_run(stage, "demo") == warehouse.published_run(stage, "demo")
+    assert lake.staged_runs("demo") == warehouse.staged_runs("demo")
+    assert lake.publications("demo")["version_run_id"].tolist() == ["run-2"]
+
+
+def test_import_of_a_current_layout_file(tmp_path: Path, lake: Lake) -> None:
+    warehouse = current_layout_file(tmp_path / "synth_assets.duckdb")
+    counts = import_warehouse(warehouse.path, lake)
+    assert counts["seed_data_history"] == 8
+    assert counts["gate_results"] == 1
+    assert_same_content(warehouse, lake)
+    with pytest.raises(MigrationRefused, match=r"already holds \d+ versions; import into an empty lake"):
+        import_warehouse(warehouse.path, lake)
+
+
+def test_import_of_an_export_folder(tmp_path: Path, lake: Lake) -> None:
+    warehouse = current_layout_file(tmp_path / "synth_assets.duckdb")
+    with duckdb.connect(str(warehouse.path)) as connection:
+        connection.execute(f"EXPORT DATABASE '{tmp_path / 'export'}' (FORMAT parquet)")
+    import_warehouse(tmp_path / "export", lake)
+    assert_same_content(warehouse, lake)
+
+
+def test_import_refuses_a_file_of_a_newer_duckdb_saying_how(tmp_path: Path, lake: Lake) -> None:
+    # a real warehouse written by DuckDB 2.0.1 (the version this project pinned before DuckLake)
+    newer = tmp_path / "synth_assets.duckdb"
+    newer.write_bytes(gzip.decompress((DATA / "duckdb2_layout.duckdb.gz").read_bytes()))
+    with pytest.raises(MigrationRefused) as refused:
+        import_warehouse(newer, lake)
+    message = str(refused.value)
+    assert "\n" not in message
+    assert "written by a newer DuckDB than 1.4.4" in message
+    assert "EXPORT DATABASE '<folder>' (FORMAT parquet) and import the folder" in message
+    assert lake.query("SELECT count(*) AS n FROM versions")["n"].iloc[0] == 0
+
+
+def test_import_refuses_a_file_without_the_layout(tmp_path: Path, lake: Lake) -> None:
+    other = tmp_path / "other.duckdb"
+    with duckdb.connect(str(other)) as connection:
+        connection.execute("CREATE TABLE unrelated (a INTEGER)")
+    with pytest.raises(MigrationRefused, match=r"other\.duckdb: has none of the tables"):
+        import_warehouse(other, lake)
+    with pytest.raises(MigrationRefused, match=r"missing\.duckdb: no such file to import"):
+        import_warehouse(tmp_path / "missing.duckdb", lake)
