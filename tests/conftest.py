@@ -5,14 +5,22 @@ from __future__ import annotations
 import http.server
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
+
+if TYPE_CHECKING:
+    import dagster as dg
+
+    from synth_assets.storage import Warehouse
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -217,3 +225,88 @@ def start_cli_run(spec_path: Path, env: dict[str, str]) -> subprocess.Popen[str]
         env=env,
         cwd=Path(__file__).resolve().parent.parent,
     )
+
+
+# ---- the real graph on a temporary DuckDB file and Dagster instance -------------------------------
+# Dagster and the package are imported inside: the unit tests that only need the seed files above
+# should not pay Dagster's import.
+
+TINY_SPEC_NAME = "tiny_reviews"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class GraphEnv:
+    """One spec partition of the real graph (`build_definitions`, the real model) on a DuckDB file
+    `root/warehouse.duckdb` and a Dagster instance under `root/dagster_home`; `specs_dir` is the spec
+    catalog the assets read. `first_run_id`: whatever run the owning fixture made first."""
+
+    root: Path
+    specs_dir: Path
+    store: Warehouse
+    instance: dg.DagsterInstance
+    partition: str = TINY_SPEC_NAME
+    first_run_id: str = ""
+
+    def run(
+        self,
+        spec_path: Path | None = None,
+        *,
+        stages: Sequence[str] | None = None,
+        tags: dict[str, str] | None = None,
+    ) -> dg.ExecuteInProcessResult:
+        """Materialize `synth_refresh_job` for the partition in this process, all five assets or only
+        `stages`; `spec_path` replaces the catalog's spec file for this run (the CLI's --spec tag). A
+        failed step or gate is returned in the result, never raised."""
+        import dagster as dg
+
+        from synth_assets.definitions import build_definitions
+        from synth_assets.defs.common import spec_partitions
+        from synth_assets.defs.resources import SPEC_PATH_TAG
+
+        definitions = build_definitions(database=str(self.store.path), specs_dir=str(self.specs_dir))
+        if not self.instance.has_dynamic_partition(spec_partitions.name, self.partition):
+            self.instance.add_dynamic_partitions(spec_partitions.name, [self.partition])
+        run_tags = {**(tags or {}), **({SPEC_PATH_TAG: str(spec_path)} if spec_path else {})}
+        return definitions.resolve_job_def("synth_refresh_job").execute_in_process(
+            instance=self.instance,
+            partition_key=self.partition,
+            tags=run_tags,
+            raise_on_error=False,
+            asset_selection=[dg.AssetKey(stage) for stage in stages] if stages else None,
+        )
+
+    def count(self, table: str) -> int:
+        """Rows in a warehouse table (all specs)."""
+        return int(self.store.query(f"SELECT count(*) AS n FROM {table}")["n"].iloc[0])
+
+
+@contextmanager
+def graph_env(
+    root: Path, specs_dir: Path | None = None, partition: str = TINY_SPEC_NAME
+) -> Iterator[GraphEnv]:
+    """A `GraphEnv` in `root` (specs in `specs_dir`, default `root/specs`) on a test instance whose
+    storage lives in `root/dagster_home`; the instance is closed on exit."""
+    import dagster as dg
+
+    from synth_assets.storage import Warehouse
+
+    home = root / "dagster_home"
+    home.mkdir(parents=True, exist_ok=True)
+    with dg.instance_for_test(temp_dir=str(home)) as instance:
+        yield GraphEnv(
+            root, specs_dir or root / "specs", Warehouse(root / "warehouse.duckdb"), instance, partition
+        )
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (the OS picks it)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def rejection_reasons(outcome: Any) -> dict[str, list[str]]:
+    """sample_id -> reason codes of every rejected row of a `CurationOutcome`."""
+    rejected = outcome.rejected
+    return dict(zip(rejected["sample_id"], rejected["reasons"].map(json.loads), strict=True))

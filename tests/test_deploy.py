@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -16,6 +15,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 import yaml
+from conftest import free_port
 from dagster._config import process_config, resolve_to_config_type
 from dagster._core.instance.config import dagster_instance_config
 
@@ -61,12 +61,6 @@ def _pg_bin() -> Path | None:
     return found[-1].parent if found else None
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture
 def postgres() -> Iterator[dict[str, str]]:
     """A PostgreSQL server in a temp folder on a free loopback port, stopped afterwards."""
@@ -83,7 +77,7 @@ def postgres() -> Iterator[dict[str, str]]:
     root = Path(tempfile.mkdtemp(prefix="synth-assets-pg-"))
     if as_user:
         shutil.chown(root, "postgres")
-    data, port, password = root / "data", _free_port(), "test-only-password"
+    data, port, password = root / "data", free_port(), "test-only-password"
     (root / "pw").write_text(password)
     if as_user:
         shutil.chown(root / "pw", "postgres")
