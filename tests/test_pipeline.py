@@ -9,16 +9,12 @@ import json
 import subprocess
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
 import pytest
-from conftest import write_tiny_spec
+from conftest import GraphEnv, graph_env, write_tiny_spec
 
-from synth_assets.definitions import build_definitions
-from synth_assets.defs.assets import spec_partitions
-from synth_assets.defs.resources import SPEC_PATH_TAG
 from synth_assets.lineage.chain import format_chain, trace
 from synth_assets.storage import Warehouse
 
@@ -26,41 +22,18 @@ pytestmark = pytest.mark.slow
 SPEC = "tiny_reviews"
 
 
-@dataclass
-class Env:
-    root: Path
-    specs_dir: Path
-    store: Warehouse
-    instance: dg.DagsterInstance
-
-    def run(self, spec_path: Path | None = None) -> dg.ExecuteInProcessResult:
-        definitions = build_definitions(database=str(self.store.path), specs_dir=str(self.specs_dir))
-        if not self.instance.has_dynamic_partition(spec_partitions.name, SPEC):
-            self.instance.add_dynamic_partitions(spec_partitions.name, [SPEC])
-        tags = {SPEC_PATH_TAG: str(spec_path)} if spec_path else {}
-        return definitions.resolve_job_def("synth_refresh_job").execute_in_process(
-            instance=self.instance, partition_key=SPEC, tags=tags, raise_on_error=False
-        )
-
-    def count(self, table: str) -> int:
-        return int(self.store.query(f"SELECT count(*) AS n FROM {table}")["n"].iloc[0])
-
-
 @pytest.fixture(scope="module")
-def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GraphEnv]:
     root = tmp_path_factory.mktemp("pipeline")
-    specs_dir = root / "specs"
-    write_tiny_spec(specs_dir)
-    (root / "dagster_home").mkdir()
-    with dg.instance_for_test(temp_dir=str(root / "dagster_home")) as instance:
-        environment = Env(root, specs_dir, Warehouse(root / "warehouse.duckdb"), instance)
+    write_tiny_spec(root / "specs")
+    with graph_env(root) as environment:
         first = environment.run()
         assert first.success, first.get_failed_step_keys()
-        environment.first_run_id = first.run_id  # type: ignore[attr-defined]
+        environment.first_run_id = first.run_id
         yield environment
 
 
-def test_all_five_assets_materialize_with_passing_gates(env: Env) -> None:
+def test_all_five_assets_materialize_with_passing_gates(env: GraphEnv) -> None:
     records = env.instance.fetch_materializations(dg.AssetKey("curated_set"), limit=1).records
     assert records and records[0].partition_key == SPEC
     for stage in ("seed_data", "expanded_prompts", "generated_samples", "curated_set", "evaluation_report"):
@@ -73,19 +46,19 @@ def test_all_five_assets_materialize_with_passing_gates(env: Env) -> None:
     assert set(checks["asset"]) == {"generated_samples", "curated_set"} and checks["passed"].all()
 
 
-def test_generated_rows_carry_lineage_ids(env: Env) -> None:
+def test_generated_rows_carry_lineage_ids(env: GraphEnv) -> None:
     samples = env.store.read_current("generated_samples", SPEC)
     prompts = env.store.read_current("expanded_prompts", SPEC)
     assert set(samples["prompt_id"]) == set(prompts["prompt_id"])
     assert samples["sample_id"].is_unique
     assert (samples["completion_tokens"] > 0).all() and (samples["completion_tokens"] <= 24).all()
     assert (samples["text"].str.len() > 0).all()
-    assert set(samples["run_id"]) == {env.first_run_id}  # type: ignore[attr-defined]
+    assert set(samples["run_id"]) == {env.first_run_id}
     params = json.loads(samples["generation_params"].iloc[0])
     assert params["max_new_tokens"] == 24 and params["temperature"] == 0.8
 
 
-def test_report_is_stored_written_and_shown_in_metadata(env: Env) -> None:
+def test_report_is_stored_written_and_shown_in_metadata(env: GraphEnv) -> None:
     report = env.store.read_current("evaluation_report", SPEC)
     metrics = json.loads(report["metrics"].iloc[0])
     assert metrics["generated"] == 6 and metrics["prompts"] == 6
@@ -97,7 +70,7 @@ def test_report_is_stored_written_and_shown_in_metadata(env: Env) -> None:
     assert metadata["generated"].value == 6
 
 
-def test_lineage_walks_from_curated_row_to_seed_demos(env: Env) -> None:
+def test_lineage_walks_from_curated_row_to_seed_demos(env: GraphEnv) -> None:
     curated = env.store.read_current("curated_set", SPEC)
     sample_id = str(curated["sample_id"].iloc[0])
     chain = trace(env.store, sample_id[:10])
@@ -110,7 +83,7 @@ def test_lineage_walks_from_curated_row_to_seed_demos(env: Env) -> None:
         assert part in text
 
 
-def test_rematerializing_keeps_history_and_is_reproducible(env: Env) -> None:
+def test_rematerializing_keeps_history_and_is_reproducible(env: GraphEnv) -> None:
     before = env.store.read_current("generated_samples", SPEC)
     second = env.run()
     assert second.success
@@ -119,13 +92,13 @@ def test_rematerializing_keeps_history_and_is_reproducible(env: Env) -> None:
     assert before["sample_id"].tolist() == after["sample_id"].tolist()
     assert before["text"].tolist() == after["text"].tolist()
     runs = env.store.query("SELECT DISTINCT run_id FROM curated_set_history")["run_id"]
-    assert set(runs) == {env.first_run_id, second.run_id}  # type: ignore[attr-defined]
+    assert set(runs) == {env.first_run_id, second.run_id}
     assert set(env.store.read_current("curated_set", SPEC)["run_id"]) == {second.run_id}
     chain = trace(env.store, str(after["sample_id"].iloc[0]))
-    assert {d["run_id"] for d in chain.decisions} == {env.first_run_id, second.run_id}  # type: ignore[attr-defined]
+    assert {d["run_id"] for d in chain.decisions} == {env.first_run_id, second.run_id}
 
 
-def test_failing_gate_blocks_downstream_and_keeps_the_good_version(env: Env) -> None:
+def test_failing_gate_blocks_downstream_and_keeps_the_good_version(env: GraphEnv) -> None:
     good_curated = env.store.read_current("curated_set", SPEC)
     good_report = env.store.read_current("evaluation_report", SPEC)
     bad_spec = write_tiny_spec(
