@@ -310,3 +310,44 @@ def rejection_reasons(outcome: Any) -> dict[str, list[str]]:
     """sample_id -> reason codes of every rejected row of a `CurationOutcome`."""
     rejected = outcome.rejected
     return dict(zip(rejected["sample_id"], rejected["reasons"].map(json.loads), strict=True))
+
+
+# ---- the real CLI in subprocesses --------------------------------------------------------------
+
+
+def run_cli(*args: str, env: dict[str, str], timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    """`synth-assets ARGS` as a real subprocess in the repo root with exactly `env`; output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "synth_assets.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+        cwd=REPO_ROOT,
+    )
+
+
+@dataclass
+class CliRun:
+    """A finished `synth-assets run --spec spec_path` of the tiny spec (6 prompts, 24 new tokens) in a
+    fresh DAGSTER_HOME `home` and DuckDB file `database`; `env` is the environment it ran with."""
+
+    spec_path: Path
+    home: Path
+    database: Path
+    env: dict[str, str]
+    result: subprocess.CompletedProcess[str]
+
+
+@pytest.fixture(scope="session")
+def tiny_cli_run(tmp_path_factory: pytest.TempPathFactory) -> CliRun:
+    """One real CLI run of the tiny spec shared by the tests that only read what it made (its stdout,
+    warehouse and Dagster runs): each read-only test would otherwise pay a model load and a run in its
+    own subprocess. A test that writes to the warehouse or the instance makes its own run instead."""
+    root = tmp_path_factory.mktemp("tiny_cli_run")
+    spec_path = write_tiny_spec(root / "specs")
+    home, database = root / "home", root / "w.duckdb"
+    home.mkdir()
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    env = {**os.environ, "DAGSTER_HOME": str(home), "SYNTH_ASSETS_DB": str(database)}
+    return CliRun(spec_path, home, database, env, run_cli("run", "--spec", str(spec_path), env=env))

@@ -6,14 +6,12 @@ A tiny spec (6 prompts, 24 new tokens) keeps each run to seconds once the model 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
 import pytest
-from conftest import GraphEnv, graph_env, write_tiny_spec
+from conftest import CliRun, GraphEnv, graph_env, run_cli, write_tiny_spec
 
 from synth_assets.lineage.chain import format_chain, trace
 from synth_assets.storage import Warehouse
@@ -122,45 +120,30 @@ def test_failing_gate_blocks_downstream_and_keeps_the_good_version(env: GraphEnv
     assert result.run_id not in set(env.store.read_current("generated_samples", SPEC)["run_id"])
 
 
-def _cli(*args: str, env_vars: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    import os
-
-    return subprocess.run(
-        [sys.executable, "-m", "synth_assets.cli", *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, **env_vars},
-        timeout=600,
-    )
-
-
-def test_cli_run_lineage_report_and_bad_input(tmp_path: Path) -> None:
-    spec_path = write_tiny_spec(tmp_path / "specs")
-    env_vars = {"DAGSTER_HOME": str(tmp_path / "home"), "SYNTH_ASSETS_DB": str(tmp_path / "w.duckdb")}
-    (tmp_path / "home").mkdir()
-    (tmp_path / "home" / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
-    ran = _cli("run", "--spec", str(spec_path), env_vars=env_vars)
+def test_cli_run_lineage_report_and_bad_input(tiny_cli_run: CliRun, tmp_path: Path) -> None:
+    ran, env_vars = tiny_cli_run.result, tiny_cli_run.env
     assert ran.returncode == 0, ran.stderr[-2000:]
     assert "rows: seed_data=12 expanded_prompts=6 generated_samples=6" in ran.stdout
-    assert f"DuckDB: {tmp_path / 'w.duckdb'}" in ran.stdout
-    curated = Warehouse(tmp_path / "w.duckdb").read_only_query("SELECT sample_id FROM curated_set")
-    lineage = _cli("lineage", str(curated["sample_id"].iloc[0]), env_vars=env_vars)
+    assert f"DuckDB: {tiny_cli_run.database}" in ran.stdout
+    curated = Warehouse(tiny_cli_run.database).read_only_query("SELECT sample_id FROM curated_set")
+    lineage = run_cli("lineage", str(curated["sample_id"].iloc[0]), env=env_vars)
     assert lineage.returncode == 0 and "seed demos:" in lineage.stdout
-    report = _cli("report", "--spec", SPEC, env_vars=env_vars)
+    report = run_cli("report", "--spec", SPEC, env=env_vars)
     assert report.returncode == 0 and "# Evaluation report" in report.stdout
     # the run is in the instance the UI reads
-    with dg.DagsterInstance.from_config(str(tmp_path / "home")) as instance:
+    with dg.DagsterInstance.from_config(str(tiny_cli_run.home)) as instance:
         assert instance.get_runs_count() == 1
     # the closing summary says what was made and promoted, and where to look
     assert "made in this run, and what became current:" in ran.stdout
     assert "  curated_set: " in ran.stdout and f"see them: synth-assets report --spec {SPEC}" in ran.stdout
     # an export folder under a regular file: one line, no traceback
     (tmp_path / "a_file").write_text("x")
-    under_file = _cli("export", "--spec", SPEC, "--out", str(tmp_path / "a_file" / "out"), env_vars=env_vars)
+    under_file = run_cli("export", "--spec", SPEC, "--out", str(tmp_path / "a_file" / "out"), env=env_vars)
     lines = under_file.stderr.strip().splitlines()
     assert under_file.returncode == 2 and len(lines) == 1, under_file.stderr
     assert str(tmp_path / "a_file") in lines[0] and "Not a directory" in lines[0]
 
+    spec_path = write_tiny_spec(tmp_path / "specs")  # the shared run's spec folder stays as it ran
     bad = tmp_path / "specs" / "bad.yaml"
     bad.write_text(spec_path.read_text().replace("label_column: sentiment", "label_column: mood"))
     for args, expected in (
@@ -168,7 +151,7 @@ def test_cli_run_lineage_report_and_bad_input(tmp_path: Path) -> None:
         (("run", "--spec", str(tmp_path / "missing.yaml")), "spec file not found"),
         (("lineage", "s-doesnotexist"), "no generated sample with id 's-doesnotexist'"),
     ):
-        result = _cli(*args, env_vars=env_vars)
+        result = run_cli(*args, env=env_vars)
         assert result.returncode == 2
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and expected in lines[0], result.stderr
