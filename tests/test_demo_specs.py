@@ -22,7 +22,6 @@ from synth_assets.evaluation.gate import GATE_CHECK
 from synth_assets.seed import load_seed_data
 from synth_assets.spec import load_spec
 
-pytestmark = pytest.mark.slow
 DEMO_SPECS = sorted((REPO_ROOT / "specs").glob("*.yaml"))
 TINY_SAMPLES = 4
 
@@ -51,6 +50,7 @@ def test_the_demo_specs_are_the_four_of_the_seed_guide() -> None:
     assert names == expected
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("demo", DEMO_SPECS, ids=[path.stem for path in DEMO_SPECS])
 def test_every_demo_spec_runs_end_to_end_at_a_tiny_size(demo: Path, tmp_path: Path) -> None:
     spec_path = tiny_copy(demo, tmp_path / "specs")
