@@ -13,12 +13,18 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
+
+if TYPE_CHECKING:
+    import dagster as dg
+
+    from synth_assets.storage import Warehouse
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -225,16 +231,89 @@ def start_cli_run(spec_path: Path, env: dict[str, str]) -> subprocess.Popen[str]
     )
 
 
+# ---- the real graph on a temporary DuckDB file and Dagster instance -------------------------------
+# Dagster and the package are imported inside: the unit tests that only need the seed files above
+# should not pay Dagster's import.
+
+TINY_SPEC_NAME = "tiny_reviews"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class GraphEnv:
+    """One spec partition of the real graph (`build_definitions`, the real model) on a DuckDB file
+    `root/warehouse.duckdb` and a Dagster instance under `root/dagster_home`; `specs_dir` is the spec
+    catalog the assets read. `first_run_id`: whatever run the owning fixture made first."""
+
+    root: Path
+    specs_dir: Path
+    store: Warehouse
+    instance: dg.DagsterInstance
+    partition: str = TINY_SPEC_NAME
+    first_run_id: str = ""
+
+    def run(
+        self,
+        spec_path: Path | None = None,
+        *,
+        stages: Sequence[str] | None = None,
+        tags: dict[str, str] | None = None,
+    ) -> dg.ExecuteInProcessResult:
+        """Materialize `synth_refresh_job` for the partition in this process, all five assets or only
+        `stages`; `spec_path` replaces the catalog's spec file for this run (the CLI's --spec tag). A
+        failed step or gate is returned in the result, never raised."""
+        import dagster as dg
+
+        from synth_assets.definitions import build_definitions
+        from synth_assets.defs.common import spec_partitions
+        from synth_assets.defs.resources import SPEC_PATH_TAG
+
+        definitions = build_definitions(database=str(self.store.path), specs_dir=str(self.specs_dir))
+        if not self.instance.has_dynamic_partition(spec_partitions.name, self.partition):
+            self.instance.add_dynamic_partitions(spec_partitions.name, [self.partition])
+        run_tags = {**(tags or {}), **({SPEC_PATH_TAG: str(spec_path)} if spec_path else {})}
+        return definitions.resolve_job_def("synth_refresh_job").execute_in_process(
+            instance=self.instance,
+            partition_key=self.partition,
+            tags=run_tags,
+            raise_on_error=False,
+            asset_selection=[dg.AssetKey(stage) for stage in stages] if stages else None,
+        )
+
+    def count(self, table: str) -> int:
+        """Rows in a warehouse table (all specs)."""
+        return int(self.store.query(f"SELECT count(*) AS n FROM {table}")["n"].iloc[0])
+
+
+@contextmanager
+def graph_env(
+    root: Path, specs_dir: Path | None = None, partition: str = TINY_SPEC_NAME
+) -> Iterator[GraphEnv]:
+    """A `GraphEnv` in `root` (specs in `specs_dir`, default `root/specs`) on a test instance whose
+    storage lives in `root/dagster_home`; the instance is closed on exit."""
+    import dagster as dg
+
+    from synth_assets.storage import Warehouse
+
+    home = root / "dagster_home"
+    home.mkdir(parents=True, exist_ok=True)
+    with dg.instance_for_test(temp_dir=str(home)) as instance:
+        yield GraphEnv(
+            root, specs_dir or root / "specs", Warehouse(root / "warehouse.duckdb"), instance, partition
+        )
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (the OS picks it)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 # --- a real PostgreSQL server (moved here from test_deploy.py: test_storage_lake.py uses it too) ---
 def _pg_bin() -> Path | None:
     found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
     return found[-1].parent if found else None
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class ServerUnavailable(Exception):
@@ -260,7 +339,7 @@ def postgres_server() -> Iterator[dict[str, str]]:
     root = Path(tempfile.mkdtemp(prefix="synth-assets-pg-"))
     if as_user:
         shutil.chown(root, "postgres")
-    data, port, password = root / "data", _free_port(), "test-only-password"
+    data, port, password = root / "data", free_port(), "test-only-password"
     (root / "pw").write_text(password)
     if as_user:
         shutil.chown(root / "pw", "postgres")
@@ -348,7 +427,7 @@ def moto_s3_server() -> Iterator[dict[str, str]]:
         raise ServerUnavailable(
             "moto[server] not installed (pip install 'moto[server]'): no S3 server to start"
         )
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
         env=env,
@@ -380,3 +459,50 @@ def s3_server() -> Iterator[dict[str, str]]:
             yield settings
     except ServerUnavailable as exc:
         pytest.skip(str(exc))
+
+
+def rejection_reasons(outcome: Any) -> dict[str, list[str]]:
+    """sample_id -> reason codes of every rejected row of a `CurationOutcome`."""
+    rejected = outcome.rejected
+    return dict(zip(rejected["sample_id"], rejected["reasons"].map(json.loads), strict=True))
+
+
+# ---- the real CLI in subprocesses --------------------------------------------------------------
+
+
+def run_cli(*args: str, env: dict[str, str], timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    """`synth-assets ARGS` as a real subprocess in the repo root with exactly `env`; output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "synth_assets.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+        cwd=REPO_ROOT,
+    )
+
+
+@dataclass
+class CliRun:
+    """A finished `synth-assets run --spec spec_path` of the tiny spec (6 prompts, 24 new tokens) in a
+    fresh DAGSTER_HOME `home` and DuckDB file `database`; `env` is the environment it ran with."""
+
+    spec_path: Path
+    home: Path
+    database: Path
+    env: dict[str, str]
+    result: subprocess.CompletedProcess[str]
+
+
+@pytest.fixture(scope="session")
+def tiny_cli_run(tmp_path_factory: pytest.TempPathFactory) -> CliRun:
+    """One real CLI run of the tiny spec shared by the tests that only read what it made (its stdout,
+    warehouse and Dagster runs): each read-only test would otherwise pay a model load and a run in its
+    own subprocess. A test that writes to the warehouse or the instance makes its own run instead."""
+    root = tmp_path_factory.mktemp("tiny_cli_run")
+    spec_path = write_tiny_spec(root / "specs")
+    home, database = root / "home", root / "w.duckdb"
+    home.mkdir()
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    env = {**os.environ, "DAGSTER_HOME": str(home), "SYNTH_ASSETS_DB": str(database)}
+    return CliRun(spec_path, home, database, env, run_cli("run", "--spec", str(spec_path), env=env))

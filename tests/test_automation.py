@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,7 +23,7 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-from conftest import write_tiny_spec
+from conftest import free_port, write_tiny_spec
 from dagster._utils.test.data_versions import get_stale_status_resolver
 
 from synth_assets.definitions import _wire_stage
@@ -367,9 +366,7 @@ def test_starting_the_ui_launches_nothing_for_specs_already_in_the_warehouse(tmp
         "SYNTH_ASSETS_SPECS_DIR": str(spec_path.parent),
         "PYTHONPATH": str(root),
     }
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     log = tmp_path / "dagster-dev.log"
     dagster = Path(sys.executable).parent / "dagster"
     with log.open("wb") as output:

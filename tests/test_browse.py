@@ -34,6 +34,7 @@ from typing import Any
 
 import pandas as pd
 import pytest
+from conftest import free_port
 
 from synth_assets.browse import DATABASE, export_browse_db, main
 from synth_assets.storage import Warehouse
@@ -256,12 +257,6 @@ def test_no_duckdb_file_is_one_line(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def test_a_port_in_use_is_one_line(
     store: Warehouse, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -284,7 +279,7 @@ class Browser:
 def serve_browser(database: Path, out: Path, spec: str = SPEC) -> Iterator[Browser]:
     """`synth-assets browse` in its own process, as a user starts it; stopped with SIGTERM, which
     also stops Datasette."""
-    port = _free_port()
+    port = free_port()
     script = "import sys; from synth_assets.browse import main; sys.exit(main())"
     arguments = ["--db", str(database), "browse", "--spec", spec, "--port", str(port), "--out", str(out)]
     process = subprocess.Popen(

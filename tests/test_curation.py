@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import rejection_reasons
 
 from synth_assets.curation.heuristics import (
     echo_share,
@@ -66,10 +67,6 @@ def _curate(
 ) -> CurationOutcome:
     samples, prompts = _frames(texts, finish)
     return curate(samples, prompts, rules, CurationContext(template=TEMPLATE, labels=LABELS, **context))  # type: ignore[arg-type]
-
-
-def _reasons(outcome: CurationOutcome) -> dict[str, list[str]]:
-    return dict(zip(outcome.rejected["sample_id"], outcome.rejected["reasons"].map(json.loads), strict=True))
 
 
 def _details(outcome: CurationOutcome, sample_id: str) -> dict[str, str]:
@@ -130,7 +127,7 @@ def test_curate_keeps_good_rows_and_gives_every_reason() -> None:
         ]
     )
     assert outcome.curated["sample_id"].tolist() == ["s0", "s6"]
-    assert _reasons(outcome) == {
+    assert rejection_reasons(outcome) == {
         "s1": ["exact_duplicate"],
         "s2": ["too_short"],
         "s3": ["echoes_prompt"],
@@ -147,7 +144,7 @@ def test_curate_keeps_good_rows_and_gives_every_reason() -> None:
 
 def test_a_row_failing_several_rules_keeps_all_reasons() -> None:
     outcome = _curate(["Lasts all week.", "lasts all week"])
-    assert _reasons(outcome)["s1"] == ["too_short", "echoes_prompt", "exact_duplicate"]
+    assert rejection_reasons(outcome)["s1"] == ["too_short", "echoes_prompt", "exact_duplicate"]
 
 
 def test_every_reason_code_is_documented() -> None:
@@ -164,7 +161,7 @@ def test_repeated_ngrams_and_lines() -> None:
             "Customer: Thanks.\nAgent: It ships tomorrow.\nCustomer: Thanks.",
         ]
     )
-    reasons = _reasons(outcome)
+    reasons = rejection_reasons(outcome)
     assert reasons["s0"] == ["repeated_ngrams"]
     assert "repeated_lines" in reasons["s2"]
     assert set(outcome.curated["sample_id"]) == {"s1", "s3"}
@@ -186,7 +183,7 @@ def test_repeated_ngrams_and_lines() -> None:
 )
 def test_assistant_talk_is_rejected(text: str) -> None:
     no_repair = RULES.model_copy(update={"strip_lead_in": False})
-    assert _reasons(_curate([text], rules=no_repair)) == {"s0": ["assistant_talk"]}
+    assert rejection_reasons(_curate([text], rules=no_repair)) == {"s0": ["assistant_talk"]}
 
 
 def test_a_lead_in_is_stripped_and_the_rest_judged_on_its_own() -> None:
@@ -205,7 +202,7 @@ def test_a_lead_in_is_stripped_and_the_rest_judged_on_its_own() -> None:
     assert kept.loc["s1", "text"] == "the headphones broke in a week and the seller ignored me."
     assert json.loads(kept.loc["s0", "flags"]) == ["stripped_lead_in"]
     assert kept.loc["s5", "flags"] == "[]"  # "Pros:" is not a lead-in
-    reasons = _reasons(outcome)
+    reasons = rejection_reasons(outcome)
     assert reasons["s2"] == ["assistant_talk"]
     assert "echoes_prompt" in reasons["s3"]  # what is left copies the template's demo format
     assert "assistant_talk" in reasons["s4"]  # talk to the user is not a lead-in
@@ -233,7 +230,7 @@ def test_refusals() -> None:
             "I'm sorry to say the left ear cup cracked after a month of use.",
         ]
     )
-    reasons = _reasons(outcome)
+    reasons = rejection_reasons(outcome)
     assert reasons["s0"] == ["refusal"] and reasons["s1"] == ["refusal"]
     assert outcome.curated["sample_id"].tolist() == ["s2"]
 
@@ -247,7 +244,7 @@ def test_truncated_endings_are_trimmed_or_rejected() -> None:
     ]
     finish = ["length", "stop", "stop", "length"]
     outcome = _curate(texts, finish=finish)
-    assert _reasons(outcome) == {"s1": ["truncated"]}
+    assert rejection_reasons(outcome) == {"s1": ["truncated"]}
     kept = outcome.curated.set_index("sample_id")
     assert kept.loc["s0", "text"] == "The headphones are comfortable."
     assert json.loads(kept.loc["s0", "flags"]) == ["trimmed_truncated_ending"]
@@ -255,7 +252,7 @@ def test_truncated_endings_are_trimmed_or_rejected() -> None:
     assert kept.loc["s2", "flags"] == "[]"
     # "drop" rejects every truncated sample, "keep" none
     dropped = _curate(texts, rules=RULES.model_copy(update={"truncated": "drop"}), finish=finish)
-    assert set(_reasons(dropped)) == {"s0", "s1", "s3"}
+    assert set(rejection_reasons(dropped)) == {"s0", "s1", "s3"}
     kept_all = _curate(texts, rules=RULES.model_copy(update={"truncated": "keep"}), finish=finish)
     assert kept_all.reason_counts()["truncated"] == 0
 
@@ -274,7 +271,7 @@ def test_non_text_junk() -> None:
             "Love them 😍 the bass is deep and the fit is snug, 10/10!",
         ]
     )
-    reasons = _reasons(outcome)
+    reasons = rejection_reasons(outcome)
     assert set(reasons) == {"s0", "s1", "s2"} and all(r == ["non_text"] for r in reasons.values())
     assert "markup" in _details(outcome, "s0")["non_text"]
     assert "not ordinary text" in _details(outcome, "s2")["non_text"]
@@ -290,7 +287,7 @@ def test_wrong_language_only_when_the_spec_names_one() -> None:
     ]
     english = RULES.model_copy(update={"language": "en"})
     outcome = _curate(texts, rules=english)
-    assert _reasons(outcome) == {
+    assert rejection_reasons(outcome) == {
         "s0": ["wrong_language"],
         "s1": ["wrong_language"],
         "s2": ["wrong_language"],
@@ -308,7 +305,7 @@ def test_template_echo() -> None:
             "My review of these headphones: positive, the fit is great.",
         ]
     )
-    reasons = _reasons(outcome)
+    reasons = rejection_reasons(outcome)
     assert "echoes_prompt" in reasons["s0"] and "echoes_prompt" in reasons["s1"]
     assert "template line" in _details(outcome, "s0")["echoes_prompt"]
     lines = [line for line, _ in template_line_patterns(TEMPLATE)]
@@ -328,7 +325,7 @@ def test_clean_row_is_kept_as_representative_of_duplicates() -> None:
         ]
     )
     assert outcome.curated["sample_id"].tolist() == ["s1"]
-    reasons = _reasons(outcome)
+    reasons = rejection_reasons(outcome)
     assert reasons["s2"] == ["exact_duplicate"]
     assert reasons["s0"] == ["assistant_talk", "near_duplicate"]
     assert "with s1" in _details(outcome, "s0")["near_duplicate"]
@@ -424,7 +421,7 @@ def test_cap_per_cell_keeps_first_n_per_cell_and_rejects_the_surplus_with_a_reas
 def test_invisible_characters_do_not_hide_a_copy_of_the_prompt() -> None:
     copied = "These head\u200bphones sound ama\u00adzing and the battery lasts all week."
     outcome = _curate([copied, "I returned them: the left ear cup rattles whenever the bass kicks in."])
-    assert _reasons(outcome) == {"s0": ["echoes_prompt"]}
+    assert rejection_reasons(outcome) == {"s0": ["echoes_prompt"]}
 
 
 @pytest.mark.parametrize(
@@ -442,7 +439,7 @@ def test_invisible_characters_do_not_hide_a_copy_of_the_prompt() -> None:
 )
 def test_language_check_catches_latin_script_languages_with_py3langid(language: str, text: str) -> None:
     outcome = _curate([text], rules=RULES.model_copy(update={"language": "en"}))
-    assert _reasons(outcome) == {"s0": ["wrong_language"]}
+    assert rejection_reasons(outcome) == {"s0": ["wrong_language"]}
     assert f"py3langid: '{language}'" in _details(outcome, "s0")["wrong_language"]
 
 
@@ -457,7 +454,10 @@ def test_language_check_passes_english_and_leaves_short_texts_alone() -> None:
     assert not _curate(texts, rules=english).reason_counts().get("wrong_language")
     # under MIN_WORDS_FOR_DETECTOR words there is too little evidence: never rejected
     assert (
-        _reasons(_curate(["Perfecto, muy bueno!"], rules=english.model_copy(update={"min_chars": 5}))) == {}
+        rejection_reasons(
+            _curate(["Perfecto, muy bueno!"], rules=english.model_copy(update={"min_chars": 5}))
+        )
+        == {}
     )
 
 
@@ -469,7 +469,7 @@ def test_your_request_is_data_in_a_dialogue_and_assistant_talk_alone() -> None:
     )
     single = "Thanks for your request! The earbuds are comfortable and the case charges fast."
     outcome = _curate([dialogue, single], rules=RULES.model_copy(update={"max_chars": 1000}))
-    assert _reasons(outcome) == {"s1": ["assistant_talk"]}
+    assert rejection_reasons(outcome) == {"s1": ["assistant_talk"]}
     assert "your request" in _details(outcome, "s1")["assistant_talk"]
 
 
@@ -482,7 +482,7 @@ def test_invisible_characters_do_not_hide_chat_wrapping_or_loops() -> None:
         ],
         rules=RULES.model_copy(update={"max_repeated_line_share": 0.3}),
     )
-    reasons = _reasons(outcome)
+    reasons = rejection_reasons(outcome)
     assert "assistant_talk" in reasons["s0"] and "repeated_lines" in reasons["s1"]
     assert "'Sure!'" in _details(outcome, "s0")["assistant_talk"]
 
@@ -506,4 +506,4 @@ def test_chat_wrapping_marks_what_must_never_become_a_demo() -> None:
 def test_close_languages_are_not_wrong_languages() -> None:
     norwegian = "Vannkokeren koker vannet veldig raskt, og håndtaket blir aldri varmt. Jeg er fornøyd."
     outcome = _curate([norwegian], rules=RULES.model_copy(update={"language": "no"}))
-    assert _reasons(outcome) == {}
+    assert rejection_reasons(outcome) == {}

@@ -11,7 +11,7 @@ from pathlib import Path
 import dagster as dg
 import pandas as pd
 import pytest
-from conftest import write_tiny_spec
+from conftest import GraphEnv, graph_env, write_tiny_spec
 
 from synth_assets.defs.common import spec_partitions
 from synth_assets.defs.curated_set import curated_set
@@ -19,7 +19,7 @@ from synth_assets.defs.resources import SPEC_PATH_TAG, LocalModelResource, SpecC
 from synth_assets.generation.prompts import expand_prompts
 from synth_assets.seed import load_seed_data
 from synth_assets.spec import load_spec
-from synth_assets.storage import Warehouse, stage_columns
+from synth_assets.storage import stage_columns
 
 SPEC = "tiny_reviews"
 PLANTED = ["jane.doe@example.com", "+44 20 7946 0958", "4111 1111 1111 1111", "DE89 3704 0044 0532 0130 00"]
@@ -31,17 +31,19 @@ GOOD = [
 
 
 class Env:
-    def __init__(self, root: Path, instance: dg.DagsterInstance) -> None:
-        self.root = root
-        self.instance = instance
-        self.store = Warehouse(root / "w.duckdb")
-        self.spec_path = write_tiny_spec(root / "specs", num_samples=24)
+    """The shared graph harness, where only `curated_set` runs and its upstream is written directly."""
+
+    def __init__(self, graph: GraphEnv) -> None:
+        self.root = graph.root
+        self.instance = graph.instance
+        self.store = graph.store
+        self.spec_path = write_tiny_spec(graph.specs_dir, num_samples=24)
         spec = load_spec(self.spec_path)
         seed = load_seed_data(spec)
         self.prompts = expand_prompts(spec, seed)
         for stage, frame in (("seed_data", seed), ("expanded_prompts", self.prompts)):
             self.store.write_version(stage, SPEC, "setup", frame[stage_columns(stage)], promote=True)
-        instance.add_dynamic_partitions(spec_partitions.name, [SPEC])
+        self.instance.add_dynamic_partitions(spec_partitions.name, [SPEC])
 
     def generate(self, run: str, texts: list[tuple[str, str]]) -> None:
         """Promote a generated_samples version: each (product, text) answers a prompt about it."""
@@ -80,9 +82,8 @@ class Env:
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     root = tmp_path_factory.mktemp("curation_asset")
-    (root / "home").mkdir()
-    with dg.instance_for_test(temp_dir=str(root / "home")) as instance:
-        yield Env(root, instance)
+    with graph_env(root) as graph:
+        yield Env(graph)
 
 
 def _metadata(result: dg.ExecuteInProcessResult) -> dict[str, object]:

@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pandas as pd
+from conftest import rejection_reasons
 from datasketch import MinHash
 
 from synth_assets.curation.dedup import (
@@ -37,11 +38,6 @@ def _samples(texts: list[str], ids: list[str] | None = None) -> pd.DataFrame:
             "text": texts,
         }
     )
-
-
-def _reasons(outcome: object) -> dict[str, list[str]]:
-    rejected = outcome.rejected  # type: ignore[attr-defined]
-    return dict(zip(rejected["sample_id"], rejected["reasons"].map(json.loads), strict=True))
 
 
 def test_signatures_are_bit_identical_to_datasketch() -> None:
@@ -87,7 +83,7 @@ def test_near_duplicates_greedy_and_reference_matches() -> None:
 def test_pipeline_near_duplicate_is_rejected_and_distinct_reviews_kept() -> None:
     outcome = curate(_samples([REVIEW, OTHER, NEAR]), pd.DataFrame(), RULES)
     assert outcome.curated["sample_id"].tolist() == ["s0", "s1"]
-    assert _reasons(outcome) == {"s2": ["near_duplicate"]}
+    assert rejection_reasons(outcome) == {"s2": ["near_duplicate"]}
     assert outcome.duplicates[["sample_id", "kind", "duplicate_of"]].values.tolist() == [
         ["s2", "near_duplicate", "s0"]
     ]
@@ -112,7 +108,7 @@ def test_copies_of_seed_rows_are_not_new_data() -> None:
     )
     texts = [REVIEW.upper(), NEAR, OTHER.replace("month", "week"), "A tent that kept us dry through a storm."]
     outcome = curate(_samples(texts), pd.DataFrame(), RULES, CurationContext(seed_rows=seed))
-    reasons = _reasons(outcome)
+    reasons = rejection_reasons(outcome)
     # s1 is also a near duplicate of s0 in the batch; s2 copies a holdout row (evaluation leak)
     assert reasons == {"s0": ["copies_seed"], "s1": ["near_duplicate", "copies_seed"], "s2": ["copies_seed"]}
     details = json.loads(outcome.rejected.set_index("sample_id").loc["s0", "details"])
@@ -129,7 +125,7 @@ def test_cross_version_dedup_ignores_the_same_sample_re_curated() -> None:
     texts = [REVIEW, OTHER.replace("month", "week"), "A tent that kept us dry through a storm."]
     outcome = curate(_samples(texts), pd.DataFrame(), RULES, CurationContext(previous=previous))
     # s0 is the very same sample as in the earlier run (same id): a re-run must keep it
-    assert _reasons(outcome) == {"s1": ["seen_in_previous_version"]}
+    assert rejection_reasons(outcome) == {"s1": ["seen_in_previous_version"]}
     details = json.loads(outcome.rejected["details"].iloc[0])
     assert "curated row old-1 (run run-aaaa)" in details["seen_in_previous_version"]
 
@@ -141,14 +137,14 @@ def test_invisible_format_characters_do_not_hide_duplicates() -> None:
     near = "The ket\u200btle boils a full litre in three minutes and the han\u00addle never gets warm."
     outcome = curate(_samples([REVIEW, exact, near, OTHER]), pd.DataFrame(), RULES)
     assert outcome.curated["sample_id"].tolist() == ["s0", "s3"]
-    assert _reasons(outcome) == {"s1": ["exact_duplicate"], "s2": ["near_duplicate"]}
+    assert rejection_reasons(outcome) == {"s1": ["exact_duplicate"], "s2": ["near_duplicate"]}
 
 
 def test_invisible_copy_of_a_seed_row_is_not_new_data() -> None:
     seed = pd.DataFrame({"seed_id": ["seed-1"], "text": [REVIEW], "label": ["positive"], "split": ["train"]})
     copy = REVIEW.replace("kettle", "ket\u200btle").replace("minutes", "min\u00adutes")
     outcome = curate(_samples([copy, OTHER]), pd.DataFrame(), RULES, CurationContext(seed_rows=seed))
-    assert _reasons(outcome) == {"s0": ["copies_seed"]}
+    assert rejection_reasons(outcome) == {"s0": ["copies_seed"]}
 
 
 def test_chinese_near_copy_is_a_near_duplicate_and_tokens_are_characters() -> None:
@@ -160,4 +156,4 @@ def test_chinese_near_copy_is_a_near_duplicate_and_tokens_are_characters() -> No
         _samples([first, copy, other]), pd.DataFrame(), RULES.model_copy(update={"min_chars": 10})
     )
     assert outcome.curated["sample_id"].tolist() == ["s0", "s2"]
-    assert _reasons(outcome) == {"s1": ["near_duplicate"]}
+    assert rejection_reasons(outcome) == {"s1": ["near_duplicate"]}

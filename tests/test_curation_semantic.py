@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import rejection_reasons
 
 from synth_assets.curation.pipeline import CurationContext, CurationOutcome, curate
 from synth_assets.curation.relevance import condition_texts
@@ -80,10 +81,6 @@ def _run(
     return curate(samples, prompts, rules, ctx)
 
 
-def _reasons(outcome: CurationOutcome) -> dict[str, list[str]]:
-    return dict(zip(outcome.rejected["sample_id"], outcome.rejected["reasons"].map(json.loads), strict=True))
-
-
 def test_relevance_rejects_off_topic_text_and_keeps_reviews(embedder: Embed) -> None:
     rules = BASE.model_copy(
         update={"min_relevance": 0.2, "relevance_text": "A customer review of a {{ product }}."}
@@ -99,7 +96,7 @@ def test_relevance_rejects_off_topic_text_and_keeps_reviews(embedder: Embed) -> 
         embedder,
         products=["kettle", "kettle", "kettle", "desk chair"],
     )
-    assert _reasons(outcome) == {"s1": ["irrelevant"], "s2": ["irrelevant"]}
+    assert rejection_reasons(outcome) == {"s1": ["irrelevant"], "s2": ["irrelevant"]}
     kept = outcome.curated.set_index("sample_id")
     assert (kept["relevance"] >= 0.2).all()
     detail = json.loads(outcome.rejected["details"].iloc[0])["irrelevant"]
@@ -122,7 +119,7 @@ def test_label_check_modes(mode: str, embedder: Embed, seed_rows: pd.DataFrame) 
     rules = BASE.model_copy(update={"label_check": mode, "label_min_confidence": 0.8})
     outcome = _run([MIXED, HAPPY], rules, embedder, labels=["positive", "positive"], seed_rows=seed_rows)
     if mode == "drop":
-        assert _reasons(outcome) == {"s0": ["label_mismatch"]}
+        assert rejection_reasons(outcome) == {"s0": ["label_mismatch"]}
         detail = json.loads(outcome.rejected["details"].iloc[0])["label_mismatch"]
         assert "classifier says 'neutral'" in detail and "asked for 'positive'" in detail
         assert outcome.curated["sample_id"].tolist() == ["s1"]
@@ -182,7 +179,7 @@ def test_semantic_duplicates_in_batch_and_against_seed_and_earlier_versions(
         seed_rows=seed_rows,
         previous=previous,
     )
-    reasons = _reasons(outcome)
+    reasons = rejection_reasons(outcome)
     assert reasons == {
         "s1": ["semantic_duplicate"],
         "s2": ["copies_seed"],
@@ -207,7 +204,7 @@ def test_label_fidelity_by_the_seed_classifier_rejects_what_fits_another_label_w
 ) -> None:
     rules = BASE.model_copy(update={"label_fidelity": "classifier", "label_fidelity_recall": 0.9})
     outcome = _run([ANGRY, HAPPY], rules, embedder, labels=["positive", "positive"], seed_rows=seed_rows)
-    assert _reasons(outcome) == {"s0": ["low_label_fidelity"]}
+    assert rejection_reasons(outcome) == {"s0": ["low_label_fidelity"]}
     detail = json.loads(outcome.rejected["details"].iloc[0])["low_label_fidelity"]
     assert detail.startswith("classifier margin -")  # the intended label loses to another one
     assert outcome.curated["sample_id"].tolist() == ["s1"]
@@ -229,7 +226,7 @@ def test_label_fidelity_by_likelihood_uses_the_scorer_and_says_when_it_has_none(
         return {"positive": -3 * complaint, "negative": -3 * (1 - complaint)}.get(label, -1.5 + 0 * complaint)
 
     outcome = _run([ANGRY, HAPPY], rules, embedder, seed_rows=seed_rows, label_likelihood=likelihood)
-    assert _reasons(outcome) == {"s0": ["low_label_fidelity"]}
+    assert rejection_reasons(outcome) == {"s0": ["low_label_fidelity"]}
     assert "likelihood margin" in json.loads(outcome.rejected["details"].iloc[0])["low_label_fidelity"]
 
 
@@ -240,5 +237,5 @@ def test_seed_length_range_rejects_samples_outside_the_seeds_word_counts(
     longest = max(len(t.split()) for t in seed_rows["text"])
     rambling = " ".join(f"word{i}" for i in range(longest + 5))
     outcome = _run([HAPPY, rambling], rules, embedder, seed_rows=seed_rows)
-    assert _reasons(outcome) == {"s1": ["off_seed_length"]}
+    assert rejection_reasons(outcome) == {"s1": ["off_seed_length"]}
     assert "seed range" in json.loads(outcome.rejected["details"].iloc[0])["off_seed_length"]

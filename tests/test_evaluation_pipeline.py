@@ -12,19 +12,16 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
 import pandas as pd
 import pytest
-from conftest import write_tiny_spec
+from conftest import GraphEnv, graph_env, write_tiny_spec
 
 from synth_assets.cli import main as cli_main
-from synth_assets.definitions import build_definitions
-from synth_assets.defs.assets import spec_partitions
 from synth_assets.evaluation.gate import GATE_CHECK, GATE_METRIC
-from synth_assets.storage import Warehouse, stage_columns
+from synth_assets.storage import stage_columns
 
 pytestmark = pytest.mark.slow
 SPEC = "tiny_reviews"
@@ -32,47 +29,29 @@ REPO = Path(__file__).resolve().parent.parent
 ROTATE = {"positive": "neutral", "neutral": "negative", "negative": "positive"}
 
 
-@dataclass
-class Env:
-    root: Path
-    specs_dir: Path
-    store: Warehouse
-    instance: dg.DagsterInstance
-    first_run_id: str = ""
+def _stage_curated(env: GraphEnv, run_id: str, frame: pd.DataFrame, *, passed: bool = True) -> None:
+    """A curated_set version as the curated_set asset writes it: history only, with its GX
+    verdict (passed: staged; publication is the evaluation's decision)."""
+    rejected = pd.DataFrame(columns=stage_columns("rejected_samples"))
+    env.store.write_versions(
+        # columns another stage's version has that this frame lacks stay empty
+        {
+            "curated_set": frame.reindex(columns=stage_columns("curated_set")),
+            "rejected_samples": rejected,
+        },
+        SPEC,
+        run_id,
+        promote=False,
+    )
+    env.store.record_gate(SPEC, run_id, "curated_set", "gx_gate", passed, "injected by the test")
 
-    def run(self, *, evaluation_only: bool = False) -> dg.ExecuteInProcessResult:
-        definitions = build_definitions(database=str(self.store.path), specs_dir=str(self.specs_dir))
-        if not self.instance.has_dynamic_partition(spec_partitions.name, SPEC):
-            self.instance.add_dynamic_partitions(spec_partitions.name, [SPEC])
-        return definitions.resolve_job_def("synth_refresh_job").execute_in_process(
-            instance=self.instance,
-            partition_key=SPEC,
-            raise_on_error=False,
-            asset_selection=[dg.AssetKey("evaluation_report")] if evaluation_only else None,
-        )
 
-    def stage_curated(self, run_id: str, frame: pd.DataFrame, *, passed: bool = True) -> None:
-        """A curated_set version as the curated_set asset writes it: history only, with its GX
-        verdict (passed: staged; publication is the evaluation's decision)."""
-        rejected = pd.DataFrame(columns=stage_columns("rejected_samples"))
-        self.store.write_versions(
-            # columns another stage's version has that this frame lacks stay empty
-            {
-                "curated_set": frame.reindex(columns=stage_columns("curated_set")),
-                "rejected_samples": rejected,
-            },
-            SPEC,
-            run_id,
-            promote=False,
-        )
-        self.store.record_gate(SPEC, run_id, "curated_set", "gx_gate", passed, "injected by the test")
-
-    def history(self) -> pd.DataFrame:
-        return self.store.query("SELECT * FROM evaluation_history ORDER BY materialized_at")
+def _history(env: GraphEnv) -> pd.DataFrame:
+    return env.store.query("SELECT * FROM evaluation_history ORDER BY materialized_at")
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GraphEnv]:
     root = tmp_path_factory.mktemp("evaluation")
     specs_dir = root / "specs"
     data = REPO / "specs" / "data"
@@ -88,9 +67,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
             "gates:\n": "evaluation:\n  harm_tolerance: 0.2\ngates:\n",
         },
     )
-    (root / "dagster_home").mkdir()
-    with dg.instance_for_test(temp_dir=str(root / "dagster_home")) as instance:
-        environment = Env(root, specs_dir, Warehouse(root / "warehouse.duckdb"), instance)
+    with graph_env(root) as environment:
         first = environment.run()
         assert first.success, first.get_failed_step_keys()
         gate = [c for c in first.get_asset_check_evaluations() if c.check_name == GATE_CHECK]
@@ -99,13 +76,13 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
         yield environment
 
 
-def _latest_metadata(env: Env) -> dict[str, dg.MetadataValue]:
+def _latest_metadata(env: GraphEnv) -> dict[str, dg.MetadataValue]:
     record = env.instance.fetch_materializations(dg.AssetKey("evaluation_report"), limit=1).records[0]
     return record.asset_materialization.metadata
 
 
-def test_good_run_reports_every_family_with_plots_and_passes_the_gate(env: Env) -> None:
-    history = env.history()
+def test_good_run_reports_every_family_with_plots_and_passes_the_gate(env: GraphEnv) -> None:
+    history = _history(env)
     assert len(history) == 1 and bool(history["passed"].iloc[0])
     metrics = json.loads(history["metrics"].iloc[0])
     assert metrics["seed_train_rows"] == 60 and metrics["seed_holdout_rows"] == 45
@@ -164,7 +141,7 @@ def test_good_run_reports_every_family_with_plots_and_passes_the_gate(env: Env) 
 
 
 def test_garbage_curated_set_fails_the_blocking_gate_and_is_not_promoted(
-    env: Env, capsys: pytest.CaptureFixture[str]
+    env: GraphEnv, capsys: pytest.CaptureFixture[str]
 ) -> None:
     seed = env.store.read_current("seed_data", SPEC)
     prompts = env.store.read_current("expanded_prompts", SPEC)["prompt_id"].tolist()
@@ -178,11 +155,11 @@ def test_garbage_curated_set_fails_the_blocking_gate_and_is_not_promoted(
             "normalized_hash": [f"h{i}" for i in range(len(train))],
         }
     )
-    env.stage_curated("garbage-curation", garbage)
+    _stage_curated(env, "garbage-curation", garbage)
 
     published = env.store.read_current("curated_set", SPEC)
     assert set(published["run_id"]) == {env.first_run_id}
-    result = env.run(evaluation_only=True)
+    result = env.run(stages=["evaluation_report"])
     assert not result.success
     (check,) = [c for c in result.get_asset_check_evaluations() if c.check_name == GATE_CHECK]
     assert not check.passed and "more than the tolerance" in (check.description or "")
@@ -192,7 +169,7 @@ def test_garbage_curated_set_fails_the_blocking_gate_and_is_not_promoted(
         "FAILED: same run: the curated data makes the classifier worse"
     )
     assert check.metadata["same_run_delta"].value < -0.2 and check.metadata["harm_tolerance"].value == 0.2
-    history = env.history()
+    history = _history(env)
     assert history["run_id"].tolist() == [env.first_run_id, result.run_id]
     assert history["passed"].tolist() == [True, False]
     assert history["curated_run_id"].iloc[1] == "garbage-curation"
@@ -214,16 +191,16 @@ def test_garbage_curated_set_fails_the_blocking_gate_and_is_not_promoted(
     assert f"Run `{env.first_run_id}`" in capsys.readouterr().out
 
 
-def test_failed_curated_attempt_falls_back_and_the_failed_report_is_no_baseline(env: Env) -> None:
+def test_failed_curated_attempt_falls_back_and_the_failed_report_is_no_baseline(env: GraphEnv) -> None:
     good = env.store.read_version("curated_set", SPEC, env.first_run_id)
-    env.stage_curated("restored-curation", good)
-    env.stage_curated("failed-curation", good.head(1), passed=False)
+    _stage_curated(env, "restored-curation", good)
+    _stage_curated(env, "failed-curation", good.head(1), passed=False)
 
-    result = env.run(evaluation_only=True)
+    result = env.run(stages=["evaluation_report"])
     assert result.success
     (check,) = [c for c in result.get_asset_check_evaluations() if c.check_name == GATE_CHECK]
     assert check.passed
-    history = env.history()
+    history = _history(env)
     last = history.iloc[-1]
     # the garbage run in between failed its gate: the comparison is with the first, good run
     assert last["baseline_run_id"] == env.first_run_id and bool(last["passed"])

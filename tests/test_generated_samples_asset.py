@@ -7,27 +7,23 @@ from collections.abc import Callable
 from pathlib import Path
 
 import dagster as dg
-from conftest import SEED_CSV, LoopbackHandler, LoopbackServer, completion_payload, write_openai_spec
+from conftest import (
+    SEED_CSV,
+    LoopbackHandler,
+    LoopbackServer,
+    completion_payload,
+    graph_env,
+    write_openai_spec,
+)
 
-from synth_assets.definitions import build_definitions
-from synth_assets.defs.assets import spec_partitions
-from synth_assets.defs.resources import SPEC_PATH_TAG
 from synth_assets.storage import Warehouse
 
 SPEC = "tiny_reviews"
 
 
 def _materialize(spec_path: Path, root: Path) -> tuple[dg.ExecuteInProcessResult, Warehouse]:
-    store = Warehouse(root / "w.duckdb")
-    definitions = build_definitions(database=str(store.path), specs_dir=str(spec_path.parent))
-    job = definitions.resolve_job_def("synth_refresh_job")
-    (root / "home").mkdir()
-    with dg.instance_for_test(temp_dir=str(root / "home")) as instance:
-        instance.add_dynamic_partitions(spec_partitions.name, [SPEC])
-        result = job.execute_in_process(
-            instance=instance, partition_key=SPEC, tags={SPEC_PATH_TAG: str(spec_path)}, raise_on_error=False
-        )
-    return result, store
+    with graph_env(root, specs_dir=spec_path.parent) as env:
+        return env.run(spec_path), env.store
 
 
 def _generated_metadata(result: dg.ExecuteInProcessResult) -> dict[str, object]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import http.server
 import json
-import socket
 import subprocess
 import sys
 import threading
@@ -20,7 +19,7 @@ from pathlib import Path
 from typing import ClassVar
 
 import pytest
-from conftest import write_openai_spec
+from conftest import free_port, write_openai_spec
 
 from synth_assets.generation.backends import OpenAICompatibleBackend, build_backend
 from synth_assets.generation.engine import generate_samples
@@ -33,16 +32,10 @@ from synth_assets.storage import Warehouse
 MODEL = "smollm2-135m-instruct"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def llama_server() -> Iterator[str]:
     pytest.importorskip("llama_cpp.server", reason="install the `server` extra (make test does)")
-    port = _free_port()
+    port = free_port()
     # the server's own arguments; the launcher only adds a crash workaround (see llama_server.py)
     arguments = ["--model", str(find_gguf_file()), "--model_alias", MODEL, "--host", "127.0.0.1"]
     arguments += ["--port", str(port), "--n_ctx", "1024", "--n_threads", "2"]

@@ -6,19 +6,13 @@ A tiny spec (6 prompts, 24 new tokens) keeps each run to seconds once the model 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
 import pytest
-from conftest import write_tiny_spec
+from conftest import CliRun, GraphEnv, graph_env, run_cli, write_tiny_spec
 
-from synth_assets.definitions import build_definitions
-from synth_assets.defs.assets import spec_partitions
-from synth_assets.defs.resources import SPEC_PATH_TAG
 from synth_assets.lineage.chain import format_chain, trace
 from synth_assets.storage import Warehouse
 
@@ -26,41 +20,18 @@ pytestmark = pytest.mark.slow
 SPEC = "tiny_reviews"
 
 
-@dataclass
-class Env:
-    root: Path
-    specs_dir: Path
-    store: Warehouse
-    instance: dg.DagsterInstance
-
-    def run(self, spec_path: Path | None = None) -> dg.ExecuteInProcessResult:
-        definitions = build_definitions(database=str(self.store.path), specs_dir=str(self.specs_dir))
-        if not self.instance.has_dynamic_partition(spec_partitions.name, SPEC):
-            self.instance.add_dynamic_partitions(spec_partitions.name, [SPEC])
-        tags = {SPEC_PATH_TAG: str(spec_path)} if spec_path else {}
-        return definitions.resolve_job_def("synth_refresh_job").execute_in_process(
-            instance=self.instance, partition_key=SPEC, tags=tags, raise_on_error=False
-        )
-
-    def count(self, table: str) -> int:
-        return int(self.store.query(f"SELECT count(*) AS n FROM {table}")["n"].iloc[0])
-
-
 @pytest.fixture(scope="module")
-def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GraphEnv]:
     root = tmp_path_factory.mktemp("pipeline")
-    specs_dir = root / "specs"
-    write_tiny_spec(specs_dir)
-    (root / "dagster_home").mkdir()
-    with dg.instance_for_test(temp_dir=str(root / "dagster_home")) as instance:
-        environment = Env(root, specs_dir, Warehouse(root / "warehouse.duckdb"), instance)
+    write_tiny_spec(root / "specs")
+    with graph_env(root) as environment:
         first = environment.run()
         assert first.success, first.get_failed_step_keys()
-        environment.first_run_id = first.run_id  # type: ignore[attr-defined]
+        environment.first_run_id = first.run_id
         yield environment
 
 
-def test_all_five_assets_materialize_with_passing_gates(env: Env) -> None:
+def test_all_five_assets_materialize_with_passing_gates(env: GraphEnv) -> None:
     records = env.instance.fetch_materializations(dg.AssetKey("curated_set"), limit=1).records
     assert records and records[0].partition_key == SPEC
     for stage in ("seed_data", "expanded_prompts", "generated_samples", "curated_set", "evaluation_report"):
@@ -73,19 +44,19 @@ def test_all_five_assets_materialize_with_passing_gates(env: Env) -> None:
     assert set(checks["asset"]) == {"generated_samples", "curated_set"} and checks["passed"].all()
 
 
-def test_generated_rows_carry_lineage_ids(env: Env) -> None:
+def test_generated_rows_carry_lineage_ids(env: GraphEnv) -> None:
     samples = env.store.read_current("generated_samples", SPEC)
     prompts = env.store.read_current("expanded_prompts", SPEC)
     assert set(samples["prompt_id"]) == set(prompts["prompt_id"])
     assert samples["sample_id"].is_unique
     assert (samples["completion_tokens"] > 0).all() and (samples["completion_tokens"] <= 24).all()
     assert (samples["text"].str.len() > 0).all()
-    assert set(samples["run_id"]) == {env.first_run_id}  # type: ignore[attr-defined]
+    assert set(samples["run_id"]) == {env.first_run_id}
     params = json.loads(samples["generation_params"].iloc[0])
     assert params["max_new_tokens"] == 24 and params["temperature"] == 0.8
 
 
-def test_report_is_stored_written_and_shown_in_metadata(env: Env) -> None:
+def test_report_is_stored_written_and_shown_in_metadata(env: GraphEnv) -> None:
     report = env.store.read_current("evaluation_report", SPEC)
     metrics = json.loads(report["metrics"].iloc[0])
     assert metrics["generated"] == 6 and metrics["prompts"] == 6
@@ -97,7 +68,7 @@ def test_report_is_stored_written_and_shown_in_metadata(env: Env) -> None:
     assert metadata["generated"].value == 6
 
 
-def test_lineage_walks_from_curated_row_to_seed_demos(env: Env) -> None:
+def test_lineage_walks_from_curated_row_to_seed_demos(env: GraphEnv) -> None:
     curated = env.store.read_current("curated_set", SPEC)
     sample_id = str(curated["sample_id"].iloc[0])
     chain = trace(env.store, sample_id[:10])
@@ -110,7 +81,7 @@ def test_lineage_walks_from_curated_row_to_seed_demos(env: Env) -> None:
         assert part in text
 
 
-def test_rematerializing_keeps_history_and_is_reproducible(env: Env) -> None:
+def test_rematerializing_keeps_history_and_is_reproducible(env: GraphEnv) -> None:
     before = env.store.read_current("generated_samples", SPEC)
     second = env.run()
     assert second.success
@@ -119,13 +90,13 @@ def test_rematerializing_keeps_history_and_is_reproducible(env: Env) -> None:
     assert before["sample_id"].tolist() == after["sample_id"].tolist()
     assert before["text"].tolist() == after["text"].tolist()
     runs = env.store.query("SELECT DISTINCT run_id FROM curated_set_history")["run_id"]
-    assert set(runs) == {env.first_run_id, second.run_id}  # type: ignore[attr-defined]
+    assert set(runs) == {env.first_run_id, second.run_id}
     assert set(env.store.read_current("curated_set", SPEC)["run_id"]) == {second.run_id}
     chain = trace(env.store, str(after["sample_id"].iloc[0]))
-    assert {d["run_id"] for d in chain.decisions} == {env.first_run_id, second.run_id}  # type: ignore[attr-defined]
+    assert {d["run_id"] for d in chain.decisions} == {env.first_run_id, second.run_id}
 
 
-def test_failing_gate_blocks_downstream_and_keeps_the_good_version(env: Env) -> None:
+def test_failing_gate_blocks_downstream_and_keeps_the_good_version(env: GraphEnv) -> None:
     good_curated = env.store.read_current("curated_set", SPEC)
     good_report = env.store.read_current("evaluation_report", SPEC)
     bad_spec = write_tiny_spec(
@@ -149,45 +120,30 @@ def test_failing_gate_blocks_downstream_and_keeps_the_good_version(env: Env) -> 
     assert result.run_id not in set(env.store.read_current("generated_samples", SPEC)["run_id"])
 
 
-def _cli(*args: str, env_vars: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    import os
-
-    return subprocess.run(
-        [sys.executable, "-m", "synth_assets.cli", *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, **env_vars},
-        timeout=600,
-    )
-
-
-def test_cli_run_lineage_report_and_bad_input(tmp_path: Path) -> None:
-    spec_path = write_tiny_spec(tmp_path / "specs")
-    env_vars = {"DAGSTER_HOME": str(tmp_path / "home"), "SYNTH_ASSETS_DB": str(tmp_path / "w.duckdb")}
-    (tmp_path / "home").mkdir()
-    (tmp_path / "home" / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
-    ran = _cli("run", "--spec", str(spec_path), env_vars=env_vars)
+def test_cli_run_lineage_report_and_bad_input(tiny_cli_run: CliRun, tmp_path: Path) -> None:
+    ran, env_vars = tiny_cli_run.result, tiny_cli_run.env
     assert ran.returncode == 0, ran.stderr[-2000:]
     assert "rows: seed_data=12 expanded_prompts=6 generated_samples=6" in ran.stdout
-    assert f"DuckDB: {tmp_path / 'w.duckdb'}" in ran.stdout
-    curated = Warehouse(tmp_path / "w.duckdb").read_only_query("SELECT sample_id FROM curated_set")
-    lineage = _cli("lineage", str(curated["sample_id"].iloc[0]), env_vars=env_vars)
+    assert f"DuckDB: {tiny_cli_run.database}" in ran.stdout
+    curated = Warehouse(tiny_cli_run.database).read_only_query("SELECT sample_id FROM curated_set")
+    lineage = run_cli("lineage", str(curated["sample_id"].iloc[0]), env=env_vars)
     assert lineage.returncode == 0 and "seed demos:" in lineage.stdout
-    report = _cli("report", "--spec", SPEC, env_vars=env_vars)
+    report = run_cli("report", "--spec", SPEC, env=env_vars)
     assert report.returncode == 0 and "# Evaluation report" in report.stdout
     # the run is in the instance the UI reads
-    with dg.DagsterInstance.from_config(str(tmp_path / "home")) as instance:
+    with dg.DagsterInstance.from_config(str(tiny_cli_run.home)) as instance:
         assert instance.get_runs_count() == 1
     # the closing summary says what was made and promoted, and where to look
     assert "made in this run, and what became current:" in ran.stdout
     assert "  curated_set: " in ran.stdout and f"see them: synth-assets report --spec {SPEC}" in ran.stdout
     # an export folder under a regular file: one line, no traceback
     (tmp_path / "a_file").write_text("x")
-    under_file = _cli("export", "--spec", SPEC, "--out", str(tmp_path / "a_file" / "out"), env_vars=env_vars)
+    under_file = run_cli("export", "--spec", SPEC, "--out", str(tmp_path / "a_file" / "out"), env=env_vars)
     lines = under_file.stderr.strip().splitlines()
     assert under_file.returncode == 2 and len(lines) == 1, under_file.stderr
     assert str(tmp_path / "a_file") in lines[0] and "Not a directory" in lines[0]
 
+    spec_path = write_tiny_spec(tmp_path / "specs")  # the shared run's spec folder stays as it ran
     bad = tmp_path / "specs" / "bad.yaml"
     bad.write_text(spec_path.read_text().replace("label_column: sentiment", "label_column: mood"))
     for args, expected in (
@@ -195,7 +151,7 @@ def test_cli_run_lineage_report_and_bad_input(tmp_path: Path) -> None:
         (("run", "--spec", str(tmp_path / "missing.yaml")), "spec file not found"),
         (("lineage", "s-doesnotexist"), "no generated sample with id 's-doesnotexist'"),
     ):
-        result = _cli(*args, env_vars=env_vars)
+        result = run_cli(*args, env=env_vars)
         assert result.returncode == 2
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and expected in lines[0], result.stderr

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-from conftest import start_cli_run, write_tiny_spec
+from conftest import CliRun, run_cli, start_cli_run, write_tiny_spec
 
 from synth_assets.runtime import auto_threads
 from synth_assets.spec import load_spec
@@ -184,17 +184,6 @@ def test_a_sigkilled_run_is_marked_failed_so_the_queue_moves(tmp_path: Path) -> 
             process.kill()
 
 
-def _cli(*args: str, env: dict[str, str], timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "synth_assets.cli", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=timeout,
-        cwd=ROOT,
-    )
-
-
 def test_a_bad_db_is_one_line_before_any_work(tmp_path: Path) -> None:
     spec_path = write_tiny_spec(tmp_path / "specs")
     not_duckdb = tmp_path / "notes.txt"
@@ -205,7 +194,7 @@ def test_a_bad_db_is_one_line_before_any_work(tmp_path: Path) -> None:
         (not_duckdb, "not a DuckDB database file"),
     ):
         for args in (("run", "--spec", str(spec_path)), ("report",), ("diff",)):
-            result = _cli("--db", str(db), *args, env=env, timeout=120)
+            result = run_cli("--db", str(db), *args, env=env, timeout=120)
             lines = result.stderr.strip().splitlines()
             assert result.returncode == 2, result.stderr[-2000:]
             assert len(lines) == 1 and expected in lines[0] and str(db) in lines[0], result.stderr
@@ -263,7 +252,7 @@ def test_stopping_a_real_run_keeps_finished_calls_and_the_rerun_resumes(tmp_path
                 )
                 assert int(rows["n"].iloc[0]) == 0, stage
 
-        rerun = _cli("run", "--spec", str(spec_path), env=env)
+        rerun = run_cli("run", "--spec", str(spec_path), env=env)
         assert rerun.returncode in (0, 1), rerun.stderr[-3000:]  # 1: a gate may refuse the tiny data
         assert "Traceback" not in rerun.stderr.strip().splitlines()[-1]
         if stop == "SIGKILL":
@@ -277,13 +266,15 @@ def test_stopping_a_real_run_keeps_finished_calls_and_the_rerun_resumes(tmp_path
 
 
 @pytest.mark.slow
-def test_dry_run_counts_calls_and_tokens_exactly_and_writes_nothing(tmp_path: Path) -> None:
+def test_dry_run_counts_calls_and_tokens_exactly_and_writes_nothing(
+    tmp_path: Path, tiny_cli_run: CliRun
+) -> None:
     spec_path = write_tiny_spec(tmp_path / "specs")  # 6 prompts, max_new_tokens 24
     home, database = tmp_path / "home", tmp_path / "w.duckdb"
     home.mkdir()
     (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
     env = _clean_env(DAGSTER_HOME=str(home), SYNTH_ASSETS_DB=str(database))
-    dry = _cli("run", "--spec", str(spec_path), "--dry-run", env=env)
+    dry = run_cli("run", "--spec", str(spec_path), "--dry-run", env=env)
     assert dry.returncode == 0, dry.stderr[-2000:]
     lines = dry.stdout.splitlines()
     assert "prompts: 6" in lines
@@ -299,10 +290,13 @@ def test_dry_run_counts_calls_and_tokens_exactly_and_writes_nothing(tmp_path: Pa
     with dg.DagsterInstance.from_config(str(home)) as instance:
         assert instance.get_runs_count() == 0
 
-    ran = _cli("run", "--spec", str(spec_path), env=env)
+    # the real run of the same tiny spec (shared with test_pipeline: the same 6 prompts)
+    ran, ran_env = tiny_cli_run.result, tiny_cli_run.env
+    assert tiny_cli_run.spec_path.read_text() == spec_path.read_text()
     assert ran.returncode == 0, ran.stderr[-2000:]
     # "exactly": the prompt tokens the model was really given, as the run recorded them
-    sent = Warehouse(database).query("SELECT sum(prompt_tokens) AS n FROM llm_cache")["n"].iloc[0]
+    shared = Warehouse(tiny_cli_run.database)
+    sent = shared.read_only_query("SELECT sum(prompt_tokens) AS n FROM llm_cache")["n"].iloc[0]
     assert counted == f"prompt tokens to send: {int(sent):,} (exact)"
-    again = _cli("run", "--spec", str(spec_path), "--dry-run", env=env)
+    again = run_cli("run", "--spec", str(tiny_cli_run.spec_path), "--dry-run", env=ran_env)
     assert "LLM calls: 6 for the first step, 6 already in llm_cache, 0 to make" in again.stdout

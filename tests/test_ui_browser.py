@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,7 +26,7 @@ from typing import TYPE_CHECKING
 
 import dagster as dg
 import pytest
-from conftest import write_tiny_spec
+from conftest import free_port, write_tiny_spec
 
 from synth_assets.definitions import build_definitions
 from synth_assets.defs.common import spec_partitions
@@ -74,12 +73,6 @@ class Ui:
     checks: dict[str, list[str]]  # asset -> its check names, from the definitions
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _wait_for(url: str, process: subprocess.Popen[bytes], log: Path, timeout_s: float = 180) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -121,7 +114,7 @@ def ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ui]:
         "load_from:\n  - python_module:\n      module_name: synth_assets.definitions\n"
         f"      attribute: defs\n      location_name: synth_assets\n      working_directory: {ROOT}\n"
     )
-    port = _free_port()
+    port = free_port()
     log = root / "webserver.log"
     env = {
         **os.environ,
