@@ -217,3 +217,22 @@ def start_cli_run(spec_path: Path, env: dict[str, str]) -> subprocess.Popen[str]
         env=env,
         cwd=Path(__file__).resolve().parent.parent,
     )
+
+
+@pytest.fixture(scope="session")
+def embedder() -> Callable[..., Any]:
+    """The real MiniLM model (offline, in a wheel), loaded once; each distinct text is embedded once
+    per session."""
+    import numpy as np
+
+    from synth_assets.embeddings import embed
+
+    cache: dict[str, Any] = {}
+
+    def cached(texts: list[str]) -> Any:
+        missing = [t for t in dict.fromkeys(texts) if t not in cache]
+        if missing:
+            cache.update(zip(missing, embed(missing), strict=True))
+        return np.stack([cache[t] for t in texts]) if len(texts) else np.zeros((0, 384), np.float32)
+
+    return cached
