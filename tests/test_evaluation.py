@@ -825,3 +825,37 @@ def test_evaluation_embeds_a_bounded_seed_sample_and_trains_usefulness_on_every_
     assert train[train["text"].isin(embedded_train)]["label"].value_counts().tolist() == [4, 4, 4]
     assert built.metrics["seed_train_rows"] == 30 and built.metrics["seed_cv_rows"] == 30
     assert built.usefulness.by_name()["real"].train_rows == 30
+
+
+def test_a_report_from_some_families_has_only_their_sections_and_plots(
+    embedder: Embedder, tmp_path: Path
+) -> None:
+    from synth_assets.evaluation.families import counts, vendi
+
+    real, synthetic = _split_demo()
+    spec = _spec(num_samples=len(synthetic))
+    built = build_report(
+        spec,
+        run_id="r",
+        inputs=_inputs(real, synthetic, spec, "r"),
+        embed=embedder,
+        families=(counts.FAMILY, vendi.FAMILY),
+    )
+    assert built.metrics["curated"] == 26 and built.metrics["vendi_score"] > 1
+    assert GATE_METRIC not in built.metrics and "mauve" not in built.metrics
+    written = write_report(built, tmp_path, inline_plots=False)
+    headings = [line for line in written.markdown.splitlines() if line.startswith("## ")]
+    assert headings == [
+        "## Key figures",
+        "## Rows per stage",
+        "## Vendi score",
+        "## Curated samples (first 5)",
+    ]
+    assert written.plots == {}
+    key_figures_section = written.markdown.split("## Key figures")[1].split("## Rows per stage")[0]
+    key_rows = [line for line in key_figures_section.splitlines() if line.startswith("| ")]
+    assert [row.split(" | ")[0] for row in key_rows[1:]] == [
+        "| curated rows",
+        "| yield (curated / generated)",
+        "| Vendi score (effective number of distinct samples)",
+    ]
