@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import cached_property
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
@@ -88,13 +87,6 @@ class EvaluationContext:
     @property
     def seed(self) -> int:
         return self.spec.random_seed
-
-    @cached_property
-    def attributes(self) -> dict[str, dict[str, Any]]:
-        """prompt_id -> its attribute values (expanded_prompts.attributes)."""
-        from synth_assets.evaluation.metrics import prompt_attributes
-
-        return prompt_attributes(self.inputs.prompts)
 
 
 class MetricFamily(Protocol):
