@@ -19,6 +19,7 @@ from typing import Any
 
 import pandas as pd
 
+from synth_assets.evaluation.families import card_figures
 from synth_assets.spec import GenerationSpec
 from synth_assets.storage import ROW_STAGES, Stage, Warehouse
 
@@ -26,22 +27,9 @@ FORMATS = ("parquet", "jsonl", "hf")
 # lineage and provenance columns joined onto each exported row (generated_samples / expanded_prompts)
 GENERATION_COLUMNS = ["model", "model_fingerprint", "backend", "generation_params", "generation_seed"]
 PROMPT_COLUMNS = ["attributes", "demo_ids"]
-# figures shown first in the card when the report has them; the other scalar metrics follow
-PREFERRED_FIGURES = (
-    "usefulness_real_plus_curated_macro_f1",
-    "usefulness_real_macro_f1",
-    "usefulness_synthetic_macro_f1",
-    "curated",
-    "generated",
-    "yield",
-    "distinct_1",
-    "distinct_2",
-    "self_bleu",
-    "mauve",
-    "relevance",
-    "label_agreement",
-    "label_tvd",
-)
+# figures shown first in the card when the report has them (the metric families declare them); the
+# other scalar metrics follow
+PREFERRED_FIGURES = card_figures()
 LOCAL_MODEL_LICENSES = {"smollm2-135m-instruct": "Apache-2.0 (HuggingFaceTB/SmolLM2-135M-Instruct)"}
 
 

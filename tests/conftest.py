@@ -506,3 +506,22 @@ def tiny_cli_run(tmp_path_factory: pytest.TempPathFactory) -> CliRun:
     (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
     env = {**os.environ, "DAGSTER_HOME": str(home), "SYNTH_ASSETS_DB": str(database)}
     return CliRun(spec_path, home, database, env, run_cli("run", "--spec", str(spec_path), env=env))
+
+
+@pytest.fixture(scope="session")
+def embedder() -> Callable[..., Any]:
+    """The real MiniLM model (offline, in a wheel), loaded once; each distinct text is embedded once
+    per session."""
+    import numpy as np
+
+    from synth_assets.embeddings import embed
+
+    cache: dict[str, Any] = {}
+
+    def cached(texts: list[str]) -> Any:
+        missing = [t for t in dict.fromkeys(texts) if t not in cache]
+        if missing:
+            cache.update(zip(missing, embed(missing), strict=True))
+        return np.stack([cache[t] for t in texts]) if len(texts) else np.zeros((0, 384), np.float32)
+
+    return cached

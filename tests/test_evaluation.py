@@ -1,13 +1,14 @@
 """The evaluation report without Dagster: metrics on small real frames with known values, the
 usefulness comparison, the regression gate on a real regression, inputs read from a real DuckDB file.
 
-The embedding model is the real one (offline, in a wheel); a session fixture memoizes it per text.
+The embedding model is the real one (offline, in a wheel); a session fixture (conftest.py) memoizes
+it per text.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,8 @@ import yaml
 from sklearn.metrics import accuracy_score, f1_score
 
 from synth_assets.evaluation import metrics as m
+from synth_assets.evaluation.families import FAMILIES, ui_metrics
+from synth_assets.evaluation.families.base import EvaluationContext, FamilyResult, Figure
 from synth_assets.evaluation.gate import GATE_METRIC, usefulness_gate
 from synth_assets.evaluation.inputs import (
     BaselineRun,
@@ -25,7 +28,7 @@ from synth_assets.evaluation.inputs import (
     last_good_run,
     load_inputs,
 )
-from synth_assets.evaluation.report import build_report, write_report
+from synth_assets.evaluation.report import EvaluationReport, build_report, write_report
 from synth_assets.evaluation.usefulness import (
     TrainingSet,
     _encode,
@@ -40,22 +43,6 @@ from synth_assets.storage import Warehouse, stage_columns
 REPO = Path(__file__).resolve().parent.parent
 DEMO_SPEC = REPO / "specs" / "product_reviews.yaml"
 Embedder = Callable[[Sequence[str]], np.ndarray]
-
-
-@pytest.fixture(scope="session")
-def embedder() -> Embedder:
-    """The real MiniLM model, loaded once; each distinct text is embedded once per session."""
-    from synth_assets.embeddings import embed
-
-    cache: dict[str, np.ndarray] = {}
-
-    def cached(texts: Sequence[str]) -> np.ndarray:
-        missing = [t for t in dict.fromkeys(texts) if t not in cache]
-        if missing:
-            cache.update(zip(missing, embed(missing), strict=True))
-        return np.stack([cache[t] for t in texts]) if len(texts) else np.zeros((0, 384), np.float32)
-
-    return cached
 
 
 # ------------------------------------------------------------------------------ diversity, known values
@@ -683,3 +670,205 @@ def test_chinese_near_copies_score_as_similar() -> None:
 def test_invisible_characters_do_not_count_as_new_words() -> None:
     assert m.distinct_n(["the kettle", "the ket\u200btle"], 1) == pytest.approx(2 / 4)
     assert m.vocabulary_size(["soft\u00adware", "software"]) == 1
+
+
+# ------------------------------------------------------------------------- metric families as units
+
+
+class _MeanChars:
+    """A real family added the way a maintainer would: mean characters per curated row."""
+
+    name = "mean_chars"
+    decides_gate = False
+    figures = (Figure("mean_chars", "mean characters per curated row", 0),)
+
+    def compute(self, context: EvaluationContext) -> FamilyResult:
+        lengths = context.inputs.curated["text"].str.len()
+        return FamilyResult(metrics={"mean_chars": float(lengths.mean())}, notes=["mean_chars: measured"])
+
+    def section(self, report: EvaluationReport, images: Mapping[str, str]) -> list[str]:
+        return ["## Mean length", "", f"{report.metrics['mean_chars']:.1f} characters per curated row.", ""]
+
+
+def test_a_new_family_is_one_unit_the_report_ui_and_sections_follow(
+    embedder: Embedder, tmp_path: Path
+) -> None:
+    """Registered families decide the sections (in order), the key figures and the UI keys; an added
+    family shows up in each without touching the report."""
+    real, synthetic = _split_demo()
+    spec = _spec(num_samples=len(synthetic))
+    families = (*FAMILIES, _MeanChars())
+    built = build_report(
+        spec, run_id="r", inputs=_inputs(real, synthetic, spec, "r"), embed=embedder, families=families
+    )
+    expected = float(synthetic["text"].iloc[:-4].str.len().mean())
+    assert built.metrics["mean_chars"] == pytest.approx(expected)
+    assert "mean_chars: measured" in built.notes
+    assert built.numeric_metrics(ui_metrics(families))["mean_chars"] == pytest.approx(expected, abs=1e-4)
+    markdown = write_report(built, tmp_path, inline_plots=False).markdown
+    headings = [line for line in markdown.splitlines() if line.startswith("## ")]
+    # the header's key figures, then every family's own sections in registry order, then the preview
+    assert headings[0] == "## Key figures" and headings[-1] == "## Curated samples (first 5)"
+    family_headings = headings[1:-1]
+    assert family_headings[0] == "## Rows per stage" and family_headings[-1] == "## Mean length"
+    order = [
+        "## Rows per stage",
+        "## Usefulness (train on synthetic, test on real)",
+        "## Usefulness from the seed alone (cross-validation)",
+        "## Diversity",
+        "## Vendi score",
+        "## Fidelity to the real seed",
+        "## Relevance and label faithfulness",
+        "## Label balance (requested vs curated)",
+        "## Attribute balance and yield per condition",
+        "## Cost",
+        "## Rejections by reason",
+        "## Mean length",
+    ]
+    assert family_headings == order
+    row = next(line for line in markdown.splitlines() if line.startswith("| mean characters per curated row"))
+    assert row == f"| mean characters per curated row | {expected:.3f} | n/a | — |"
+    # the default registry knows nothing of it
+    assert (
+        "mean_chars"
+        not in build_report(
+            spec, run_id="d", inputs=_inputs(real, synthetic, spec, "d"), embed=embedder
+        ).metrics
+    )
+
+
+def test_two_families_writing_the_same_metric_key_is_an_error(embedder: Embedder) -> None:
+    real, synthetic = _split_demo()
+    spec = _spec(num_samples=len(synthetic))
+
+    class Recount(_MeanChars):
+        name = "recount"
+        figures = ()
+
+        def compute(self, context: EvaluationContext) -> FamilyResult:
+            return FamilyResult(metrics={"yield": 1.0})
+
+    with pytest.raises(ValueError, match=r"'recount' writes metrics already written: \['yield'\]"):
+        build_report(
+            spec,
+            run_id="r",
+            inputs=_inputs(real, synthetic, spec, "r"),
+            embed=embedder,
+            families=(*FAMILIES, Recount()),
+        )
+
+
+def test_vendi_score_of_the_curated_set_reads_against_the_real_seed(
+    embedder: Embedder, tmp_path: Path
+) -> None:
+    """Real reviews as the synthetic set score like the size-matched real reference; one review
+    copied 30 times scores 1 (one distinct sample), whatever the row count."""
+    real, synthetic = _split_demo()
+    spec = _spec(num_samples=len(synthetic))
+    varied = build_report(spec, run_id="v", inputs=_inputs(real, synthetic, spec, "v"), embed=embedder)
+    metrics = varied.metrics
+    assert 1.0 < metrics["vendi_score"] <= 26 and 1.0 < metrics["seed_vendi_score"] <= 26
+    assert abs(metrics["vendi_score"] - metrics["seed_vendi_score"]) < 0.25 * metrics["seed_vendi_score"]
+    assert metrics["vendi_score_uncurated"] >= metrics["vendi_score"]  # 4 more rows, none a copy
+    copies = synthetic.assign(text=synthetic["text"].iloc[0])
+    same = build_report(spec, run_id="c", inputs=_inputs(real, copies, spec, "c"), embed=embedder)
+    assert same.metrics["vendi_score"] == pytest.approx(1.0, abs=1e-3)
+    table = varied.tables["vendi"].set_index("set")
+    assert (
+        table.loc["synthetic (curated)", "rows"] == 26
+        and table.loc["real train (size-matched)", "rows"] == 26
+    )
+    markdown = write_report(varied, tmp_path, inline_plots=False).markdown
+    assert "## Vendi score" in markdown and "Friedman & Dieng 2023" in markdown
+    row = next(line for line in markdown.splitlines() if line.startswith("| Vendi score (effective"))
+    assert row.startswith(
+        f"| Vendi score (effective number of distinct samples) | {metrics['vendi_score']:.3f} |"
+    )
+
+
+def test_relevance_and_label_agreement_are_curations_own(embedder: Embedder) -> None:
+    """The report's relevance is the mean of curation's relevance score under the spec's own
+    `curation.relevance_text`, and label agreement is curation's seed classifier's verdict."""
+    from synth_assets.curation.label_check import SeedLabelClassifier
+    from synth_assets.curation.relevance import condition_texts, relevance_scores
+
+    real, synthetic = _split_demo()
+    spec = _spec(num_samples=len(synthetic))
+    text = "A {{ label }} customer review of a {{ product_category }}."
+    spec = spec.model_copy(update={"curation": spec.curation.model_copy(update={"relevance_text": text})})
+    inputs = _inputs(real, synthetic, spec, "r")
+    built = build_report(spec, run_id="r", inputs=inputs, embed=embedder)
+    curated = inputs.curated
+    conditions = condition_texts(inputs.prompts, spec.task, spec.labels, text)
+    assert conditions["p0"].startswith("A ") and "customer review of a" in conditions["p0"]
+    scores = relevance_scores(
+        embedder(curated["text"].tolist()), curated["prompt_id"].tolist(), conditions, embedder
+    )
+    assert built.metrics["relevance"] == pytest.approx(float(scores.mean()), abs=1e-6)
+    train = real[real["split"] == "train"]
+    classifier = SeedLabelClassifier.fit(
+        embedder(train["text"].tolist()), train["label"].tolist(), spec.random_seed
+    )
+    predicted = classifier.check(embedder(curated["text"].tolist()), curated["label"].tolist(), 0.0).predicted
+    agreement = float(np.mean(np.asarray(predicted) == curated["label"].to_numpy()))
+    assert built.metrics["label_agreement"] == pytest.approx(agreement)
+
+
+def test_evaluation_embeds_a_bounded_seed_sample_and_trains_usefulness_on_every_row(
+    embedder: Embedder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Seed rows are embedded as curation embeds them: a label-stratified sample of at most
+    MAX_SEED_ROWS_EMBEDDED (lowered here to 12 of the 30 train rows); usefulness, the seed
+    cross-validation and the row counts still see every row."""
+    import synth_assets.evaluation.report as report_module
+
+    monkeypatch.setattr(report_module, "MAX_SEED_ROWS_EMBEDDED", 12)
+    real, synthetic = _split_demo()
+    spec = _spec(num_samples=len(synthetic))
+    seen: list[str] = []
+
+    def recording(texts: Sequence[str]) -> np.ndarray:
+        seen.extend(texts)
+        return embedder(texts)
+
+    built = build_report(spec, run_id="r", inputs=_inputs(real, synthetic, spec, "r"), embed=recording)
+    train = real[real["split"] == "train"]
+    embedded_train = set(seen) & set(train["text"])
+    assert len(embedded_train) == 12  # 4 per label: each label keeps its share
+    assert train[train["text"].isin(embedded_train)]["label"].value_counts().tolist() == [4, 4, 4]
+    assert built.metrics["seed_train_rows"] == 30 and built.metrics["seed_cv_rows"] == 30
+    assert built.usefulness.by_name()["real"].train_rows == 30
+
+
+def test_a_report_from_some_families_has_only_their_sections_and_plots(
+    embedder: Embedder, tmp_path: Path
+) -> None:
+    from synth_assets.evaluation.families import counts, vendi
+
+    real, synthetic = _split_demo()
+    spec = _spec(num_samples=len(synthetic))
+    built = build_report(
+        spec,
+        run_id="r",
+        inputs=_inputs(real, synthetic, spec, "r"),
+        embed=embedder,
+        families=(counts.FAMILY, vendi.FAMILY),
+    )
+    assert built.metrics["curated"] == 26 and built.metrics["vendi_score"] > 1
+    assert GATE_METRIC not in built.metrics and "mauve" not in built.metrics
+    written = write_report(built, tmp_path, inline_plots=False)
+    headings = [line for line in written.markdown.splitlines() if line.startswith("## ")]
+    assert headings == [
+        "## Key figures",
+        "## Rows per stage",
+        "## Vendi score",
+        "## Curated samples (first 5)",
+    ]
+    assert written.plots == {}
+    key_figures_section = written.markdown.split("## Key figures")[1].split("## Rows per stage")[0]
+    key_rows = [line for line in key_figures_section.splitlines() if line.startswith("| ")]
+    assert [row.split(" | ")[0] for row in key_rows[1:]] == [
+        "| curated rows",
+        "| yield (curated / generated)",
+        "| Vendi score (effective number of distinct samples)",
+    ]

@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 
 from synth_assets.evaluation import metrics as m
+from synth_assets.evaluation.families import seed_cv as seed_cv_family
+from synth_assets.evaluation.families import usefulness as usefulness_family
 from synth_assets.evaluation.gate import (
     DEFAULT_HARM_MIN_HOLDOUT_ROWS,
     DEFAULT_HARM_TOLERANCE,
@@ -19,7 +21,6 @@ from synth_assets.evaluation.gate import (
     publication_decision,
     usefulness_gate,
 )
-from synth_assets.evaluation.report import _seed_cv_metrics, _usefulness_metrics
 from synth_assets.evaluation.seed_cv import seed_cross_validation
 from synth_assets.evaluation.usefulness import CONFIGS, TrainingSet, evaluate_usefulness
 from synth_assets.spec import EvaluationSpec
@@ -137,7 +138,7 @@ def test_usefulness_measurement_feeds_the_gate() -> None:
         seed=0,
         bootstrap_samples=200,
     )
-    metrics = {**_usefulness_metrics(result), "seed_holdout_rows": len(holdout)}
+    metrics = {**usefulness_family.usefulness_metrics(result), "seed_holdout_rows": len(holdout)}
     assert metrics[REAL_METRIC] == pytest.approx(1.0)
     low, high = metrics[f"{DELTA_METRIC}_ci_low"], metrics[f"{DELTA_METRIC}_ci_high"]
     assert low is not None and high is not None and low <= metrics[DELTA_METRIC] <= high
@@ -243,7 +244,7 @@ def test_seed_cross_validation_measurement_feeds_the_gate() -> None:
     result = seed_cross_validation(
         ids, texts, labels, syn_texts, syn_labels, shown, seed=0, bootstrap_samples=200
     )
-    metrics = {**run_metrics(None, None, holdout=0), **_seed_cv_metrics(result)}
+    metrics = {**run_metrics(None, None, holdout=0), **seed_cv_family.seed_cv_metrics(result)}
     assert metrics[SEED_CV_REAL_METRIC] > 0.9 and metrics[SEED_CV_DELTA_METRIC] < -0.3
     verdict = usefulness_gate(metrics, None, 0.05)
     assert not verdict.passed and verdict.same_run.basis == "seed_cv"

@@ -22,6 +22,17 @@ class EvaluationInputError(ValueError):
 
 @dataclass
 class EvaluationInputs:
+    """What one evaluation reads, as DataFrames in the stage tables' columns (`storage.stage_columns`).
+
+    `seed_rows`: the promoted seed_data (both splits, column `split` = "train" | "holdout").
+    `curated` / `rejected`: the staged curated_set version evaluated and the rejected rows written with
+    it (`reasons`: reason codes). `samples` / `prompts`: the generated_samples and expanded_prompts
+    versions that curated set was cut from (the same run's, else the promoted ones). `curated_run_id` /
+    `samples_run_id`: the runs that wrote them. `generation_seconds`: wall-clock seconds of the LLM
+    calls behind `samples` (None when not recorded), `generation_seconds_source` says where it came
+    from. `notes`: warnings for the report (e.g. a fallback to an older curated_set). Built by
+    `load_inputs`, which raises EvaluationInputError when there is nothing to evaluate."""
+
     seed_rows: pd.DataFrame
     prompts: pd.DataFrame
     samples: pd.DataFrame

@@ -1,8 +1,10 @@
-"""Diversity, fidelity, relevance and bias metrics: pure functions of texts, labels and embeddings.
+"""Diversity, fidelity and bias metrics: pure functions of texts, labels and embeddings.
 
 Embeddings are L2-normalized rows (see `synth_assets.embeddings.embed`), so a dot product is a cosine.
-Library choices: sacrebleu for BLEU, scipy for the KS test, mauve-text for MAUVE, scikit-learn for
-the label classifier; distinct-n, vocabulary size and gzip compression ratio are a few lines each.
+Library choices: sacrebleu for BLEU, scipy for the KS test, mauve-text for MAUVE; distinct-n,
+vocabulary size and gzip compression ratio are a few lines each. Relevance and the label classifier
+are curation's (`curation/relevance.py`, `curation/label_check.py`), used as they are by the
+relevance family (`families/relevance.py`).
 """
 
 from __future__ import annotations
@@ -252,32 +254,6 @@ def distribution_scores(
     out["centroid_distance"] = None if skipped else centroid_distance(real_vectors, synthetic_vectors)
     out["centroid_distance_status"] = skipped
     return out
-
-
-# ---------------------------------------------------------------------------------------- relevance
-
-
-def condition_text(task: str, label: str, attributes: Mapping[str, Any]) -> str:
-    """What a sample was asked to be about: the task, its label and its attribute values, as text."""
-    parts = [task.strip(), f"Label: {label}."]
-    parts += [f"{name.replace('_', ' ')}: {value}." for name, value in attributes.items()]
-    return " ".join(parts)
-
-
-def rowwise_cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Cosine of each row of `a` with the same row of `b` (both normalized)."""
-    return np.einsum("ij,ij->i", a, b) if len(a) else np.zeros(0)
-
-
-def fit_label_judge(embeddings: np.ndarray, labels: Sequence[str], seed: int) -> Any | None:
-    """Logistic regression on MiniLM embeddings of the real training seed: the judge of whether a
-    synthetic sample reads like its intended label. None when the seed has fewer than two labels."""
-    if len(set(labels)) < 2:
-        return None
-    from sklearn.linear_model import LogisticRegression
-
-    judge = LogisticRegression(max_iter=2000, random_state=seed, class_weight="balanced")
-    return judge.fit(embeddings, list(labels))
 
 
 # --------------------------------------------------------------------------------------------- bias

@@ -152,7 +152,8 @@ def plot_usefulness(configs: list[Any], path: Path) -> Path:
 
 
 def render_plots(report: EvaluationReport, folder: Path) -> dict[str, Path]:
-    """Every plot that has data, as PNG files in `folder`; name -> path."""
+    """Every plot that has data, as PNG files in `folder`; name -> path. A plot whose family was not
+    among the report's families has no data and is left out."""
     plots: dict[str, Path] = {}
     if len(report.label_table):
         plots["label_balance"] = plot_label_balance(report.label_table, folder / "label_balance.png")
@@ -160,10 +161,10 @@ def render_plots(report: EvaluationReport, folder: Path) -> dict[str, Path]:
         plots["attribute_balance"] = plot_attribute_balance(
             report.attribute_tables, folder / "attribute_balance.png"
         )
-    lengths = report.plot_data["lengths"]
+    lengths = report.plot_data.get("lengths", {})
     if any(len(v) for v in lengths.values()):
         plots["lengths"] = plot_lengths(lengths, folder / "lengths.png")
-    if len(report.plot_data["embedding_map"]):
+    if len(report.plot_data.get("embedding_map", ())):
         plots["embedding_map"] = plot_embedding_map(
             report.plot_data["embedding_map"], folder / "embedding_map.png"
         )

@@ -49,6 +49,12 @@ class ExpectationOutcome:
 
 @dataclass(frozen=True)
 class GateOutcome:
+    """One Great Expectations suite run on one stage's rows: the suite name, how many rows it judged,
+    and one `ExpectationOutcome` per expectation (success, unexpected count and share, examples).
+    `passed` when every expectation succeeded; `summary()` is the one-line verdict the asset check and
+    the CLI show, `as_records()` the per-expectation table for the check's metadata. Built by
+    `validate_generated_samples` / `validate_curated_set`; raises nothing itself."""
+
     suite: str
     rows: int
     results: list[ExpectationOutcome]
