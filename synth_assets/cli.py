@@ -105,6 +105,13 @@ def command_run(args: argparse.Namespace) -> int:
         reap_dead_runs,
         was_interrupted,
     )
+    from synth_assets.run_queue import (
+        QUEUE_TAG,
+        LeftQueueError,
+        enqueue_run,
+        execute_queued_run,
+        wait_for_slot,
+    )
 
     definitions = build_definitions(database=str(store.path))
     job = definitions.resolve_job_def("synth_refresh_job")
@@ -117,14 +124,22 @@ def command_run(args: argparse.Namespace) -> int:
     if spec.generation.backend == "local":
         print(f"local model: {choose_threads().describe()}", flush=True)
     run_id = str(uuid.uuid4())
+    tags = {SPEC_PATH_TAG: str(spec.source_path), **process_tags()}
+    queued = enqueue_run(instance, job, spec.name, tags, run_id)
     with StopWatcher(instance, run_id) as watcher:
-        result = job.execute_in_process(
-            instance=instance,
-            partition_key=spec.name,
-            tags={SPEC_PATH_TAG: str(spec.source_path), **process_tags()},
-            run_id=run_id,
-            raise_on_error=False,
-        )
+        try:
+            wait_for_slot(instance, home, run_id, lambda reason: print(f"waiting: {reason}", flush=True))
+        except KeyboardInterrupt as exc:
+            return _stopped_in_queue(instance, run_id, watcher.signal_name or str(exc) or "SIGINT")
+        except LeftQueueError as exc:
+            if exc.status == "CANCELED":
+                return _stopped_in_queue(instance, run_id, "Dagster UI Terminate")
+            raise CliError(
+                f"{instance.root_directory}/dagster.yaml: concurrency.runs.tag_concurrency_limits: "
+                f"the Dagster daemon took run {run_id} of this CLI out of the queue ({exc.status}); "
+                f"give the tag {QUEUE_TAG} a limit of 0 as the repo's dagster.yaml does"
+            ) from exc
+        result = execute_queued_run(instance, queued)
     stopped = watcher.signal_name or ("a stop signal" if was_interrupted(result) else None)
     status = finish_stopped_run(instance, run_id, stopped) if stopped else None
     for evaluation in result.get_asset_check_evaluations():
@@ -171,6 +186,21 @@ def command_run(args: argparse.Namespace) -> int:
             )
         return 1
     return 0
+
+
+def _stopped_in_queue(instance: Any, run_id: str, why: str) -> int:
+    """A run stopped before it left the queue: recorded CANCELED, nothing ran; exit code 130."""
+    import dagster as dg
+
+    run = instance.get_run_by_id(run_id)
+    if run is not None and run.status == dg.DagsterRunStatus.QUEUED:
+        instance.report_run_canceled(run, message=f"stopped while queued ({why})")
+    print(
+        f"error: stopped by {why} while waiting in the run queue: run {run_id} recorded as CANCELED; "
+        "nothing of it ran, the stored versions are unchanged",
+        file=sys.stderr,
+    )
+    return 130
 
 
 def _current_note(store: Warehouse, spec: GenerationSpec, run_id: str) -> str:
