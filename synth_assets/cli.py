@@ -308,18 +308,21 @@ def command_diff(args: argparse.Namespace) -> int:
 def _export_spec(
     store: Warehouse, spec_name: str, spec_file: str | None
 ) -> tuple[GenerationSpec | None, str | None]:
-    """The spec to describe in the card (given, `specs/<name>.yaml`, or the path Dagster recorded),
-    and the spec fingerprint the exported version was curated with (from Dagster, when known)."""
+    """The spec to describe in the card (`SpecCatalog.find`: the file given, else `specs/<name>.yaml`,
+    else the path Dagster recorded), and the spec fingerprint the exported version was curated with
+    (from Dagster, when known). A file given that is not that spec is an error; otherwise a spec
+    found nowhere leaves the card without it."""
+    from synth_assets.defs.resources import SpecCatalog
     from synth_assets.lineage.dagster_runs import open_run_directory
-    from synth_assets.paths import default_specs_dir
 
-    candidates = [Path(spec_file)] if spec_file else [default_specs_dir() / f"{spec_name}.yaml"]
-    fingerprint = None
+    spec = fingerprint = None
     with open_run_directory() as runs:
+        try:
+            spec = SpecCatalog().find(spec_name, spec_file, runs.instance if runs is not None else None)
+        except SpecError:
+            if spec_file:
+                raise
         if runs is not None:
-            recorded = runs.latest_metadata("seed_data", spec_name).get("spec_path")
-            if recorded and not spec_file:
-                candidates.append(Path(str(recorded)))
             run = store.read_only_query(
                 "SELECT run_id FROM curated_set WHERE spec_name = ? LIMIT 1", [spec_name]
             )
@@ -327,18 +330,7 @@ def _export_spec(
                 info = runs.describe(str(run["run_id"].iloc[0]), spec_name) or {}
                 curated = (info.get("materializations") or {}).get("curated_set") or {}
                 fingerprint = curated.get("spec_fingerprint")
-    for path in candidates:
-        try:
-            spec = load_spec(path)
-        except SpecError:
-            if spec_file:
-                raise
-            continue
-        if spec.name == spec_name:
-            return spec, fingerprint
-        if spec_file:
-            raise CliError(f"{spec_file}: name: '{spec.name}' is not the exported spec '{spec_name}'")
-    return None, fingerprint
+    return spec, fingerprint
 
 
 def command_export(args: argparse.Namespace) -> int:
