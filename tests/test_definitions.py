@@ -257,3 +257,18 @@ def test_spec_catalog_find_is_where_the_assets_the_sensor_and_the_cli_look_for_a
         resources = {"warehouse": WarehouseResource(database=str(tmp_path / "w.duckdb")), "specs": catalog}
         first = spec_change_sensor(dg.build_sensor_context(instance=instance, resources=resources))
         assert first.dynamic_partitions_requests[0].partition_keys == ["tiny_reviews"]
+
+
+PACKAGE = Path(__file__).resolve().parent.parent / "synth_assets"
+
+
+def test_definitions_are_autoloaded_from_the_defs_folder() -> None:
+    """Issue 12 §3: every asset, job, schedule and sensor comes from a module under `defs/`
+    (`dg.load_from_defs_folder`); `definitions.py` only wires them and adds resources."""
+    found = dg.load_from_defs_folder(path_within_project=PACKAGE)
+    assert {a.key for a in found.assets or []} == set(defs.resolve_asset_graph().get_all_asset_keys())
+    assert {s.name for s in found.sensors or []} == {s.name for s in defs.sensors or []}
+    assert {s.name for s in found.schedules or []} == {"daily_refresh"}
+    assert {j.name for j in found.jobs or []} == {"synth_refresh_job"}
+    assert "dead_run_reaper" in {s.name for s in defs.sensors or []}
+    assert "@dg." not in (PACKAGE / "definitions.py").read_text()
