@@ -19,7 +19,14 @@ from conftest import write_tiny_spec
 from synth_assets.columns import COLUMN_DESCRIPTIONS
 from synth_assets.definitions import build_definitions, defs
 from synth_assets.defs.automation import spec_change_sensor
-from synth_assets.defs.common import PREVIEW_CHARS, PREVIEW_ROWS, gate_result, preview, spec_partitions
+from synth_assets.defs.common import (
+    PREVIEW_CHARS,
+    PREVIEW_ROWS,
+    gate_result,
+    gate_spec,
+    preview,
+    spec_partitions,
+)
 from synth_assets.defs.resources import SpecCatalog, WarehouseResource, scan_specs
 from synth_assets.quality.gates import GateOutcome
 from synth_assets.seed import spec_inputs_digest
@@ -198,6 +205,33 @@ def test_gate_check_metadata_names_the_spec_and_run_it_judged() -> None:
             assert evaluation.metadata["spec"].value == partition
             assert evaluation.metadata["partition"].value == partition
             assert evaluation.metadata["run_id"].value == result.run_id
+
+
+@dg.asset(name="checked", partitions_def=spec_partitions, check_specs=[gate_spec("checked", "a gate")])
+def gated_stage() -> dg.MaterializeResult:
+    """A stage with the real gate spec, whose gate fails for the spec 'other_spec' only."""
+    gate = gate_result(GateOutcome(suite="s", rows=3, results=[]))
+    passed = dg.AssetExecutionContext.get().partition_key != "other_spec"
+    verdict = dg.AssetCheckResult(check_name=gate.check_name, passed=passed, metadata=gate.metadata)
+    return dg.MaterializeResult(check_results=[verdict])
+
+
+def test_every_gate_is_partitioned_by_spec_so_its_history_names_the_spec_of_each_row() -> None:
+    """Issue 12 §3: a check's history listed four "Passed" rows with no spec; the asset Overview
+    showed the verdict of whichever spec ran last. Each gate now records the spec as its partition."""
+    graph = defs.resolve_asset_graph()
+    assert len(graph.asset_check_keys) == 3
+    for key in graph.asset_check_keys:
+        assert graph.get_check_spec(key).partitions_def == spec_partitions, key
+
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions(spec_partitions.name, ["tiny_reviews", "other_spec"])
+        for partition in ["tiny_reviews", "other_spec", "tiny_reviews"]:
+            dg.materialize([gated_stage], instance=instance, partition_key=partition, raise_on_error=False)
+        key = dg.AssetCheckKey(dg.AssetKey("checked"), "gx_gate")
+        history = instance.event_log_storage.get_asset_check_execution_history(key, limit=10)
+        assert [row.partition for row in history] == ["tiny_reviews", "other_spec", "tiny_reviews"]
+        assert [row.status.value for row in history] == ["SUCCEEDED", "FAILED", "SUCCEEDED"]
 
 
 def _check_defs(command: list[str], tmp_path: Path) -> subprocess.CompletedProcess[str]:
