@@ -136,6 +136,7 @@ class StopWatcher:
         self._previous_fd = -1
         self._thread: threading.Thread | None = None
         self._closing = False
+        self._started = False  # the run was seen STARTING or STARTED (out of the queue)
 
     def __enter__(self) -> StopWatcher:
         if threading.current_thread() is not threading.main_thread():
@@ -174,8 +175,15 @@ class StopWatcher:
             run = self.instance.get_run_by_id(self.run_id)
         except Exception:  # the instance is busy: look again next time
             return
-        stopping = (dg.DagsterRunStatus.CANCELING, dg.DagsterRunStatus.CANCELED)
-        if run is not None and run.status in stopping and self.signal_name is None:
+        if run is None:
+            return
+        if run.status in (dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED):
+            self._started = True
+        # a run canceled while still QUEUED never started: the CLI's queue wait sees that itself
+        stopping = run.status == dg.DagsterRunStatus.CANCELING or (
+            run.status == dg.DagsterRunStatus.CANCELED and self._started
+        )
+        if stopping and self.signal_name is None:
             self.signal_name = "Dagster UI Terminate"
             os.kill(os.getpid(), signal.SIGINT)
 
