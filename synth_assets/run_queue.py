@@ -186,14 +186,17 @@ def wait_for_slot(
     instance: dg.DagsterInstance, home: Path, run_id: str, on_wait: Callable[[str], None]
 ) -> None:
     """Block until the queued run `run_id` may start, then mark it STARTING (claimed). `on_wait` gets
-    each new reason to wait, once. A SIGTERM raises KeyboardInterrupt like Ctrl-C does (the run is
-    still QUEUED then: the caller cancels it). Raises `LeftQueueError` when the run leaves the queue
+    each new reason to wait, once. SIGINT and SIGTERM raise KeyboardInterrupt (the run is still
+    QUEUED then: the caller cancels it). Raises `LeftQueueError` when the run leaves the queue
     some other way (canceled in the UI)."""
     import dagster as dg
     from dagster._core.events import DagsterEvent, DagsterEventType
 
     main = threading.current_thread() is threading.main_thread()  # only there may handlers change
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt) if main else None
+    # both signals, as Dagster handles them once the run executes: a shell starts a background
+    # `synth-assets run &` with SIGINT ignored, and a Ctrl-C or `kill -INT` must still stop it here
+    stops = (signal.SIGINT, signal.SIGTERM)
+    previous = {number: signal.signal(number, _raise_interrupt) for number in stops} if main else {}
     said = None
     try:
         while True:
@@ -218,8 +221,8 @@ def wait_for_slot(
                 said = reason
             time.sleep(POLL_S)
     finally:
-        if main:
-            signal.signal(signal.SIGTERM, previous)
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 
 
 def _collision(instance: dg.DagsterInstance, run_id: str) -> str | None:
