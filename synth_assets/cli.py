@@ -92,6 +92,13 @@ def command_run(args: argparse.Namespace) -> int:
         reap_dead_runs,
         was_interrupted,
     )
+    from synth_assets.run_queue import (
+        QUEUE_TAG,
+        LeftQueueError,
+        enqueue_run,
+        execute_queued_run,
+        wait_for_slot,
+    )
 
     definitions = build_definitions(database=str(store.path))
     job = definitions.resolve_job_def("synth_refresh_job")
@@ -104,14 +111,22 @@ def command_run(args: argparse.Namespace) -> int:
     if spec.generation.backend == "local":
         print(f"local model: {choose_threads().describe()}", flush=True)
     run_id = str(uuid.uuid4())
+    tags = {SPEC_PATH_TAG: str(spec.source_path), **process_tags()}
+    queued = enqueue_run(instance, job, spec.name, tags, run_id)
     with StopWatcher(instance, run_id) as watcher:
-        result = job.execute_in_process(
-            instance=instance,
-            partition_key=spec.name,
-            tags={SPEC_PATH_TAG: str(spec.source_path), **process_tags()},
-            run_id=run_id,
-            raise_on_error=False,
-        )
+        try:
+            wait_for_slot(instance, home, run_id, lambda reason: print(f"waiting: {reason}", flush=True))
+        except KeyboardInterrupt as exc:
+            return _stopped_in_queue(instance, run_id, watcher.signal_name or str(exc) or "SIGINT")
+        except LeftQueueError as exc:
+            if exc.status == "CANCELED":
+                return _stopped_in_queue(instance, run_id, "Dagster UI Terminate")
+            raise CliError(
+                f"{instance.root_directory}/dagster.yaml: concurrency.runs.tag_concurrency_limits: "
+                f"the Dagster daemon took run {run_id} of this CLI out of the queue ({exc.status}); "
+                f"give the tag {QUEUE_TAG} a limit of 0 as the repo's dagster.yaml does"
+            ) from exc
+        result = execute_queued_run(instance, queued)
     stopped = watcher.signal_name or ("a stop signal" if was_interrupted(result) else None)
     status = finish_stopped_run(instance, run_id, stopped) if stopped else None
     for evaluation in result.get_asset_check_evaluations():
@@ -153,6 +168,21 @@ def command_run(args: argparse.Namespace) -> int:
             )
         return 1
     return 0
+
+
+def _stopped_in_queue(instance: Any, run_id: str, why: str) -> int:
+    """A run stopped before it left the queue: recorded CANCELED, nothing ran; exit code 130."""
+    import dagster as dg
+
+    run = instance.get_run_by_id(run_id)
+    if run is not None and run.status == dg.DagsterRunStatus.QUEUED:
+        instance.report_run_canceled(run, message=f"stopped while queued ({why})")
+    print(
+        f"error: stopped by {why} while waiting in the run queue: run {run_id} recorded as CANCELED; "
+        "nothing of it ran, the stored versions are unchanged",
+        file=sys.stderr,
+    )
+    return 130
 
 
 def _current_note(store: Warehouse, spec: GenerationSpec, run_id: str) -> str:
@@ -260,35 +290,27 @@ def command_diff(args: argparse.Namespace) -> int:
 def _export_spec(
     store: Warehouse, spec_name: str, spec_file: str | None
 ) -> tuple[GenerationSpec | None, str | None]:
-    """The spec to describe in the card (given, `specs/<name>.yaml`, or the path Dagster recorded),
-    and the spec fingerprint the exported version was curated with (from Dagster, when known)."""
+    """The spec to describe in the card (`SpecCatalog.find`: the file given, else `specs/<name>.yaml`,
+    else the path Dagster recorded), and the spec fingerprint the exported version was curated with
+    (from Dagster, when known). A file given that is not that spec is an error; otherwise a spec
+    found nowhere leaves the card without it."""
+    from synth_assets.defs.resources import SpecCatalog
     from synth_assets.lineage.dagster_runs import open_run_directory
-    from synth_assets.paths import default_specs_dir
 
-    candidates = [Path(spec_file)] if spec_file else [default_specs_dir() / f"{spec_name}.yaml"]
-    fingerprint = None
+    spec = fingerprint = None
     with open_run_directory() as runs:
+        try:
+            spec = SpecCatalog().find(spec_name, spec_file, runs.instance if runs is not None else None)
+        except SpecError:
+            if spec_file:
+                raise
         if runs is not None:
-            recorded = runs.latest_metadata(Stage.SEED_DATA, spec_name).get("spec_path")
-            if recorded and not spec_file:
-                candidates.append(Path(str(recorded)))
             published = store.published_run(Stage.CURATED_SET, spec_name, read_only=True)
             if published:
                 info = runs.describe(published, spec_name) or {}
                 curated = (info.get("materializations") or {}).get(Stage.CURATED_SET) or {}
                 fingerprint = curated.get("spec_fingerprint")
-    for path in candidates:
-        try:
-            spec = load_spec(path)
-        except SpecError:
-            if spec_file:
-                raise
-            continue
-        if spec.name == spec_name:
-            return spec, fingerprint
-        if spec_file:
-            raise CliError(f"{spec_file}: name: '{spec.name}' is not the exported spec '{spec_name}'")
-    return None, fingerprint
+    return spec, fingerprint
 
 
 def command_export(args: argparse.Namespace) -> int:

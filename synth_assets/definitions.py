@@ -1,4 +1,9 @@
-"""The one Dagster entry point (`workspace.yaml` points here)."""
+"""The one Dagster entry point (`workspace.yaml` and `[tool.dg.project]` point here).
+
+The assets, checks, jobs, schedules and sensors are autoloaded from the `defs/` folder
+(`dg.load_from_defs_folder`, as Dagster 1.13 projects do): a new module there needs no edit here.
+This module adds what the folder cannot say by itself: each stage's wiring to the spec and its table
+in the DuckDB file chosen at load time, the resources, and the in-process executor."""
 
 # ruff: noqa: E402 (the process settings must come before any import that may load torch)
 from __future__ import annotations
@@ -7,21 +12,19 @@ from synth_assets.runtime import prepare_process
 
 prepare_process()  # OMP_WAIT_POLICY=PASSIVE and thread counts, before torch starts (runtime.py)
 
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TypeVar
+
 import dagster as dg
 
-from synth_assets.defs.assets import stage_assets
-from synth_assets.defs.automation import (
-    DOWNSTREAM_STAGES,
-    daily_refresh,
-    downstream_condition,
-    spec_change_sensor,
-    synth_automation,
-    synth_refresh_job,
-)
+from synth_assets.defs.automation import DOWNSTREAM_STAGES, downstream_condition
 from synth_assets.defs.common import column_schema, table_name
 from synth_assets.defs.resources import LocalModelResource, SpecCatalog, WarehouseResource
 from synth_assets.defs.seed_data import spec_inputs
 from synth_assets.storage import default_database_path
+
+T = TypeVar("T")
 
 
 def _wire_stage(asset: dg.AssetsDefinition, database: str = "") -> dg.AssetsDefinition:
@@ -46,25 +49,40 @@ def _wire_stage(asset: dg.AssetsDefinition, database: str = "") -> dg.AssetsDefi
     return asset.map_asset_specs(wire)
 
 
-@dg.sensor(minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.RUNNING)
-def dead_run_reaper(context: dg.SensorEvaluationContext) -> dg.SkipReason:
-    """Marks failed the `synth-assets run` runs whose process is gone (SIGKILL, out of memory): with
-    `max_concurrent_runs: 1` such a run would hold every queued run forever. Runs launched by the UI
-    are watched by Dagster's own run monitoring (dagster.yaml)."""
-    from synth_assets.run_control import reap_dead_runs
+def unique(objects: Iterable[T] | None) -> list[T]:
+    """`objects` without repeats of the same object, in first-seen order."""
+    return list({id(item): item for item in objects or []}.values())
 
-    reaped = reap_dead_runs(context.instance)
-    return dg.SkipReason(f"marked failed: {', '.join(reaped)}" if reaped else "no dead runs")
+
+def _from_defs_folder() -> dg.Definitions:
+    """Everything the `defs/` modules define at module level, each object once (a module that
+    imports another's asset, e.g. `assets.py`, exposes the same object again)."""
+    loaded = dg.load_from_defs_folder(path_within_project=Path(__file__).parent)
+    return dg.Definitions(
+        assets=unique(loaded.assets),
+        asset_checks=unique(loaded.asset_checks),
+        jobs=unique(loaded.jobs),
+        schedules=unique(loaded.schedules),
+        sensors=unique(loaded.sensors),
+    )
 
 
 def build_definitions(database: str = "", specs_dir: str = "", model_cache_dir: str = "") -> dg.Definitions:
     """Definitions with resources pointed at a DuckDB file, a specs folder and a model cache
     (empty strings: the defaults, `SYNTH_ASSETS_DB` and friends)."""
+    found = _from_defs_folder()
+    assets = [
+        _wire_stage(asset, database)
+        if isinstance(asset, dg.AssetsDefinition) and asset.key != spec_inputs.key
+        else asset  # spec_inputs, an observable source asset
+        for asset in found.assets or []
+    ]
     return dg.Definitions(
-        assets=[spec_inputs, *(_wire_stage(asset, database) for asset in stage_assets)],
-        jobs=[synth_refresh_job],
-        schedules=[daily_refresh],
-        sensors=[spec_change_sensor, synth_automation, dead_run_reaper],
+        assets=assets,
+        asset_checks=found.asset_checks,
+        jobs=found.jobs,
+        schedules=found.schedules,
+        sensors=found.sensors,
         resources={
             "warehouse": WarehouseResource(database=database),
             "specs": SpecCatalog(specs_dir=specs_dir),

@@ -453,7 +453,10 @@ def scrub_export(data: ExportData) -> int:
 
     changed = 0
     for column in data.rows.columns:
-        if data.rows[column].dtype != object:
+        dtype = data.rows[column].dtype
+        # pandas 3 gives text columns the `str` dtype, not `object`: checking only for object let
+        # personal data leave unscanned there (found trying pandas 3, issue 12)
+        if not (pd.api.types.is_object_dtype(dtype) or pd.api.types.is_string_dtype(dtype)):
             continue
         values = data.rows[column].tolist()
         cleaned = [scrub_text(v) if isinstance(v, str) else v for v in values]

@@ -5,7 +5,7 @@ How a stop works. Inside a step Dagster turns SIGINT (and SIGTERM, which it maps
 `DagsterExecutionInterruptedError` raised at the next Python bytecode of the main thread, so a stop
 takes effect within about a second, even mid-batch: the batch in flight is dropped (its calls were
 never written: every write is one transaction) and every batch finished before it is already in
-`llm_cache`. What was wrong: `execute_in_process` records such a run as FAILURE ("interrupted
+`llm_cache`. What was wrong: Dagster's in-process execution records such a run as FAILURE ("interrupted
 unexpectedly"), because nothing marks it CANCELING first. `StopWatcher` does: it learns of the signal
 through `signal.set_wakeup_fd` (CPython writes the signal number there before any handler runs, so
 Dagster's handlers stay in place) and reports the run CANCELING from a helper thread; Dagster then
@@ -87,12 +87,19 @@ def open_instance(home: Path) -> dg.DagsterInstance:
 def reap_dead_runs(instance: dg.DagsterInstance) -> list[str]:
     """Mark failed every run still STARTED/STARTING/CANCELING whose `synth-assets run` process on this
     host is gone (SIGKILL, the OOM killer, a lost laptop lid): with `max_concurrent_runs: 1` such a run
-    would keep every later run QUEUED forever. Returns the run ids marked. Runs of other hosts and
-    runs without our tags (UI runs: Dagster's own run monitoring covers those) are left alone."""
+    would keep every later run QUEUED forever. Such a run still QUEUED (its process died while waiting
+    for the slot) is marked canceled: it would hold back every later CLI run. Returns the run ids
+    marked. Runs of other hosts and runs without our tags (UI runs: Dagster's own run monitoring
+    covers those) are left alone."""
     import dagster as dg
 
     host = socket.gethostname()
-    statuses = [dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.CANCELING]
+    statuses = [
+        dg.DagsterRunStatus.STARTED,
+        dg.DagsterRunStatus.STARTING,
+        dg.DagsterRunStatus.CANCELING,
+        dg.DagsterRunStatus.QUEUED,
+    ]
     reaped = []
     for run in instance.get_runs(filters=dg.RunsFilter(statuses=statuses)):
         tags = run.tags
@@ -108,7 +115,9 @@ def reap_dead_runs(instance: dg.DagsterInstance) -> list[str]:
             f"process {pid} that ran this run is gone (killed, e.g. SIGKILL or out of memory); "
             "marked failed so queued runs can start. Finished LLM calls are in llm_cache: rerun to resume."
         )
-        if run.status == dg.DagsterRunStatus.CANCELING:
+        if run.status == dg.DagsterRunStatus.QUEUED:
+            instance.report_run_canceled(run, message=f"process {pid} waiting for this run's slot is gone")
+        elif run.status == dg.DagsterRunStatus.CANCELING:
             instance.report_run_canceled(run, message=message)
         else:
             instance.report_run_failed(run, message=message)
@@ -127,6 +136,7 @@ class StopWatcher:
         self._previous_fd = -1
         self._thread: threading.Thread | None = None
         self._closing = False
+        self._started = False  # the run was seen STARTING or STARTED (out of the queue)
 
     def __enter__(self) -> StopWatcher:
         if threading.current_thread() is not threading.main_thread():
@@ -165,8 +175,15 @@ class StopWatcher:
             run = self.instance.get_run_by_id(self.run_id)
         except Exception:  # the instance is busy: look again next time
             return
-        stopping = (dg.DagsterRunStatus.CANCELING, dg.DagsterRunStatus.CANCELED)
-        if run is not None and run.status in stopping and self.signal_name is None:
+        if run is None:
+            return
+        if run.status in (dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED):
+            self._started = True
+        # a run canceled while still QUEUED never started: the CLI's queue wait sees that itself
+        stopping = run.status == dg.DagsterRunStatus.CANCELING or (
+            run.status == dg.DagsterRunStatus.CANCELED and self._started
+        )
+        if stopping and self.signal_name is None:
             self.signal_name = "Dagster UI Terminate"
             os.kill(os.getpid(), signal.SIGINT)
 
@@ -195,7 +212,7 @@ class StopWatcher:
         os.close(self._write_fd)
 
 
-def was_interrupted(result: dg.ExecuteInProcessResult) -> bool:
+def was_interrupted(result: dg.JobExecutionResult | dg.ExecuteInProcessResult) -> bool:
     """Whether a step of the run failed because the process was asked to stop (SIGINT/SIGTERM)."""
     stopped = {"DagsterExecutionInterruptedError", "KeyboardInterrupt"}
     return any(

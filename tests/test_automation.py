@@ -31,11 +31,10 @@ from synth_assets.defs.automation import (
     DOWNSTREAM_STAGES,
     auto_runs,
     daily_refresh,
-    scan_specs,
     spec_change_sensor,
 )
 from synth_assets.defs.common import spec_partitions
-from synth_assets.defs.resources import SPEC_PATH_TAG, SpecCatalog, WarehouseResource
+from synth_assets.defs.resources import SPEC_PATH_TAG, SpecCatalog, WarehouseResource, scan_specs
 from synth_assets.defs.seed_data import spec_inputs
 from synth_assets.seed import load_seed_data, spec_inputs_digest
 from synth_assets.spec import load_spec
@@ -182,6 +181,16 @@ def test_sensor_records_the_new_digest_for_known_specs(
 # --- what starts when (issue 12): opening the UI starts nothing; hosted backends opt in ---------------
 
 NOON = datetime(2026, 11, 30, 12, tzinfo=UTC)
+
+
+def _schedule_context(instance: dg.DagsterInstance) -> dg.ScheduleEvaluationContext:
+    """The daily schedule's tick at noon, with the specs folder of SYNTH_ASSETS_SPECS_DIR (use it in a
+    `with`: a context with resources holds the instance's state storage until it is closed)."""
+    return dg.build_schedule_context(
+        instance=instance, scheduled_execution_time=NOON, resources={"specs": SpecCatalog()}
+    )
+
+
 HOSTED = {"generation:\n": "generation:\n  backend: openai\n  base_url: http://127.0.0.1:9/v1\n"}
 
 
@@ -194,7 +203,8 @@ class SpecSensor:
     cursor: str | None = None
 
     def tick(self) -> dg.SensorResult:
-        resources = {"warehouse": WarehouseResource(database=str(self.database))}
+        # SpecCatalog(): the specs folder of SYNTH_ASSETS_SPECS_DIR, as the tests set it
+        resources = {"warehouse": WarehouseResource(database=str(self.database)), "specs": SpecCatalog()}
         context = dg.build_sensor_context(instance=self.instance, cursor=self.cursor, resources=resources)
         result = spec_change_sensor(context)
         self.cursor = result.cursor
@@ -320,12 +330,14 @@ def test_hosted_backend_runs_automatically_only_when_the_spec_opts_in(
         sensor.tick()
         _edit(spec_path, "random_seed: 7", "random_seed: 8")
         assert sensor.requested() == []  # changed, but a hosted API spends money: no run by itself
-        scheduled = daily_refresh(dg.build_schedule_context(instance=instance, scheduled_execution_time=NOON))
+        with _schedule_context(instance) as context:
+            scheduled = daily_refresh(context)
         assert scheduled == []
         _edit(spec_path, "random_seed: 8", "random_seed: 9\nautomation:\n  auto_run: true")
         assert load_spec(spec_path).fingerprint() != spec.fingerprint()  # (random_seed changed)
         assert sensor.requested() == [SPEC]
-        [request] = daily_refresh(dg.build_schedule_context(instance=instance, scheduled_execution_time=NOON))
+        with _schedule_context(instance) as context:
+            [request] = daily_refresh(context)
         assert request.partition_key == SPEC and request.tags[SPEC_PATH_TAG] == str(spec_path)
 
 

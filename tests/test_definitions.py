@@ -18,12 +18,19 @@ from conftest import write_tiny_spec
 
 from synth_assets.columns import COLUMN_DESCRIPTIONS
 from synth_assets.definitions import build_definitions, defs
-from synth_assets.defs.automation import scan_specs, spec_change_sensor
-from synth_assets.defs.common import PREVIEW_CHARS, PREVIEW_ROWS, gate_result, preview, spec_partitions
-from synth_assets.defs.resources import WarehouseResource
+from synth_assets.defs.automation import spec_change_sensor
+from synth_assets.defs.common import (
+    PREVIEW_CHARS,
+    PREVIEW_ROWS,
+    gate_result,
+    gate_spec,
+    preview,
+    spec_partitions,
+)
+from synth_assets.defs.resources import SpecCatalog, WarehouseResource, scan_specs
 from synth_assets.quality.gates import GateOutcome
 from synth_assets.seed import spec_inputs_digest
-from synth_assets.spec import load_spec
+from synth_assets.spec import SpecError, load_spec
 from synth_assets.storage import STAGE_COLUMNS
 
 STAGES = ["seed_data", "expanded_prompts", "generated_samples", "curated_set", "evaluation_report"]
@@ -115,7 +122,7 @@ def test_sensor_adds_partitions_and_skips_unchanged_files(
     assert list(found) == ["tiny_reviews"]
     assert len(problems) == 1 and "broken.yaml" in problems[0]
 
-    resources = {"warehouse": WarehouseResource(database=str(tmp_path / "w.duckdb"))}
+    resources = {"warehouse": WarehouseResource(database=str(tmp_path / "w.duckdb")), "specs": SpecCatalog()}
     with dg.instance_for_test() as instance:
         first = spec_change_sensor(dg.build_sensor_context(instance=instance, resources=resources))
         # changed on purpose (issue 12): the first tick records what exists and starts no run
@@ -200,6 +207,33 @@ def test_gate_check_metadata_names_the_spec_and_run_it_judged() -> None:
             assert evaluation.metadata["run_id"].value == result.run_id
 
 
+@dg.asset(name="checked", partitions_def=spec_partitions, check_specs=[gate_spec("checked", "a gate")])
+def gated_stage() -> dg.MaterializeResult:
+    """A stage with the real gate spec, whose gate fails for the spec 'other_spec' only."""
+    gate = gate_result(GateOutcome(suite="s", rows=3, results=[]))
+    passed = dg.AssetExecutionContext.get().partition_key != "other_spec"
+    verdict = dg.AssetCheckResult(check_name=gate.check_name, passed=passed, metadata=gate.metadata)
+    return dg.MaterializeResult(check_results=[verdict])
+
+
+def test_every_gate_is_partitioned_by_spec_so_its_history_names_the_spec_of_each_row() -> None:
+    """Issue 12 §3: a check's history listed four "Passed" rows with no spec; the asset Overview
+    showed the verdict of whichever spec ran last. Each gate now records the spec as its partition."""
+    graph = defs.resolve_asset_graph()
+    assert len(graph.asset_check_keys) == 3
+    for key in graph.asset_check_keys:
+        assert graph.get_check_spec(key).partitions_def == spec_partitions, key
+
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions(spec_partitions.name, ["tiny_reviews", "other_spec"])
+        for partition in ["tiny_reviews", "other_spec", "tiny_reviews"]:
+            dg.materialize([gated_stage], instance=instance, partition_key=partition, raise_on_error=False)
+        key = dg.AssetCheckKey(dg.AssetKey("checked"), "gx_gate")
+        history = instance.event_log_storage.get_asset_check_execution_history(key, limit=10)
+        assert [row.partition for row in history] == ["tiny_reviews", "other_spec", "tiny_reviews"]
+        assert [row.status.value for row in history] == ["SUCCEEDED", "FAILED", "SUCCEEDED"]
+
+
 def _check_defs(command: list[str], tmp_path: Path) -> subprocess.CompletedProcess[str]:
     root = Path(__file__).parent.parent
     (tmp_path / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
@@ -224,3 +258,51 @@ def test_a_dg_project_whose_definitions_load(tmp_path: Path) -> None:
     if (bin_dir / "dg").exists():
         checked = _check_defs([str(bin_dir / "dg"), "check", "defs"], tmp_path)
         assert checked.returncode == 0, checked.stdout[-2000:] + checked.stderr[-2000:]
+
+
+def test_spec_catalog_find_is_where_the_assets_the_sensor_and_the_cli_look_for_a_spec(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 13 item 5: one `SpecCatalog.find` answers "where is the spec file of NAME"."""
+    spec_path = write_tiny_spec(tmp_path / "specs")
+    elsewhere = write_tiny_spec(tmp_path / "elsewhere", replacements={"random_seed: 7": "random_seed: 8"})
+    catalog = SpecCatalog(specs_dir=str(tmp_path / "specs"))
+    assert catalog.find("tiny_reviews").source_path.resolve() == spec_path.resolve()
+    # a run's spec-path tag (or a file the user names) is the only candidate: it wins, errors and all
+    assert catalog.find("tiny_reviews", elsewhere).source_path.resolve() == elsewhere.resolve()
+    with pytest.raises(SpecError, match=r"tiny_reviews\.yaml: name: 'tiny_reviews' is not the spec 'other'"):
+        catalog.find("other", spec_path)
+    with pytest.raises(SpecError, match=r"other\.yaml: spec file not found"):
+        catalog.find("other")
+    # a spec once run from outside the folder is found again where seed_data recorded it
+    empty = SpecCatalog(specs_dir=str(tmp_path / "empty"))
+    with dg.instance_for_test() as instance:
+        with pytest.raises(SpecError, match="spec file not found"):
+            empty.find("tiny_reviews", instance=instance)
+        recorded = dg.AssetMaterialization(
+            "seed_data",
+            partition="tiny_reviews",
+            metadata={"spec_path": dg.MetadataValue.path(str(elsewhere))},
+        )
+        instance.report_runless_asset_event(recorded)
+        assert empty.find("tiny_reviews", instance=instance).source_path.resolve() == elsewhere.resolve()
+        # the sensor scans the catalog's folder (not whatever SYNTH_ASSETS_SPECS_DIR says)
+        monkeypatch.setenv("SYNTH_ASSETS_SPECS_DIR", str(tmp_path / "empty"))
+        resources = {"warehouse": WarehouseResource(database=str(tmp_path / "w.duckdb")), "specs": catalog}
+        first = spec_change_sensor(dg.build_sensor_context(instance=instance, resources=resources))
+        assert first.dynamic_partitions_requests[0].partition_keys == ["tiny_reviews"]
+
+
+PACKAGE = Path(__file__).resolve().parent.parent / "synth_assets"
+
+
+def test_definitions_are_autoloaded_from_the_defs_folder() -> None:
+    """Issue 12 §3: every asset, job, schedule and sensor comes from a module under `defs/`
+    (`dg.load_from_defs_folder`); `definitions.py` only wires them and adds resources."""
+    found = dg.load_from_defs_folder(path_within_project=PACKAGE)
+    assert {a.key for a in found.assets or []} == set(defs.resolve_asset_graph().get_all_asset_keys())
+    assert {s.name for s in found.sensors or []} == {s.name for s in defs.sensors or []}
+    assert {s.name for s in found.schedules or []} == {"daily_refresh"}
+    assert {j.name for j in found.jobs or []} == {"synth_refresh_job"}
+    assert "dead_run_reaper" in {s.name for s in defs.sensors or []}
+    assert "@dg." not in (PACKAGE / "definitions.py").read_text()

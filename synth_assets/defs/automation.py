@@ -21,16 +21,13 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import dagster as dg
 
 from synth_assets.defs.assets import seed_data, spec_partitions, stage_assets
 from synth_assets.defs.resources import SPEC_PATH_TAG, SpecCatalog, WarehouseResource
 from synth_assets.defs.seed_data import SPEC_INPUTS, spec_for_observation, spec_inputs
-from synth_assets.paths import default_specs_dir
-from synth_assets.seed import spec_inputs_digest
-from synth_assets.spec import GenerationSpec, SpecError, load_spec
+from synth_assets.spec import GenerationSpec
 from synth_assets.storage import WAREHOUSE_ERRORS, Stage, Warehouse
 
 SPEC_DIGEST_TAG = "synth_assets/spec_digest"
@@ -99,11 +96,11 @@ def _not_auto_run(spec: GenerationSpec) -> str:
     description="Daily refresh of every registered spec that may run automatically (local backend, or "
     "automation.auto_run: true).",
 )
-def daily_refresh(context: dg.ScheduleEvaluationContext) -> list[dg.RunRequest]:
+def daily_refresh(context: dg.ScheduleEvaluationContext, specs: SpecCatalog) -> list[dg.RunRequest]:
     day = context.scheduled_execution_time.strftime("%Y-%m-%d")
     requests = []
     for key in context.instance.get_dynamic_partitions(spec_partitions.name):
-        spec = spec_for_observation(context.instance, SpecCatalog(), key, {})
+        spec = spec_for_observation(context.instance, specs, key, {})
         if spec is None:
             context.log.warning(f"no loadable spec named '{key}' found: not refreshed")
         elif not auto_runs(spec):
@@ -131,31 +128,6 @@ def in_warehouse(store: Warehouse, spec_name: str) -> bool:
         return store.row_count(Stage.SEED_DATA, spec_name, read_only=True) > 0
     except WAREHOUSE_ERRORS:
         return False
-
-
-def scan_specs(directory: Path) -> tuple[dict[str, tuple[str, Path, GenerationSpec]], list[str]]:
-    """Loadable specs in a folder as {name: (digest, path, spec)}, plus one-line problems of the rest.
-
-    Two files that declare the same `name` are a problem, and neither of them is returned: choosing
-    one silently would run (and spend on) whichever sorts first."""
-    found: dict[str, tuple[str, Path, GenerationSpec]] = {}
-    paths: dict[str, list[Path]] = {}
-    problems: list[str] = []
-    for path in sorted(directory.glob("*.yaml")) + sorted(directory.glob("*.yml")):
-        try:
-            spec = load_spec(path)
-            found.setdefault(spec.name, (spec_inputs_digest(spec), path, spec))
-            paths.setdefault(spec.name, []).append(path)
-        except SpecError as exc:
-            problems.append(str(exc))
-    for name, same in paths.items():
-        if len(same) > 1:
-            del found[name]
-            problems.append(
-                f"{', '.join(str(p) for p in same)}: name: '{name}' is declared by {len(same)} spec files "
-                "(a spec name must be unique: rename one); none of them is run"
-            )
-    return found, problems
 
 
 @dataclass
@@ -192,11 +164,13 @@ class SensorCursor:
     "later it refreshes a spec whose file or seed files changed (by content hash: touching a file "
     "starts nothing), if the spec may run automatically (local backend, or automation.auto_run).",
 )
-def spec_change_sensor(context: dg.SensorEvaluationContext, warehouse: WarehouseResource) -> dg.SensorResult:
+def spec_change_sensor(
+    context: dg.SensorEvaluationContext, warehouse: WarehouseResource, specs: SpecCatalog
+) -> dg.SensorResult:
     previous = SensorCursor.parse(context.cursor)
     first_tick = previous is None
     state = previous or SensorCursor(since=int(time.time()))
-    found, problems = scan_specs(default_specs_dir())
+    found, problems = specs.scan()
     for problem in problems:
         context.log.error(f"spec not used: {problem}")
     known = set(context.instance.get_dynamic_partitions(spec_partitions.name))
@@ -244,3 +218,14 @@ def spec_change_sensor(context: dg.SensorEvaluationContext, warehouse: Warehouse
         else [],
         cursor=state.dump(),
     )
+
+
+@dg.sensor(minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.RUNNING)
+def dead_run_reaper(context: dg.SensorEvaluationContext) -> dg.SkipReason:
+    """Marks failed the `synth-assets run` runs whose process is gone (SIGKILL, out of memory): with
+    `max_concurrent_runs: 1` such a run would hold every queued run forever. Runs launched by the UI
+    are watched by Dagster's own run monitoring (dagster.yaml)."""
+    from synth_assets.run_control import reap_dead_runs
+
+    reaped = reap_dead_runs(context.instance)
+    return dg.SkipReason(f"marked failed: {', '.join(reaped)}" if reaped else "no dead runs")

@@ -8,7 +8,7 @@ import json
 import dagster as dg
 import pandas as pd
 
-from synth_assets.defs.common import GROUP, OWNERS, spec_partitions
+from synth_assets.defs.common import GROUP, OWNERS, gate_spec, spec_partitions
 from synth_assets.defs.curated_set import curated_set
 from synth_assets.defs.resources import SpecCatalog, WarehouseResource
 from synth_assets.embeddings import embed
@@ -99,10 +99,9 @@ def _publication_metadata(
     owners=OWNERS,
     code_version="3",  # 3: seed cross-validation metrics, and the gate judges by them without a holdout
     check_specs=[
-        dg.AssetCheckSpec(
-            GATE_CHECK,
-            asset="evaluation_report",
-            blocking=True,
+        gate_spec(
+            "evaluation_report",
+            name=GATE_CHECK,
             description=f"{GATE_METRIC} may not be more than evaluation.harm_tolerance below real-only "
             "macro-F1 of the same run (judges the first run too; without a usable holdout, by "
             "cross-validation on the seed rows), nor drop more than "

@@ -8,7 +8,6 @@ when the content is unchanged, the data version is the same and nothing goes sta
 """
 
 import warnings
-from pathlib import Path
 
 import dagster as dg
 
@@ -22,47 +21,25 @@ from synth_assets.defs.common import (
     spec_partitions,
     stage_metadata,
 )
-from synth_assets.defs.resources import SPEC_PATH_TAG, SpecCatalog, WarehouseResource
+from synth_assets.defs.resources import SPEC_PATH_METADATA, SPEC_PATH_TAG, SpecCatalog, WarehouseResource
 from synth_assets.runtime import choose_threads
 from synth_assets.seed import load_seed_data, spec_inputs_digest
-from synth_assets.spec import GenerationSpec, SpecError, load_spec
+from synth_assets.spec import GenerationSpec, SpecError
 from synth_assets.storage import Stage
 
 SPEC_INPUTS = "spec_inputs"
-# seed_data records where the spec of a partition lives, so an observation outside a run can find a
-# spec that was run from outside specs/ (`synth-assets run --spec /elsewhere/x.yaml`)
-SPEC_PATH_METADATA = "spec_path"
-
-
-def last_spec_path(instance: dg.DagsterInstance, partition: str) -> Path | None:
-    """The spec file the latest `seed_data` materialization of a partition read, if recorded."""
-    records = instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=dg.AssetKey("seed_data"), asset_partitions=[partition]), limit=1
-    ).records
-    if not records or records[0].asset_materialization is None:
-        return None
-    value = records[0].asset_materialization.metadata.get(SPEC_PATH_METADATA)
-    return Path(str(value.value)) if value is not None else None
 
 
 def spec_for_observation(
     instance: dg.DagsterInstance, specs: SpecCatalog, partition: str, run_tags: dict[str, str]
 ) -> GenerationSpec | None:
-    """The spec of a partition: the run's spec-path tag, `<specs_dir>/<partition>.yaml`, or the path
-    the last materialization used; None when none of them is a loadable spec of that name."""
-    candidates = [Path(run_tags[SPEC_PATH_TAG])] if SPEC_PATH_TAG in run_tags else []
-    candidates.append(specs.directory() / f"{partition}.yaml")
-    recorded = last_spec_path(instance, partition)
-    if recorded is not None:
-        candidates.append(recorded)
-    for path in candidates:
-        try:
-            spec = load_spec(path)
-        except SpecError:
-            continue
-        if spec.name == partition:
-            return spec
-    return None
+    """The spec of a partition as `SpecCatalog.find` locates it (the run's spec-path tag, else the
+    specs folder, else the path the last materialization used); None when it finds no loadable spec
+    of that name: an observation or a schedule tick skips it with a warning instead of failing."""
+    try:
+        return specs.find(partition, run_tags.get(SPEC_PATH_TAG), instance)
+    except SpecError:
+        return None
 
 
 # observable_source_asset and DataVersionsByPartition are beta in Dagster 1.13; they are the

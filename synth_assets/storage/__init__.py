@@ -10,7 +10,7 @@ Every other module reads and writes through `Warehouse` and these names; no SQL 
 package (tests/test_storage_boundary.py keeps it so).
 """
 
-from synth_assets.storage.reads import VersionVerdict, VersionInfo, decode_json, is_good
+from synth_assets.storage.reads import VersionInfo, VersionVerdict, decode_json, is_good
 from synth_assets.storage.stages import (
     COMMON_COLUMNS,
     GATE_COLUMNS,
@@ -54,12 +54,12 @@ __all__ = [
     "STAGE_COLUMNS",
     "WAREHOUSE_ERRORS",
     "GateRecord",
-    "VersionVerdict",
     "GenerationRecord",
     "Publication",
     "Stage",
     "StorageError",
     "VersionInfo",
+    "VersionVerdict",
     "Warehouse",
     "decode_json",
     "default_database_path",

@@ -1,0 +1,216 @@
+"""`synth-assets run` goes through the instance's run queue (issue 12, section 3): while another run
+holds the one slot (`max_concurrent_runs: 1`, DuckDB's one writer) a CLI run waits QUEUED, says why
+in one line, then claims the slot and runs; a stop while it waits cancels it; the daemon never
+dequeues it. Real Dagster instances, real subprocesses holding the slot, real signals."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import dagster as dg
+import pytest
+import yaml
+from conftest import LoopbackHandler, LoopbackServer, completion_payload, start_cli_run, write_openai_spec
+
+from synth_assets.run_queue import QUEUE_TAG, enqueue_run, execute_queued_run, queue_blocker, wait_for_slot
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# a run that holds the slot (as a UI or sensor run would) until the file argv[2] appears
+HOLDING_RUN = """
+    import sys, time
+    from pathlib import Path
+    import dagster as dg
+
+    @dg.op
+    def hold() -> None:
+        print("STARTED", flush=True)
+        while not Path(sys.argv[2]).exists():
+            time.sleep(0.1)
+
+    @dg.job
+    def holder() -> None:
+        hold()
+
+    holder.execute_in_process(instance=dg.DagsterInstance.get(), run_id=sys.argv[1])
+"""
+HOLDER_ID = "0b7d5b2e-0000-4000-8000-00000000beef"
+
+
+def _home(tmp_path: Path) -> Path:
+    """A Dagster home with the repo's own instance config (one run at a time, the CLI's queue tag)."""
+    home = tmp_path / "home"
+    home.mkdir()
+    shutil.copy(ROOT / "dagster.yaml", home / "dagster.yaml")
+    return home
+
+
+def _env(home: Path, database: Path) -> dict[str, str]:
+    return {**os.environ, "DAGSTER_HOME": str(home), "SYNTH_ASSETS_DB": str(database)}
+
+
+@pytest.fixture
+def holding_run(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
+    """(home, release file): a real process whose run is STARTED in `home` until the file exists."""
+    home = _home(tmp_path)
+    release = tmp_path / "release"
+    process = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(HOLDING_RUN), HOLDER_ID, str(release)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=_env(home, tmp_path / "unused.duckdb"),
+        cwd=ROOT,
+    )
+    try:
+        assert process.stdout is not None
+        assert process.stdout.readline().strip() == "STARTED"
+        yield home, release
+    finally:
+        release.touch()
+        process.wait(timeout=60)
+
+
+specs = dg.DynamicPartitionsDefinition(name="specs")
+
+
+@dg.asset(partitions_def=specs)
+def tiny_stage() -> None:
+    """One partitioned asset: a stand-in for the five stages."""
+
+
+tiny_job = dg.Definitions(
+    assets=[tiny_stage], jobs=[dg.define_asset_job("tiny_job", selection=[tiny_stage])]
+).resolve_job_def("tiny_job")
+
+
+def test_the_instance_config_keeps_the_daemon_off_cli_runs() -> None:
+    runs = yaml.safe_load((ROOT / "dagster.yaml").read_text())["concurrency"]["runs"]
+    assert runs["max_concurrent_runs"] == 1
+    assert {"key": QUEUE_TAG, "limit": 0} in runs["tag_concurrency_limits"]
+
+
+def test_a_queued_run_waits_for_the_slot_then_claims_it_and_the_next_waits_behind_it(
+    holding_run: tuple[Path, Path],
+) -> None:
+    home, release = holding_run
+    first, second = "0b7d5b2e-0000-4000-8000-000000000001", "0b7d5b2e-0000-4000-8000-000000000002"
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        instance.add_dynamic_partitions("specs", ["alpha", "beta"])
+        queued = enqueue_run(instance, tiny_job, "alpha", {}, first)
+        enqueue_run(instance, tiny_job, "beta", {}, second)
+        run = instance.get_run_by_id(first)
+        assert run.status == dg.DagsterRunStatus.QUEUED  # what the UI shows
+        assert run.tags["dagster/partition"] == "alpha" and run.tags[QUEUE_TAG]
+        assert queue_blocker(instance, first) == f"run {HOLDER_ID} (holder) is in progress"
+
+        reasons: list[str] = []
+        waiter = threading.Thread(target=wait_for_slot, args=(instance, home, first, reasons.append))
+        waiter.start()
+        time.sleep(3)
+        assert waiter.is_alive()  # the holder still has the slot
+        assert instance.get_run_by_id(first).status == dg.DagsterRunStatus.QUEUED
+        assert reasons == [f"run {HOLDER_ID} (holder) is in progress"]
+
+        release.touch()
+        waiter.join(timeout=60)
+        assert not waiter.is_alive()
+        assert instance.get_run_by_id(HOLDER_ID).status == dg.DagsterRunStatus.SUCCESS
+        assert instance.get_run_by_id(first).status == dg.DagsterRunStatus.STARTING  # claimed
+        assert queue_blocker(instance, second) == f"run {first} of spec alpha is in progress"
+
+        result = execute_queued_run(instance, queued)
+        assert result.success
+        assert instance.get_run_by_id(first).status == dg.DagsterRunStatus.SUCCESS
+        assert queue_blocker(instance, second) is None
+
+
+def test_a_cli_run_queued_behind_another_is_ahead_of_a_later_one(tmp_path: Path) -> None:
+    """Order: the second CLI run waits for the first even while no run is active yet."""
+    home = _home(tmp_path)
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        instance.add_dynamic_partitions("specs", ["alpha"])
+        enqueue_run(instance, tiny_job, "alpha", {}, "0b7d5b2e-0000-4000-8000-000000000011")
+        enqueue_run(instance, tiny_job, "alpha", {}, "0b7d5b2e-0000-4000-8000-000000000012")
+        assert queue_blocker(instance, "0b7d5b2e-0000-4000-8000-000000000011") is None
+        assert (
+            queue_blocker(instance, "0b7d5b2e-0000-4000-8000-000000000012")
+            == "run 0b7d5b2e-0000-4000-8000-000000000011 of spec alpha is queued ahead of this one"
+        )
+
+
+@pytest.mark.parametrize("stop", ["SIGINT", "SIGTERM", "Dagster UI Terminate"])
+def test_the_cli_says_why_it_waits_and_a_stop_while_queued_cancels_the_run(
+    holding_run: tuple[Path, Path], tmp_path: Path, stop: str
+) -> None:
+    home, _ = holding_run
+    spec_path = write_openai_spec(tmp_path / "specs", "http://127.0.0.1:9/v1")  # never called
+    process = start_cli_run(spec_path, _env(home, tmp_path / "w.duckdb"))
+    assert process.stdout is not None
+    seen = []
+    for line in process.stdout:
+        seen.append(line)
+        if line.startswith("waiting:"):
+            break
+    assert seen[-1] == f"waiting: run {HOLDER_ID} (holder) is in progress\n", "".join(seen)
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        (run,) = instance.get_runs(dg.RunsFilter(tags={QUEUE_TAG: "synth-assets run"}))
+        assert run.status == dg.DagsterRunStatus.QUEUED
+        assert run.tags["dagster/partition"] == "tiny_reviews"
+        if stop.startswith("SIG"):
+            process.send_signal(getattr(signal, stop))
+        else:  # what the UI's Terminate button calls for a queued run
+            assert instance.run_coordinator.cancel_run(run.run_id)
+        rest, _ = process.communicate(timeout=60)
+        assert process.returncode == 130, rest
+        assert (
+            f"error: stopped by {stop} while waiting in the run queue: run {run.run_id} recorded as CANCELED"
+            in rest
+        )
+        assert "Traceback" not in rest
+        assert instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.CANCELED
+
+
+def _slow_answers(handler: LoopbackHandler, body: dict, number: int) -> None:
+    """A distinct review per prompt, slowly: the first run holds the slot for a while."""
+    time.sleep(0.5)
+    digest = hashlib.sha256(json.dumps(body["messages"], sort_keys=True).encode()).hexdigest()[:10]
+    handler.send(200, completion_payload(f"This product number {digest} works well, I would buy it again."))
+
+
+@pytest.mark.slow  # two full CLI runs against a loopback server (curation and evaluation included)
+def test_a_second_cli_run_waits_for_the_first_and_then_runs_without_a_lock_error(
+    tmp_path: Path, loopback: Callable[..., LoopbackServer]
+) -> None:
+    server = loopback(_slow_answers)
+    spec_path = write_openai_spec(tmp_path / "specs", server.url, num_samples=8)
+    home, database = _home(tmp_path), tmp_path / "w.duckdb"
+    env = {**_env(home, database), "PYTHONUNBUFFERED": "1"}
+    first = start_cli_run(spec_path, env)
+    assert first.stdout is not None
+    for line in first.stdout:  # the first run holds the slot
+        if "generated" in line:
+            break
+    second = start_cli_run(spec_path, env)
+    out_second, _ = second.communicate(timeout=900)
+    out_first, _ = first.communicate(timeout=900)
+    assert first.returncode == 0, out_first[-3000:]
+    assert second.returncode == 0, out_second[-3000:]
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        older, newer = sorted(instance.get_run_records(), key=lambda record: record.create_timestamp)
+        assert f"waiting: run {older.dagster_run.run_id} of spec tiny_reviews is in progress" in out_second
+        assert older.end_time is not None and newer.start_time is not None
+        assert newer.start_time >= older.end_time  # never two at once
+    for output in (out_first, out_second):
+        assert "lock" not in output.lower() and "Traceback" not in output
