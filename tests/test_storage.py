@@ -221,3 +221,24 @@ def test_a_full_disk_says_so_in_one_line_and_keeps_the_last_version(full_disk: P
     assert "No space left on device" in message and str(full_disk / "w.duckdb") in message
     assert "\n" not in message and "cannot rollback" not in message
     assert store.read_current("curated_set", "demo")["sample_id"].tolist() == ["a", "b"]
+
+
+def test_a_warehouse_written_by_a_newer_duckdb_is_one_line_saying_how_to_move_it(tmp_path: Path) -> None:
+    # the project pins DuckDB 1.4.4 LTS (DuckLake offline); warehouses made under the old 2.0 pin
+    # cannot be opened by it, and the user must learn how to carry them over, not read a traceback
+    import gzip
+
+    import duckdb
+
+    if int(duckdb.__version__.split(".")[0]) >= 2:
+        pytest.skip(f"DuckDB {duckdb.__version__} opens files written by 2.0.1; the pin is 1.4.4")
+    newer = tmp_path / "synth_assets.duckdb"
+    data = Path(__file__).parent / "data" / "duckdb2_layout.duckdb.gz"
+    newer.write_bytes(gzip.decompress(data.read_bytes()))
+    before = newer.read_bytes()
+    with pytest.raises(StorageError) as raised:
+        Warehouse(newer).check_usable()
+    message = str(raised.value)
+    assert "\n" not in message and str(newer) in message
+    assert "written by a newer DuckDB than 1.4.4" in message and "EXPORT DATABASE" in message
+    assert newer.read_bytes() == before

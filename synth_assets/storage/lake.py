@@ -60,10 +60,9 @@ from synth_assets.storage import (
     GateRecord,
     Publication,
     StorageError,
-    _now,
-    _storage_error,
     stage_columns,
 )
+from synth_assets.storage.warehouse import _now, _storage_error
 
 DUCKDB_VERSION = "1.4.4"
 EXTENSION_WHEEL_VERSION = "1.4.4.20260205"

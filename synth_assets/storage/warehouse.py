@@ -63,6 +63,13 @@ def _storage_error(path: Path, exc: BaseException, doing: str) -> StorageError |
         return StorageError(f"{path}: No space left on device while {doing}; nothing of it was kept")
     if "not a valid DuckDB database" in text or "not a DuckDB" in text.lower():
         return StorageError(f"{path}: not a DuckDB database file (--db / SYNTH_ASSETS_DB)")
+    if "created with an newer version of DuckDB" in text or "created with a newer version" in text:
+        # the duckdb pin went from 2.0 to 1.4.4 LTS (DuckLake offline); 1.4 cannot open a 2.x file
+        return StorageError(
+            f"{path}: written by a newer DuckDB than {duckdb.__version__}; with that DuckDB run "
+            f"EXPORT DATABASE '<folder>' (FORMAT parquet), then import the folder with "
+            f"synth_assets.storage.lake.import_warehouse, or move the file away to start afresh"
+        )
     if isinstance(exc, IsADirectoryError) or "Is a directory" in text:
         return StorageError(f"{path}: is a directory, not a DuckDB file (--db / SYNTH_ASSETS_DB)")
     if isinstance(exc, PermissionError) or "Permission denied" in text:
