@@ -255,6 +255,41 @@ class StructuredOutputSpec(_Strict):
     max_attempts: int = Field(default=3, ge=1, le=10, description="generations per prompt before giving up")
 
 
+class PerplexitySpec(_Strict):
+    """curation.perplexity: reject samples whose per-token perplexity under the local model is an
+    outlier against the seed rows' perplexities (garbage, broken or degenerate text). Thresholds come
+    from the seed rows alone: above the seed's `upper_quantile` x `margin`, and (when
+    `lower_quantile` is set) below the seed's `lower_quantile` / `margin`."""
+
+    upper_quantile: float = Field(
+        default=0.99, gt=0.0, le=1.0, description="quantile of the seed's perplexities"
+    )
+    margin: float = Field(
+        default=1.5,
+        ge=1.0,
+        le=100.0,
+        description="factor beyond the seed quantile before a sample is an outlier",
+    )
+    lower_quantile: float | None = Field(
+        default=None,
+        ge=0.0,
+        lt=1.0,
+        description="also reject suspiciously predictable text below this seed quantile / margin (null: off)",
+    )
+    max_seed_rows: int = Field(
+        default=500,
+        ge=10,
+        le=100_000,
+        description="seed train rows scored for the thresholds (a stratified sample)",
+    )
+
+    @model_validator(mode="after")
+    def _ordered(self) -> PerplexitySpec:
+        if self.lower_quantile is not None and self.lower_quantile >= self.upper_quantile:
+            raise ValueError("perplexity: lower_quantile must be smaller than upper_quantile")
+        return self
+
+
 class CurationSpec(_Strict):
     """Rules that decide which generated samples reach `curated_set` (reason codes in
     `synth_assets.curation.reasons`). Every filter can be tuned or switched off here."""
@@ -349,6 +384,12 @@ class CurationSpec(_Strict):
         description="Jinja text a sample is compared with (task, label, attributes and each attribute "
         "by name); default: the task, the label and the attribute values",
     )
+    # --- perplexity ---------------------------------------------------------------------------
+    perplexity: PerplexitySpec | None = Field(
+        default=None,
+        description="reject samples whose per-token perplexity under the local model is an outlier "
+        "against the seed rows' (true: the defaults; null or off: no check)",
+    )
     # --- privacy ------------------------------------------------------------------------------
     pii: Literal["scrub", "drop", "off"] = Field(
         default="scrub", description="personal data: replace with [EMAIL], [PHONE]... or drop the row"
@@ -379,6 +420,13 @@ class CurationSpec(_Strict):
     @classmethod
     def _yaml_off(cls, value: Any) -> Any:
         return _off_for_false(value)
+
+    @field_validator("perplexity", mode="before")
+    @classmethod
+    def _perplexity_switch(cls, value: Any) -> Any:
+        if value is True:
+            return {}
+        return None if value in (False, "off") else value
 
     @field_validator("language")
     @classmethod

@@ -27,6 +27,7 @@ LOW_LABEL_FIDELITY = "low_label_fidelity"
 OFF_SEED_LENGTH = "off_seed_length"
 IRRELEVANT = "irrelevant"
 LOW_JUDGE_SCORE = "low_judge_score"
+PERPLEXITY_OUTLIER = "perplexity_outlier"
 EXACT_DUPLICATE = "exact_duplicate"
 NEAR_DUPLICATE = "near_duplicate"
 SEMANTIC_DUPLICATE = "semantic_duplicate"
@@ -53,6 +54,8 @@ REASONS: dict[str, str] = {
     OFF_SEED_LENGTH: "word count outside curation.seed_length_range of the seed rows' word counts",
     IRRELEVANT: "embedding similarity to its task and conditions below curation.min_relevance",
     LOW_JUDGE_SCORE: "LLM-judge score below curation.judge_min_score",
+    PERPLEXITY_OUTLIER: "per-token perplexity under the local model far outside the seed rows' "
+    "(garbage or degenerate text): curation.perplexity",
     EXACT_DUPLICATE: "same text as another sample after normalisation",
     NEAR_DUPLICATE: "MinHash-estimated Jaccard similarity to another sample above the threshold",
     SEMANTIC_DUPLICATE: "embedding cosine to another sample above the threshold",

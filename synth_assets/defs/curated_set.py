@@ -7,8 +7,9 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 
+from synth_assets.curation.filters.base import LOCAL_MODEL
 from synth_assets.curation.judge import judge_for_spec
-from synth_assets.curation.pipeline import CurationContext, CurationOutcome, cap_per_cell, curate
+from synth_assets.curation.pipeline import CurationContext, CurationOutcome, cap_per_cell, curate, needs
 from synth_assets.defs.common import (
     GATE_CHECK,
     GROUP,
@@ -75,8 +76,8 @@ def curated_set(
         if spec.curation.judge
         else None
     )
-    # label_fidelity's likelihood half scores with the local model, whichever backend generated
-    likelihood_model = llm.model() if spec.curation.label_fidelity in ("likelihood", "both") else None
+    # label_fidelity's likelihood half and perplexity score with the local model, whatever the backend
+    likelihood_model = llm.model() if LOCAL_MODEL in needs(spec.curation) else None
     outcome = curate(
         samples,
         prompts,

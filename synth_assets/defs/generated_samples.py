@@ -5,12 +5,9 @@ import time
 from dataclasses import replace
 
 import dagster as dg
-import numpy as np
 import pandas as pd
 
-from synth_assets.curation.heuristics import apply_heuristics
-from synth_assets.curation.reasons import Findings
-from synth_assets.curation.text import normalize_many, tokenize
+from synth_assets.curation.pipeline import cheap_acceptance
 from synth_assets.defs.common import (
     GATE_CHECK,
     GROUP,
@@ -33,25 +30,6 @@ from synth_assets.generation.local_llm import ProgressUpdate
 from synth_assets.quality.gates import ExpectationOutcome, GateOutcome, validate_generated_samples
 from synth_assets.spec import GenerationSpec
 from synth_assets.storage import GateRecord, Stage
-
-
-def cheap_acceptance(samples: pd.DataFrame, prompts: pd.DataFrame, spec: GenerationSpec) -> pd.Series:
-    """Which samples would pass curation's fast heuristics (lengths, echoes, assistant talk...):
-    what exact-N generation counts as accepted. The embedding filters run later, in curated_set."""
-    if samples.empty:
-        return pd.Series([], dtype=bool)
-    prompt_text = dict(zip(prompts["prompt_id"], prompts["prompt_text"], strict=True))
-    findings = Findings(len(samples))
-    apply_heuristics(
-        samples["text"].tolist(),
-        findings,
-        spec.curation,
-        prompt_tokens=tokenize(normalize_many([prompt_text.get(p, "") for p in samples["prompt_id"]])),
-        prompt_of_row=np.arange(len(samples)),
-        template=spec.template,
-        labels=spec.labels,
-    )
-    return pd.Series(~findings.any(), index=samples.index)
 
 
 def refuse_control_tokens(

@@ -611,6 +611,10 @@ class LocalChatModel:
                     scores[i] = float(token_scores[row, first:last].sum()) if tail else 0.0
         return scores
 
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        """Tokens per text, as `log_likelihood` scores a continuation (so sum / count is per token)."""
+        return [len(self._content_ids(text)) for text in texts]
+
     def render_chat(self, messages: list[dict[str, str]]) -> RenderedChat:
         """The model's chat template applied to `messages`, ending where the assistant's answer starts.
 
