@@ -23,8 +23,9 @@ from synth_assets.curation.filters.base import (
 )
 from synth_assets.curation.pipeline import CurationContext, cheap_acceptance, curate, needs
 from synth_assets.spec import CurationSpec, SpecError, load_spec
+from tests.conftest import rejection_reasons as _reasons
 from tests.conftest import write_tiny_spec
-from tests.test_curation import _frames, _reasons
+from tests.test_curation import _frames
 
 FLAGS = {R.FLAG_LABEL_DOUBT, R.FLAG_RELABELED, R.FLAG_PII_SCRUBBED, R.FLAG_TRIMMED, R.FLAG_LEAD_IN}
 # rules without anything that needs the seed, embeddings or a model
