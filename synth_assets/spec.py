@@ -134,10 +134,11 @@ class FewShotSpec(_Strict):
 class GenerationParams(_Strict):
     """Which model answers the prompts, and how."""
 
-    backend: Literal["local", "openai"] = Field(
+    backend: Literal["local", "openai", "llama_cpp"] = Field(
         default="local",
         description="local: transformers on this machine; openai: any OpenAI-compatible server "
-        "(vLLM, llama.cpp server, Ollama, a hosted API)",
+        "(vLLM, llama.cpp server, Ollama, a hosted API); llama_cpp: a GGUF file run in this process by "
+        "llama.cpp (needs synth-assets[server])",
     )
     model: str = Field(
         default=LOCAL_MODEL, description=f"'{LOCAL_MODEL}' for the local backend; the server's model name"
@@ -193,6 +194,15 @@ class GenerationParams(_Strict):
             raise ValueError(
                 f"the local backend runs '{LOCAL_MODEL}', a .gguf file or a Hugging Face model folder "
                 f"given by path (got '{self.model}')"
+            )
+        if (
+            self.backend == "llama_cpp"
+            and self.model != LOCAL_MODEL
+            and not self.model.lower().endswith(".gguf")
+        ):
+            raise ValueError(
+                f"the llama_cpp backend runs '{LOCAL_MODEL}' or a .gguf file given by path "
+                f"(got '{self.model}')"
             )
         if self.backend == "openai" and not self.base_url:
             raise ValueError("the openai backend needs base_url (e.g. http://127.0.0.1:8000/v1)")
@@ -726,9 +736,10 @@ class GenerationSpec(_Strict):
 
     @property
     def local_model_path(self) -> Path | None:
-        """The local backend's model file or folder, resolved against the spec (None: the bundled one)."""
+        """The local or llama_cpp backend's model file or folder, resolved against the spec (None: the
+        bundled one)."""
         generation = self.generation
-        if generation.backend != "local" or not generation.names_a_model_path():
+        if generation.backend not in ("local", "llama_cpp") or not generation.names_a_model_path():
             return None
         return self.resolve(Path(generation.model).expanduser())
 

@@ -589,4 +589,9 @@ def build_backend(
     branch here."""
     if params.backend == "local":
         return LocalBackend(model_cache_dir, params.dtype, model_path)
+    if params.backend == "llama_cpp":
+        from synth_assets.generation.llama_cpp_backend import LlamaCppBackend, LlamaCppSettings
+
+        cache_dir = Path(model_cache_dir) if model_cache_dir else None
+        return LlamaCppBackend(LlamaCppSettings.from_params(params, model_path, cache_dir))
     return OpenAICompatibleBackend(params, api_key if api_key is not None else api_key_from_env(params))
