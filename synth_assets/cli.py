@@ -41,7 +41,7 @@ def _plan(args: argparse.Namespace, spec: GenerationSpec, seed_rows: pd.DataFram
     plan = plan_run(spec, prompts, backend, store if store.path.is_file() else None)
     for line in plan.lines():
         print(line)
-    if spec.generation.backend == "local":
+    if spec.generation.runs_in_process:
         print(f"local model: {choose_threads().describe()}")
     return 0
 
@@ -108,7 +108,7 @@ def command_run(args: argparse.Namespace) -> int:
     if not instance.has_dynamic_partition(spec_partitions.name, spec.name):
         instance.add_dynamic_partitions(spec_partitions.name, [spec.name])
     print(f"materializing spec '{spec.name}' ({spec.source_path}) into {store.path}", flush=True)
-    if spec.generation.backend == "local":
+    if spec.generation.runs_in_process:
         print(f"local model: {choose_threads().describe()}", flush=True)
     run_id = str(uuid.uuid4())
     tags = {SPEC_PATH_TAG: str(spec.source_path), **process_tags()}

@@ -212,6 +212,12 @@ class GenerationParams(_Strict):
             raise ValueError("system_prompt has no place in continuation mode (there is no chat turn)")
         return self
 
+    @property
+    def runs_in_process(self) -> bool:
+        """Whether the model runs in this process on this machine (local, llama_cpp): no server, no bill,
+        threads chosen here."""
+        return self.backend in ("local", "llama_cpp")
+
     def names_a_model_path(self) -> bool:
         """Whether `model` is a path (a .gguf file or a model folder) rather than a model name."""
         text = self.model
@@ -601,7 +607,7 @@ class AutomationSpec(_Strict):
     auto_run: bool | None = Field(
         default=None,
         description="run on spec/seed changes and on the daily schedule without a click; default: yes for "
-        "the local backend, no for any other (a hosted API spends money)",
+        "the in-process backends (local, llama_cpp), no for any other (a hosted API spends money)",
     )
 
 

@@ -407,3 +407,13 @@ def test_starting_the_ui_launches_nothing_for_specs_already_in_the_warehouse(tmp
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait(timeout=10)
+
+
+def test_the_in_process_llama_cpp_backend_runs_automatically_like_the_local_one(tmp_path: Path) -> None:
+    # llama.cpp in this process costs nothing per call: only a hosted or server backend needs opting in
+    in_process = {"generation:\n": "generation:\n  backend: llama_cpp\n"}
+    llama_cpp = load_spec(write_tiny_spec(tmp_path / "l", replacements=in_process))
+    assert llama_cpp.generation.backend == "llama_cpp" and llama_cpp.generation.runs_in_process
+    assert auto_runs(llama_cpp)
+    hosted = load_spec(write_tiny_spec(tmp_path / "h", replacements=HOSTED))
+    assert not hosted.generation.runs_in_process and not auto_runs(hosted)

@@ -161,7 +161,7 @@ def judge_for_spec(
     from synth_assets.generation.backends import build_backend
 
     params = spec.curation.judge_model or spec.generation
-    judged_by_path = params.backend == "local" and params.names_a_model_path()
+    judged_by_path = params.runs_in_process and params.names_a_model_path()
     model_path = spec.resolve(Path(params.model).expanduser()) if judged_by_path else None
     backend = build_backend(params, model_cache_dir, model_path)
     return CachedJudge(backend, spec.model_copy(update={"generation": params}), store, run_id)

@@ -76,10 +76,11 @@ synth_automation = dg.AutomationConditionSensorDefinition(
 
 def auto_runs(spec: GenerationSpec) -> bool:
     """Whether the sensor and the schedule may start runs of this spec by themselves: the spec's
-    `automation.auto_run`, by default only for the local backend (a hosted API spends money)."""
+    `automation.auto_run`, by default only for the in-process backends, local and llama_cpp (a hosted
+    API spends money)."""
     if spec.automation.auto_run is not None:
         return spec.automation.auto_run
-    return spec.generation.backend == "local"
+    return spec.generation.runs_in_process
 
 
 def _not_auto_run(spec: GenerationSpec) -> str:
