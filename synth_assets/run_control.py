@@ -62,16 +62,24 @@ def process_tags() -> dict[str, str]:
 
 
 @contextmanager
-def _home_lock(home: Path) -> Iterator[None]:
-    # SQLite run storage creates its tables on first open; two processes doing it in the same second
-    # on a new DAGSTER_HOME race, and one dies with "table runs already exists".
-    home.mkdir(parents=True, exist_ok=True)
-    with open(home / _INIT_LOCK, "a") as handle:
+def exclusive_file_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive `flock` on `path` (created if missing) for the block, waiting for any other
+    process that holds it; released on exit, also when the process dies."""
+    with open(path, "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextmanager
+def _home_lock(home: Path) -> Iterator[None]:
+    # SQLite run storage creates its tables on first open; two processes doing it in the same second
+    # on a new DAGSTER_HOME race, and one dies with "table runs already exists".
+    home.mkdir(parents=True, exist_ok=True)
+    with exclusive_file_lock(home / _INIT_LOCK):
+        yield
 
 
 def open_instance(home: Path) -> dg.DagsterInstance:

@@ -22,19 +22,18 @@ a daemon nothing is dequeued at all. So the CLI does what the daemon does, for i
 
 from __future__ import annotations
 
-import fcntl
 import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
 from synth_assets.paths import project_root
+from synth_assets.run_control import exclusive_file_lock
 
 if TYPE_CHECKING:
     import dagster as dg
@@ -168,16 +167,6 @@ def queue_blocker(instance: dg.DagsterInstance, run_id: str) -> str | None:
     return f"{_describe(ahead[0])} is queued ahead of this one"
 
 
-@contextmanager
-def _slot_lock(home: Path) -> Iterator[None]:
-    with open(home / _SLOT_LOCK, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt(signal.Signals(signum).name)
 
@@ -200,7 +189,7 @@ def wait_for_slot(
     said = None
     try:
         while True:
-            with _slot_lock(home):
+            with exclusive_file_lock(home / _SLOT_LOCK):
                 run = instance.get_run_by_id(run_id)
                 if run is None or run.status != dg.DagsterRunStatus.QUEUED:
                     raise LeftQueueError(run_id, run.status.value if run else "deleted")
