@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from synth_assets.curation.pipeline import MAX_SEED_ROWS_EMBEDDED, bounded_sample
+from synth_assets.curation.seed_sample import MAX_SEED_ROWS_EMBEDDED, bounded_sample
 from synth_assets.evaluation import metrics as m
 from synth_assets.evaluation.families import (
     FAMILIES,
