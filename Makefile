@@ -41,7 +41,11 @@ test: $(SERVER_STAMP)
 	$(BIN)/ruff check synth_assets tests benchmarks
 	@# Debian's Chromium for the UI test (installed when root and apt-get can; else that test skips)
 	@scripts/ensure_chromium.sh
-	$(BIN)/python -m pytest -q
+	@# two workers, whole files each (module fixtures are built once): the suite waits on subprocesses,
+	@# servers and one-thread model steps, so on 2 cores two workers cut its wall time; the tests that
+	@# time the machine itself run alone afterwards (marker `serial`, tests/conftest.py)
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m "not serial"
+	$(BIN)/python -m pytest -q -m serial
 
 # `dg dev` (dagster-dg-cli) when installed, else `dagster dev` on the same workspace: both load
 # synth_assets.definitions:defs as location synth_assets

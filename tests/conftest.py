@@ -30,6 +30,19 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 
+# Files whose assertions time the machine itself (a stop within seconds, the adaptive HTTP limit read
+# from reply latencies): `make test` runs them alone after the parallel part (pytest-xdist, two
+# workers), because a second worker's model load on a 2-core box is exactly the scheduling noise they
+# must not see.
+SERIAL_FILES = {"test_http_faults.py", "test_http_stop.py"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.name in SERIAL_FILES:
+            item.add_marker(pytest.mark.serial)
+
+
 SEED_CSV = """review,sentiment
 "These headphones sound amazing and the battery lasts all week.",positive
 "Best blender I have owned, smoothies come out silky every time.",positive
