@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import duckdb
 import pandas as pd
 
+from synth_assets.storage.lake import stage_sql
 from synth_assets.storage.stages import (
     GATED_STAGES,
     GENERATION_RUN_COLUMNS,
@@ -38,9 +39,21 @@ from synth_assets.storage.stages import (
     ID_COLUMN,
     JSON_COLUMNS,
     LLM_CACHE_COLUMNS,
+    POSITION_COLUMN,
     PUBLICATION_COLUMNS,
     Stage,
 )
+
+# every column of a stage view but its row order (the frames are the stage's columns as written)
+_ROW = f"* EXCLUDE ({POSITION_COLUMN})"
+
+
+def _source(stage: str, current: bool, snapshot: int | None) -> str:
+    """The stage view (`<stage>` or its history), or at a snapshot the same SELECT with time travel."""
+    if snapshot is None:
+        return f'"{stage}"' if current else f'"{HISTORY_TABLE[stage]}"'
+    return f"({stage_sql(stage, current=current, snapshot=snapshot)})"
+
 
 if TYPE_CHECKING:
     from synth_assets.storage.warehouse import GenerationRecord
@@ -139,20 +152,39 @@ class WarehouseReads:
     # --- whole versions ----------------------------------------------------------------------------
 
     def read_current(
-        self, stage: str, spec_name: str, *, read_only: bool = False, decoded: bool = False
+        self,
+        stage: str,
+        spec_name: str,
+        *,
+        read_only: bool = False,
+        decoded: bool = False,
+        snapshot: int | None = None,
     ) -> pd.DataFrame:
-        """The promoted version of a stage for a spec, in written row order (empty if none)."""
+        """The promoted version of a stage for a spec, in written row order (empty if none);
+        `snapshot`: as it was at that DuckLake snapshot (time travel, see `Warehouse.version_log`)."""
         frame = self._select(
-            f'SELECT * FROM "{stage}" WHERE spec_name = ? ORDER BY rowid', [spec_name], read_only
+            f"SELECT {_ROW} FROM {_source(stage, True, snapshot)} WHERE spec_name = ? "
+            f"ORDER BY {POSITION_COLUMN}",
+            [spec_name],
+            read_only,
         )
         return decode_json(frame, stage) if decoded else frame
 
     def read_version(
-        self, stage: str, spec_name: str, run_id: str, *, read_only: bool = False, decoded: bool = False
+        self,
+        stage: str,
+        spec_name: str,
+        run_id: str,
+        *,
+        read_only: bool = False,
+        decoded: bool = False,
+        snapshot: int | None = None,
     ) -> pd.DataFrame:
-        """The version of a stage that `run_id` wrote for the spec, in written row order (empty if none)."""
+        """The version of a stage that `run_id` wrote for the spec, in written row order (empty if none);
+        `snapshot`: as the warehouse held it at that DuckLake snapshot (time travel)."""
         frame = self._select(
-            f'SELECT * FROM "{HISTORY_TABLE[stage]}" WHERE spec_name = ? AND run_id = ? ORDER BY rowid',
+            f"SELECT {_ROW} FROM {_source(stage, False, snapshot)} WHERE spec_name = ? AND run_id = ? "
+            f"ORDER BY {POSITION_COLUMN}",
             [spec_name, run_id],
             read_only,
         )
@@ -165,8 +197,8 @@ class WarehouseReads:
         if not run_ids:
             return pd.DataFrame(columns=["spec_name", "run_id"])
         return self._select(
-            f'SELECT * FROM "{HISTORY_TABLE[stage]}" WHERE spec_name = ? AND list_contains(?, run_id) '
-            "ORDER BY rowid",
+            f'SELECT {_ROW} FROM "{HISTORY_TABLE[stage]}" WHERE spec_name = ? AND list_contains(?, run_id) '
+            f"ORDER BY materialized_at, run_id, {POSITION_COLUMN}",
             [spec_name, list(run_ids)],
             read_only,
         )
@@ -174,7 +206,8 @@ class WarehouseReads:
     def history(self, stage: str, spec_name: str, *, read_only: bool = False) -> pd.DataFrame:
         """Every row of every version of a stage for a spec, newest version first, JSON decoded."""
         frame = self._select(
-            f'SELECT * FROM "{HISTORY_TABLE[stage]}" WHERE spec_name = ? ORDER BY materialized_at DESC',
+            f'SELECT {_ROW} FROM "{HISTORY_TABLE[stage]}" WHERE spec_name = ? '
+            f"ORDER BY materialized_at DESC, {POSITION_COLUMN}",
             [spec_name],
             read_only,
         )
@@ -188,7 +221,8 @@ class WarehouseReads:
         table = stage if promoted else HISTORY_TABLE[stage]
         where = " WHERE spec_name = ?" if spec_name else ""
         frame = self._select(
-            f'SELECT * FROM "{table}"{where} ORDER BY materialized_at DESC LIMIT 1',
+            f'SELECT {_ROW} FROM "{table}"{where} '
+            f"ORDER BY materialized_at DESC, {POSITION_COLUMN} DESC LIMIT 1",
             [spec_name] if spec_name else [],
             read_only,
         )
@@ -233,8 +267,8 @@ class WarehouseReads:
             else ""
         )
         frame = self._select(
-            f'SELECT * FROM "{HISTORY_TABLE[stage]}" WHERE {" AND ".join(conditions)}{newest} '
-            "ORDER BY materialized_at, rowid",
+            f'SELECT {_ROW} FROM "{HISTORY_TABLE[stage]}" WHERE {" AND ".join(conditions)}{newest} '
+            f"ORDER BY materialized_at, {POSITION_COLUMN}",
             parameters,
             read_only,
         )
@@ -318,12 +352,8 @@ class WarehouseReads:
         return [VersionInfo(str(run), at, int(n)) for run, at, n in frame.itertuples(index=False)]
 
     def stage_exists(self, stage: str, *, read_only: bool = False) -> bool:
-        """Whether the file has the stage's tables (False for a DuckDB file no run has written to)."""
-        frame = self._select(
-            "SELECT count(*) AS n FROM information_schema.tables WHERE table_name = ?",
-            [HISTORY_TABLE[stage]],
-            read_only,
-        )
+        """Whether any version of the stage was ever written (False for a warehouse no run wrote to)."""
+        frame = self._select("SELECT count(*) AS n FROM versions WHERE stage = ?", [str(stage)], read_only)
         return bool(len(frame) and frame["n"].iloc[0])
 
     def newest_spec(self, stage: str = Stage.CURATED_SET, *, read_only: bool = False) -> str | None:
@@ -473,7 +503,9 @@ class WarehouseReads:
         if not cache_keys:
             return pd.DataFrame(columns=list(LLM_CACHE_COLUMNS))
         frame = self._select(
-            "SELECT * FROM llm_cache WHERE list_contains(?, cache_key)",
+            # first write of a key (two writers on a PostgreSQL catalog may both store one)
+            "SELECT * FROM llm_cache WHERE list_contains(?, cache_key) "
+            "QUALIFY row_number() OVER (PARTITION BY cache_key ORDER BY created_at, rowid) = 1",
             [list(dict.fromkeys(cache_keys))],
             read_only,
         )
