@@ -23,7 +23,7 @@ The layout, designed for snapshots (every table append-only, so concurrent write
   `promotions`: which version is current (the newest row per spec and stage);
 - `gate_results`, `publications`, `llm_cache`, `generation_failures`, `generation_runs`, `imports`:
   plain append-only tables.
-On every connection the names the rest of the package reads are views over those tables: `<stage>_history`
+In the catalog, the names the rest of the package reads are views over those tables: `<stage>_history`
 (`evaluation_history`: every version, with a `row_position` column that orders a version's rows) and
 `<stage>` (the promoted version of each spec), so the named reads (`reads.py`) stay SQL over stage names.
 
@@ -273,6 +273,7 @@ def lake_schema() -> dict[str, dict[str, str]]:
         "generation_failures": GENERATION_FAILURE_COLUMNS,
         "generation_runs": GENERATION_RUN_COLUMNS,
         "imports": IMPORT_COLUMNS,
+        "layout": {"version": "BIGINT", "created_at": "TIMESTAMP"},
     }
 
 
@@ -325,14 +326,22 @@ class Engine:
     _aliases: ClassVar[Iterator[int]] = itertools.count()
     guard: ClassVar[threading.RLock] = threading.RLock()
 
+    _loaded: ClassVar[set[str]] = set()
+
     @classmethod
-    def _database(cls) -> duckdb.DuckDBPyConnection:
+    def _database(cls, config: LakeConfig) -> duckdb.DuckDBPyConnection:
         if cls._base is None or cls._base_pid != os.getpid():  # a forked child needs its own
-            folder = extension_dir()
-            base = duckdb.connect()
-            for name in EXTENSIONS:
-                base.execute(f"LOAD '{folder / name}.duckdb_extension'")
-            cls._base, cls._base_pid, cls._open = base, os.getpid(), {}
+            extension_dir()  # one line saying what to install, before anything else
+            cls._base, cls._base_pid, cls._open, cls._loaded = duckdb.connect(), os.getpid(), {}, set()
+        # each extension costs 0.1-0.4 s to load: only what this catalog needs, once per process
+        needed = ["parquet", "ducklake"]
+        needed.append("sqlite_scanner" if config.catalog_file is not None else "postgres_scanner")
+        if config.s3 is not None:
+            needed.append("httpfs")
+        for name in needed:
+            if name not in cls._loaded:
+                cls._base.execute(f"LOAD '{extension_dir() / name}.duckdb_extension'")
+                cls._loaded.add(name)
         return cls._base
 
     @staticmethod
@@ -351,7 +360,7 @@ class Engine:
     ) -> tuple[duckdb.DuckDBPyConnection, str]:
         """(connection, catalog alias) for `config`; `attach(connection, alias)` sets up a new one.
         Call under `guard`."""
-        base = cls._database()
+        base = cls._database(config)
         identity = cls._identity(config)
         held = cls._open.pop(config, None)
         if held is not None and held[2] == identity:

@@ -87,6 +87,8 @@ _DUCKDB_MAGIC = b"DUCK"  # bytes 8-11 of a DuckDB database file
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 
 T = TypeVar("T")
+# the version of the views' SQL (lake.stage_sql): a catalog with an older one gets them replaced
+LAYOUT_VERSION = 1
 # (process, catalog, old-layout file) already checked for import in this process
 _LEGACY_CHECKED: set[tuple[int, LakeConfig, Path]] = set()
 
@@ -282,12 +284,6 @@ class Warehouse(WarehouseReads):
         )
         connection.execute(f"USE {alias}")
         self._retrying(lambda: self._ensure_schema(connection, alias), "creating its tables")
-        for stage in STAGE_COLUMNS:
-            connection.execute(f'CREATE OR REPLACE TEMP VIEW "{stage}" AS {stage_sql(stage, current=True)}')
-            history = HISTORY_TABLE[stage]
-            connection.execute(
-                f'CREATE OR REPLACE TEMP VIEW "{history}" AS {stage_sql(stage, current=False)}'
-            )
 
     @staticmethod
     def _ensure_schema(connection: duckdb.DuckDBPyConnection, alias: str) -> None:
@@ -299,6 +295,17 @@ class Warehouse(WarehouseReads):
             "WHERE t.end_snapshot IS NULL AND c.end_snapshot IS NULL"
         ).fetchall():
             existing.setdefault(table, set()).add(column)
+        views = {
+            name
+            for (name,) in connection.execute(
+                f"SELECT view_name FROM {meta}.ducklake_view WHERE end_snapshot IS NULL"
+            ).fetchall()
+        }
+        layout = (
+            connection.execute("SELECT max(version) FROM layout").fetchone()[0]
+            if "layout" in existing
+            else None
+        )
         statements = []
         for table, columns in lake_schema().items():
             if table not in existing:
@@ -311,6 +318,16 @@ class Warehouse(WarehouseReads):
                 for name, kind in columns.items()
                 if name not in existing[table]
             ]
+        # the stage names are views in the catalog itself (created once, not per connection: binding
+        # twelve views took ~0.5 s per attach); replaced when this release's layout is newer
+        for stage in STAGE_COLUMNS:
+            for name, current in ((stage, True), (HISTORY_TABLE[stage], False)):
+                if name not in views or (layout or 0) < LAYOUT_VERSION:
+                    statements.append(
+                        f'CREATE OR REPLACE VIEW "{name}" AS {stage_sql(stage, current=current)}'
+                    )
+        if (layout or 0) < LAYOUT_VERSION:
+            statements.append(f"INSERT INTO layout VALUES ({LAYOUT_VERSION}, now())")
         if not statements:
             return
         # one transaction: a second process creating them at the same time conflicts and is retried
