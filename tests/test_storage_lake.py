@@ -91,6 +91,9 @@ def test_every_write_is_a_snapshot_and_earlier_ones_stay_readable(lake: Warehous
     history = lake.version_log("seed_data", "demo")
     assert history["run_id"].tolist() == ["run-1", "run-2"]
     assert history["snapshot_id"].tolist() == [first, second]
+    assert lake.version_snapshot("seed_data", "run-1") == first
+    assert lake.version_snapshot("seed_data", "run-2", "demo") == second
+    assert lake.version_snapshot("seed_data", "never") is None
     version = lake.read_version("seed_data", "demo", "run-1")
     assert list(version.columns) == ["spec_name", *stage_columns("seed_data"), "run_id", "materialized_at"]
     assert version["seed_id"].tolist() == [f"s{i}" for i in range(5)]  # written order kept

@@ -123,6 +123,7 @@ class WarehouseReads:
 
     if TYPE_CHECKING:
         path: Path
+        _alias: str  # the attached catalog's name on the connection `connect` yields
 
         def connect(self, read_only: bool = False) -> AbstractContextManager[duckdb.DuckDBPyConnection]: ...
 
@@ -255,10 +256,16 @@ class WarehouseReads:
         if spec_name is not None:
             conditions.append("spec_name = ?")
             parameters.append(spec_name)
+        source, snapshot = f'"{HISTORY_TABLE[stage]}"', None
         if written_by is not None:
+            # what that run read: the warehouse at the snapshot of its curated_set version (time
+            # travel: a version rewritten later reads as it was), and of it the versions written up to
+            # then (an imported warehouse came in as one snapshot, so the time stamps still decide)
+            snapshot = self.version_snapshot(Stage.CURATED_SET, written_by, read_only=read_only)
+            source = _source(stage, False, snapshot)
+            curated = _source(Stage.CURATED_SET, False, snapshot)
             conditions.append(
-                f'materialized_at <= (SELECT max(materialized_at) FROM "{HISTORY_TABLE[Stage.CURATED_SET]}" '
-                "WHERE run_id = ?)"
+                f"materialized_at <= (SELECT max(materialized_at) FROM {curated} WHERE run_id = ?)"
             )
             parameters.append(written_by)
         newest = (
@@ -267,12 +274,27 @@ class WarehouseReads:
             else ""
         )
         frame = self._select(
-            f'SELECT {_ROW} FROM "{HISTORY_TABLE[stage]}" WHERE {" AND ".join(conditions)}{newest} '
+            f"SELECT {_ROW} FROM {source} WHERE {' AND '.join(conditions)}{newest} "
             f"ORDER BY materialized_at, {POSITION_COLUMN}",
             parameters,
             read_only,
         )
         return decode_json(frame, stage) if decoded else frame
+
+    def version_snapshot(
+        self, stage: str, run_id: str, spec_name: str | None = None, *, read_only: bool = False
+    ) -> int | None:
+        """The DuckLake snapshot that committed the newest write of `run_id`'s version of `stage` (of
+        one spec, or of any), None when there is no such version. `read_current(..., snapshot=)` and
+        `read_version(..., snapshot=)` read the warehouse as it was then."""
+        where = " AND v.spec_name = ?" if spec_name is not None else ""
+        with self.connect(read_only=read_only) as connection:
+            found = connection.execute(
+                f"SELECT max(s.snapshot_id) FROM versions v JOIN {self._alias}.snapshots() s "
+                f"ON s.commit_extra_info = v.write_id WHERE v.stage = ? AND v.run_id = ?{where}",
+                [str(stage), run_id, *([spec_name] if spec_name is not None else [])],
+            ).fetchone()
+        return None if not found or found[0] is None else int(found[0])
 
     def resolve_prefix(
         self, prefix: str, stages: Sequence[str], *, column: str | None = None, read_only: bool = False
