@@ -222,6 +222,10 @@ class LakeConfig:
         """The catalog for messages: its file, or its PostgreSQL address without the password."""
         return hide_password(self.catalog.removeprefix("sqlite:"))
 
+    def describe_data(self) -> str:
+        """Where the Parquet files are, for messages."""
+        return f"data in {self.data_path}"
+
     @property
     def catalog_file(self) -> Path | None:
         """The SQLite catalog file, None for a PostgreSQL catalog."""
