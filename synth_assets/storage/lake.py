@@ -286,33 +286,33 @@ def at_clause(snapshot: int | None) -> str:
     return "" if snapshot is None else f" AT (VERSION => {int(snapshot)})"
 
 
-def stage_sql(stage: str, *, current: bool, snapshot: int | None = None, catalog: str = "") -> str:
+def stage_sql(stage: str, *, current: bool, snapshot: int | None = None) -> str:
     """SELECT of a stage as the reads see it: spec_name, the stage's columns, run_id, materialized_at,
     row_position. `current`: the promoted version per spec (newest `promotions` row), else every
     version (newest write per spec and run). `snapshot`: as the catalog was then (time travel).
 
     Rows and memberships are deduplicated: two writers on a PostgreSQL catalog may store the same new
     row (or list) at the same moment, and a duplicate must not double a version's rows."""
-    at, prefix = at_clause(snapshot), f"{catalog}." if catalog else ""
+    at = at_clause(snapshot)
     picked = ", ".join(f'r."{c}"' for c in stage_columns(stage))
     if current:
         source = (
-            f"SELECT spec_name, run_id, membership_id, materialized_at FROM {prefix}promotions{at} "
+            f"SELECT spec_name, run_id, membership_id, materialized_at FROM promotions{at} "
             f"WHERE stage = '{stage}' "
             "QUALIFY row_number() OVER (PARTITION BY spec_name ORDER BY promoted_at DESC, rowid DESC) = 1"
         )
     else:
         source = (
-            f"SELECT spec_name, run_id, membership_id, materialized_at FROM {prefix}versions{at} "
+            f"SELECT spec_name, run_id, membership_id, materialized_at FROM versions{at} "
             f"WHERE stage = '{stage}' QUALIFY row_number() OVER "
             "(PARTITION BY spec_name, run_id ORDER BY materialized_at DESC, rowid DESC) = 1"
         )
     return (
         f"SELECT v.spec_name, {picked}, v.run_id, v.materialized_at, m.position AS {POSITION_COLUMN} "
         f"FROM ({source}) v "
-        f"JOIN (SELECT DISTINCT membership_id, position, content_id FROM {prefix}memberships{at}) m "
+        f"JOIN (SELECT DISTINCT membership_id, position, content_id FROM memberships{at}) m "
         "ON m.membership_id = v.membership_id "
-        f'JOIN (SELECT DISTINCT ON (content_id) * FROM {prefix}"{stage}_rows"{at}) r '
+        f'JOIN (SELECT DISTINCT ON (content_id) * FROM "{stage}_rows"{at}) r '
         "ON r.content_id = m.content_id"
     )
 
