@@ -473,6 +473,28 @@ def test_an_old_layout_file_is_imported_on_first_open_and_only_read(tmp_path: Pa
     assert again.query("SELECT count(*) AS n FROM imports")["n"].iloc[0] == 1
 
 
+def test_two_processes_opening_an_old_file_at_once_import_it_once(tmp_path: Path) -> None:
+    old = tmp_path / "synth_assets.duckdb"
+    old_layout_file(old)
+    code = (
+        "import sys\nfrom synth_assets.storage import Warehouse\n"
+        "print(len(Warehouse(sys.argv[1]).versions('seed_data', 'demo', read_only=True)))\n"
+    )
+    readers = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, str(old)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
+    answers = [reader.communicate(timeout=120) for reader in readers]
+    assert [
+        (reader.returncode, out.strip()) for reader, (out, _err) in zip(readers, answers, strict=True)
+    ] == [(0, "2")] * 2
+    store = Warehouse(old)
+    assert store.query("SELECT count(*) AS n FROM imports")["n"].iloc[0] == 1
+    assert store.query("SELECT count(*) AS n FROM versions WHERE stage = 'seed_data'")["n"].iloc[0] == 2
+
+
 def test_the_default_catalog_imports_the_old_default_file_beside_it(tmp_path: Path) -> None:
     written = old_layout_file(tmp_path / "synth_assets.duckdb")
     store = Warehouse(tmp_path / "synth_assets.ducklake")  # the new default, the old file beside it

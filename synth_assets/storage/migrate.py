@@ -9,6 +9,7 @@ file it cannot import stops the open with a one-line `MigrationRefused` that say
 
 from __future__ import annotations
 
+from contextlib import suppress
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -107,6 +108,10 @@ def _has(connection: duckdb.DuckDBPyConnection, table: str, column: str) -> bool
     return column in {name for (name,) in found}
 
 
+class AlreadyImported(MigrationRefused):
+    """The source was imported into this catalog before (by this or another process)."""
+
+
 def import_warehouse(source: str | Path, warehouse: Warehouse) -> dict[str, int]:
     """Import a warehouse of the earlier layout (a DuckDB file, or the folder EXPORT DATABASE wrote from
     one) into `warehouse`, in one snapshot: every history version (with its run id and
@@ -121,13 +126,17 @@ def import_warehouse(source: str | Path, warehouse: Warehouse) -> dict[str, int]
         raise MigrationRefused(f"{path}: no such file to import")
     done = warehouse.query("SELECT count(*) AS n FROM imports WHERE source = ?", [str(path)])["n"].iloc[0]
     if done:
-        raise MigrationRefused(f"{path}: already imported into {warehouse.config.describe()}")
+        raise AlreadyImported(f"{path}: already imported into {warehouse.config.describe()}")
     versions, current, plain = _read(path)
     counts: dict[str, int] = {}
     for stage, _spec, _run, rows in versions:
         counts[HISTORY_TABLE[stage]] = counts.get(HISTORY_TABLE[stage], 0) + len(rows)
 
     def work(connection: duckdb.DuckDBPyConnection, write_id: str) -> None:
+        # checked again inside the writer's turn: two processes opening the old file at once import once
+        again = connection.execute("SELECT count(*) FROM imports WHERE source = ?", [str(path)]).fetchone()
+        if again and again[0]:
+            raise AlreadyImported(f"{path}: already imported into {warehouse.config.describe()}")
         written: dict[tuple[str, str, str], tuple[str, object]] = {}
         for stage, spec_name, run_id, rows in versions:
             columns = stage_columns(stage)
@@ -165,7 +174,8 @@ def import_on_first_open(warehouse: Warehouse, legacy: Path) -> None:
     MigrationRefused (one line) when it cannot."""
     done = warehouse.query("SELECT count(*) AS n FROM imports WHERE source = ?", [str(legacy.resolve())])
     if not done["n"].iloc[0]:
-        import_warehouse(legacy, warehouse)
+        with suppress(AlreadyImported):  # another process opening it at the same moment was first
+            import_warehouse(legacy, warehouse)
 
 
 def main(argv: list[str] | None = None) -> int:
