@@ -49,6 +49,9 @@ from typing import Any
 
 import duckdb
 
+from synth_assets.storage import HISTORY_TABLE, STAGE_COLUMNS, Warehouse
+from synth_assets.storage.warehouse import is_duckdb_file
+
 ROOT = Path(__file__).resolve().parent.parent
 CLI = [sys.executable, "-m", "synth_assets.cli"]
 SPEC_NAME = "hostile_base"
@@ -260,16 +263,25 @@ class Server:
 
 
 def snapshot(database: Path) -> dict[str, tuple[int, str]]:
-    """{table: (rows, SHA-256 of its rows sorted)} of every table in the DuckDB file."""
+    """{table: (rows, SHA-256 of its rows sorted)} of every table in the DuckDB file, or of every stage
+    view and plain table of the warehouse's DuckLake catalog."""
     if not database.is_file():
         return {}
+    if not is_duckdb_file(database):
+        with Warehouse(database).connect(read_only=True) as connection:
+            names = [*STAGE_COLUMNS, *HISTORY_TABLE.values(), "gate_results", "publications", "llm_cache"]
+            return {name: _digest(connection, name) for name in names}
     result = {}
     with duckdb.connect(str(database), read_only=True) as connection:
         for (table,) in connection.sql("SELECT table_name FROM information_schema.tables").fetchall():
-            rows = connection.sql(f'SELECT * FROM "{table}"').fetchall()
-            lines = sorted(repr(row) for row in rows)
-            result[table] = (len(rows), hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16])
+            result[table] = _digest(connection, table)
     return result
+
+
+def _digest(connection: duckdb.DuckDBPyConnection, table: str) -> tuple[int, str]:
+    rows = connection.sql(f'SELECT * FROM "{table}"').fetchall()
+    lines = sorted(repr(row) for row in rows)
+    return len(rows), hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16]
 
 
 @dataclass

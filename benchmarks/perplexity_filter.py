@@ -6,13 +6,14 @@ filter (after the personal-data scrub and the repairs, as in curate) with its de
 the ones given, through a registry of just those filters, and prints per spec how many samples it
 flags, how many of those the run had already rejected (and why), how many it had kept, and examples.
 
-Run: .venv/bin/python benchmarks/perplexity_filter.py data/synth_assets.duckdb [--specs a b]
+Run: .venv/bin/python benchmarks/perplexity_filter.py data/synth_assets.ducklake [--specs a b]
      [--upper-quantile 0.99] [--margin 1.5] [--examples 5]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
 import time
@@ -20,6 +21,8 @@ from collections import Counter
 
 import duckdb
 import pandas as pd
+
+from synth_assets.storage import Warehouse
 
 
 def main() -> None:
@@ -42,7 +45,8 @@ def main() -> None:
     rules = CurationSpec(perplexity=PerplexitySpec(upper_quantile=args.upper_quantile, margin=args.margin))
     model = get_local_model()
     print(f"cpu: {platform.processor() or platform.machine()}; model {model.fingerprint}; float32")
-    store = duckdb.connect(args.warehouse, read_only=True)
+    # the warehouse's own connection (its stage names are views of the DuckLake catalog), held to the end
+    store = contextlib.ExitStack().enter_context(Warehouse(args.warehouse).connect(read_only=True))
     specs = args.specs or [
         row[0] for row in store.sql("SELECT DISTINCT spec_name FROM generated_samples ORDER BY 1").fetchall()
     ]

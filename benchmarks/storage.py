@@ -1,11 +1,13 @@
-"""Storage figures of the DuckLake layer (synth_assets.storage.lake) against the DuckDB-file layout.
+"""Storage figures of the warehouse (`Warehouse` on DuckLake, synth_assets.storage).
 
-Reads the newest version of every stage of one spec from a materialized warehouse (a DuckDB file this
-DuckDB can open, or the folder `EXPORT DATABASE '<folder>' (FORMAT parquet)` wrote from one), then
-replays "materializations" of those rows (each stage written as the assets write it: versions promoted,
-curated/rejected staged with their gate row, the evaluation report publishing them):
+Imports an old-layout warehouse (a DuckDB file this DuckDB can open, or the folder
+`EXPORT DATABASE '<folder>' (FORMAT parquet)` wrote from one; the file is only read) into a fresh catalog,
+reads the newest version of every stage of one spec from it, then replays "materializations" of those
+rows through `Warehouse` (each stage written as the assets write it: versions promoted, curated/rejected
+staged with their gate row, the evaluation report publishing them):
 
-1. bytes on disk after 10 unchanged materializations / after 1, DuckLake embedded and the DuckDB file;
+0. the import: seconds, rows per table, bytes of the file vs the catalog + data files;
+1. bytes on disk after 10 unchanged materializations / after 1, and ms per write and per read;
 2. two processes materializing two specs at once vs one after the other (wall, rows per spec equal);
 3. reads of the current version in a bounded loop while (2) writes: how many failed;
 4. (2) again with the catalog on a real PostgreSQL and the data on moto's S3 server, both on loopback
@@ -34,8 +36,16 @@ import duckdb
 import pandas as pd
 import psycopg2  # dagster-postgres's driver (dev extra): creates the catalog databases
 
-from synth_assets.storage import HISTORY_TABLE, GateRecord, Publication, Warehouse
-from synth_assets.storage.lake import Lake, LakeConfig, S3Settings, source_tables
+from synth_assets.storage import (
+    HISTORY_TABLE,
+    WAREHOUSE_ERRORS,
+    GateRecord,
+    LakeConfig,
+    Publication,
+    S3Settings,
+    Warehouse,
+)
+from synth_assets.storage.migrate import import_warehouse, source_tables
 
 ROOT = Path(__file__).resolve().parent.parent
 STAGED = ("curated_set", "rejected_samples")
@@ -61,7 +71,7 @@ def load_stages(source: Path) -> tuple[str, dict[str, pd.DataFrame]]:
         connection.close()
 
 
-def materialize(store: Warehouse | Lake, spec: str, run_id: str, frames: dict[str, pd.DataFrame]) -> None:
+def materialize(store: Warehouse, spec: str, run_id: str, frames: dict[str, pd.DataFrame]) -> None:
     """One run's writes, in the order and shape the assets make them."""
     for stage in ("seed_data", "expanded_prompts", "generated_samples"):
         store.write_version(stage, spec, run_id, frames[stage], promote=True)
@@ -93,24 +103,44 @@ def folder_bytes(*paths: Path) -> int:
 
 
 def growth(frames: dict[str, pd.DataFrame], spec: str, runs: int, folder: Path) -> dict[str, float]:
-    """Bytes after 1 and after `runs` unchanged materializations, lake and DuckDB file."""
-    lake = Lake(LakeConfig.embedded(folder / "lake"))
-    warehouse = Warehouse(folder / "file" / "synth_assets.duckdb")
-    sizes: dict[str, list[int]] = {"lake": [], "file": []}
+    """Bytes after 1 and after `runs` unchanged materializations; ms per write (each materialization
+    is 5 writes) and per read of the current generated_samples."""
+    lake = Warehouse(config=LakeConfig.embedded(folder))
+    sizes: list[int] = []
+    writing = reading = 0.0
     for run in range(runs):
+        started = time.perf_counter()
         materialize(lake, spec, f"run-{run}", frames)
-        materialize(warehouse, spec, f"run-{run}", frames)
+        writing += time.perf_counter() - started
+        started = time.perf_counter()
+        lake.read_current("generated_samples", spec, read_only=True)
+        reading += time.perf_counter() - started
         if run in (0, runs - 1):
-            sizes["lake"].append(lake.storage_bytes())
-            sizes["file"].append(folder_bytes(folder / "file"))
+            sizes.append(lake.storage_bytes())
     lake.close()
     return {
-        "lake_bytes_1": sizes["lake"][0],
-        f"lake_bytes_{runs}": sizes["lake"][1],
-        "lake_growth": sizes["lake"][1] / sizes["lake"][0],
-        "file_bytes_1": sizes["file"][0],
-        f"file_bytes_{runs}": sizes["file"][1],
-        "file_growth": sizes["file"][1] / sizes["file"][0],
+        "bytes_1": sizes[0],
+        f"bytes_{runs}": sizes[1],
+        "growth": sizes[1] / sizes[0],
+        "ms_per_write": 1000 * writing / (runs * 5),
+        "ms_per_read": 1000 * reading / runs,
+    }
+
+
+def migration(source: Path, folder: Path) -> dict[str, object]:
+    """Import `source` (old layout) into a fresh embedded catalog: seconds, rows, bytes."""
+    store = Warehouse(config=LakeConfig.embedded(folder))
+    store.check_usable()
+    started = time.perf_counter()
+    counts = import_warehouse(source, store)
+    seconds = time.perf_counter() - started
+    lake_bytes = store.storage_bytes()
+    store.close()
+    return {
+        "seconds": round(seconds, 2),
+        "rows": counts,
+        "file_bytes": folder_bytes(source),
+        "lake_bytes": lake_bytes,
     }
 
 
@@ -123,7 +153,7 @@ def worker(config_json: str, spec: str, runs: int, source: Path) -> None:
     """One writer process: `runs` materializations of the source rows under the name `spec`."""
     settings = json.loads(config_json)
     s3 = S3Settings(**settings["s3"]) if settings["s3"] else None
-    lake = Lake(LakeConfig(settings["catalog"], settings["data_path"], s3))
+    lake = Warehouse(config=LakeConfig(settings["catalog"], settings["data_path"], s3))
     _name, frames = load_stages(source)
     for run in range(runs):
         # each run changes one generated text, so every run writes new rows as well as new versions
@@ -148,7 +178,7 @@ def _finish(process: subprocess.Popen[str]) -> None:
 
 
 def rows_per_spec(config: LakeConfig, specs: tuple[str, ...]) -> dict[str, list[tuple[str, str, int]]]:
-    lake = Lake(config)
+    lake = Warehouse(config=config)
     out = {
         spec: [
             (str(stage), str(run), int(count))
@@ -168,16 +198,16 @@ def _write_while_reading(
 ) -> tuple[float, int, int]:
     """Run the writer groups one after the other (the specs of a group at once) while this process
     reads the current generated_samples every READ_EVERY_S; (wall seconds, reads, failed reads)."""
-    reader, reads, failed = Lake(config), 0, 0
+    reader, reads, failed = Warehouse(config=config), 0, 0
     reader.snapshot_id()  # the tables exist before the writers start, as after `synth-assets` startup
     started = time.monotonic()
     for group in groups:
         writers = [_spawn(config, spec, runs, source) for spec in group]
         while any(writer.poll() is None for writer in writers) and reads + failed < MAX_READS:
             try:
-                reader.read_current("generated_samples", group[0])
+                reader.read_current("generated_samples", group[0], read_only=True)
                 reads += 1
-            except duckdb.Error as exc:
+            except WAREHOUSE_ERRORS as exc:
                 failed += 1
                 print(f"read failed: {str(exc).splitlines()[0]}", flush=True)
             time.sleep(READ_EVERY_S)
@@ -224,6 +254,10 @@ def main() -> None:
     )
     parser.add_argument("--writer-runs", type=int, default=5, help="materializations per writer process")
     parser.add_argument("--no-pg-s3", action="store_true", help="skip the PostgreSQL + S3 figure")
+    parser.add_argument("--no-writers", action="store_true", help="skip the two-writer figures")
+    parser.add_argument(
+        "--also-import", type=Path, nargs="*", default=[], help="more old-layout files to time the import of"
+    )
     parser.add_argument(
         "--worker", nargs=4, metavar=("CONFIG", "SPEC", "RUNS", "SOURCE"), help=argparse.SUPPRESS
     )
@@ -243,13 +277,20 @@ def main() -> None:
     results: dict[str, object] = {}
     with tempfile.TemporaryDirectory(prefix="storage-bench-") as tmp, ExitStack() as stack:
         folder = Path(tmp)
+        for extra in [source, *args.also_import]:
+            imported = migration(extra.resolve(), folder / f"import-{extra.name}")
+            print(f"import {extra}:", json.dumps(imported))
         grown = growth(frames, spec, args.runs, folder / "growth")
         print("growth:", json.dumps(grown))
         results |= {
-            "lake_growth": round(grown["lake_growth"], 3),
-            "file_growth": round(grown["file_growth"], 3),
+            "growth": round(grown["growth"], 3),
+            "ms_per_write": round(grown["ms_per_write"], 1),
+            "ms_per_read": round(grown["ms_per_read"], 1),
         }
 
+        if args.no_writers:
+            print("RESULT " + " ".join(f"{key}={value}" for key, value in results.items()))
+            return
         embedded = two_writers(
             lambda name: LakeConfig.embedded(folder / f"embedded-{name}"), args.writer_runs, source
         )

@@ -191,11 +191,12 @@ def run_product(spec_path: Path, spec_name: str, workdir: Path) -> RunResult:
     )
     wall = time.perf_counter() - started
     tail = (completed.stdout + completed.stderr)[-2000:]
-    import duckdb
+    from synth_assets.storage import Warehouse
 
     if not (workdir / "bench.duckdb").exists():
         raise RuntimeError(f"{spec_path}: the product wrote nothing; its output:\n{tail}")
-    with duckdb.connect(str(workdir / "bench.duckdb"), read_only=True) as connection:
+    # the warehouse's own connection: the stage names are views of its DuckLake catalog
+    with Warehouse(workdir / "bench.duckdb").connect(read_only=True) as connection:
         latest = connection.execute(
             "SELECT run_id FROM generated_samples_history WHERE spec_name = ? "
             "ORDER BY materialized_at DESC LIMIT 1",
@@ -239,18 +240,11 @@ def _mean_sd(values: list[float]) -> str:
     return f"{np.nanmean(array):.3f} ± {np.nanstd(array, ddof=1) if len(array) > 1 else 0.0:.3f}"
 
 
-def _read_only(database: Path, attempts: int = 120) -> Any:
-    """A read-only connection, retried while a writer (a product run) holds the file."""
-    import duckdb
+def _read_only(database: Path) -> Any:
+    """A reading connection to the warehouse (a DuckLake reader never waits for a product run)."""
+    from synth_assets.storage import Warehouse
 
-    for attempt in range(attempts):
-        try:
-            return duckdb.connect(str(database), read_only=True)
-        except duckdb.IOException:
-            if attempt == attempts - 1:
-                raise
-            time.sleep(1.0)
-    raise AssertionError("unreachable")
+    return Warehouse(database).connect(read_only=True)
 
 
 def recurate(dataset: str, variant: str, draw: int, seed: pd.DataFrame, workdir: Path) -> RunResult:

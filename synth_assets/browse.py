@@ -451,7 +451,11 @@ def run_browse(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """`synth-assets browse ...` on its own (the same arguments, with the top-level `--db`)."""
     parser = argparse.ArgumentParser(prog="synth-assets")
-    parser.add_argument("--db", help="DuckDB file (default: $SYNTH_ASSETS_DB or data/synth_assets.duckdb)")
+    parser.add_argument(
+        "--db",
+        help="warehouse: a DuckLake catalog file, its Parquet files in <it>.files/ (default: "
+        "$SYNTH_ASSETS_DB or data/synth_assets.ducklake); an old-layout DuckDB file is imported on first use",
+    )
     add_browse_parser(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
     return int(args.handler(args))

@@ -100,7 +100,8 @@ def command_run(args: argparse.Namespace) -> int:
         wait_for_slot,
     )
 
-    definitions = build_definitions(database=str(store.path))
+    # a catalog without a file (PostgreSQL) reaches the run through the same environment variables
+    definitions = build_definitions(database=str(store.path) if store.config.catalog_file else "")
     job = definitions.resolve_job_def("synth_refresh_job")
     instance = open_instance(home)
     for dead in reap_dead_runs(instance):
@@ -142,7 +143,7 @@ def command_run(args: argparse.Namespace) -> int:
     report = store.read_version(Stage.EVALUATION_REPORT, spec.name, run_id, read_only=True)
     if report.empty:
         report = store.read_current(Stage.EVALUATION_REPORT, spec.name, read_only=True)
-    print(f"DuckDB: {store.path}")
+    print(f"DuckDB: {store.path} (the DuckLake catalog; {store.config.describe_data()})")
     if not report.empty:
         print(f"report: {report['report_path'].iloc[0]}")
     print(f"Dagster run {run_id} in DAGSTER_HOME={instance.root_directory}")
@@ -358,7 +359,11 @@ def build_parser() -> argparse.ArgumentParser:
         prog="synth-assets",
         description="Synthetic text datasets as Dagster assets in DuckDB, with lineage and quality gates.",
     )
-    parser.add_argument("--db", help="DuckDB file (default: $SYNTH_ASSETS_DB or data/synth_assets.duckdb)")
+    parser.add_argument(
+        "--db",
+        help="warehouse: a DuckLake catalog file, its Parquet files in <it>.files/ (default: "
+        "$SYNTH_ASSETS_DB or data/synth_assets.ducklake); an old-layout DuckDB file is imported on first use",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="materialize all five assets for one spec")

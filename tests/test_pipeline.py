@@ -68,6 +68,20 @@ def test_report_is_stored_written_and_shown_in_metadata(env: GraphEnv) -> None:
     assert metadata["generated"].value == 6
 
 
+def test_every_materialization_records_the_snapshot_it_wrote(env: GraphEnv) -> None:
+    written: dict[str, tuple[str, int]] = {}
+    for stage in ("seed_data", "expanded_prompts", "generated_samples", "curated_set", "evaluation_report"):
+        record = env.instance.fetch_materializations(dg.AssetKey(stage), limit=1).records[0]
+        run_id, snapshot = record.run_id, record.asset_materialization.metadata["snapshot_id"].value
+        assert env.store.version_snapshot(stage, run_id, SPEC) == snapshot, stage
+        written[stage] = (run_id, snapshot)
+    # time travel: at its own snapshot the curated version reads as written; before it, not at all
+    run_id, snapshot = written["curated_set"]
+    at = env.store.read_version("curated_set", SPEC, run_id, snapshot=snapshot)
+    assert at.equals(env.store.read_version("curated_set", SPEC, run_id))
+    assert env.store.read_version("curated_set", SPEC, run_id, snapshot=written["seed_data"][1]).empty
+
+
 def test_lineage_walks_from_curated_row_to_seed_demos(env: GraphEnv) -> None:
     curated = env.store.read_current("curated_set", SPEC)
     sample_id = str(curated["sample_id"].iloc[0])

@@ -221,6 +221,7 @@ def test_a_full_disk_says_so_in_one_line_and_keeps_the_last_version(full_disk: P
     assert "No space left on device" in message and str(full_disk / "w.duckdb") in message
     assert "\n" not in message and "cannot rollback" not in message
     assert store.read_current("curated_set", "demo")["sample_id"].tolist() == ["a", "b"]
+    store.close()  # before the fixture unmounts it: SQLite maps the catalog's WAL index into memory
 
 
 def test_a_warehouse_written_by_a_newer_duckdb_is_one_line_saying_how_to_move_it(tmp_path: Path) -> None:

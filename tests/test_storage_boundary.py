@@ -249,6 +249,8 @@ def test_reads_of_a_database_from_before_the_newer_tables(tmp_path: Path) -> Non
         connection.execute(
             "CREATE TABLE curated_set_history (spec_name VARCHAR, run_id VARCHAR, sample_id VARCHAR)"
         )
+        # one row: an imported (DuckLake) warehouse knows a stage by its versions, not by empty tables
+        connection.execute("INSERT INTO curated_set_history VALUES ('demo', 'run1', 'a')")
     store = Warehouse(path)
     assert store.generation_record("demo", "run1", read_only=True) is None
     assert store.publications("demo", read_only=True).empty
@@ -316,6 +318,5 @@ def test_evaluation_reads_the_recorded_generation_seconds(tmp_path: Path) -> Non
     assert "generation_runs.call_seconds" in str(inputs.generation_seconds_source)
     # a version written before generation recorded its cost: no guessing, no number
     store.write_version(Stage.GENERATED_SAMPLES, "demo", "run1", _samples("run1"), promote=True)
-    with duckdb.connect(str(store.path)) as connection:
-        connection.execute("DELETE FROM generation_runs")
+    store.query("DELETE FROM generation_runs")
     assert load_inputs(store, "demo").generation_seconds is None

@@ -1,8 +1,8 @@
-"""DuckLake as the storage engine (synth_assets.storage.lake): every write a snapshot readable by time
-travel, an unchanged re-write adds no data file, two real writer processes on the embedded catalog and on
-a PostgreSQL catalog with S3 data lose nothing, and an existing DuckDB warehouse is imported or refused in
-one line. Skipped as a whole, saying what to install, where DuckDB 1.4.4 and the extension wheels are not
-installed."""
+"""DuckLake as the warehouse's engine (synth_assets.storage.lake, through `Warehouse`): every write a
+snapshot readable by time travel, an unchanged re-write adds no data file, two real writer processes on the
+embedded catalog and on a PostgreSQL catalog with S3 data lose nothing while a reader reads, and an
+old-layout DuckDB warehouse is imported on first open or refused in one line. Skipped as a whole, saying
+what to install, where DuckDB 1.4.4 and the extension wheels are not installed."""
 
 from __future__ import annotations
 
@@ -12,22 +12,25 @@ import json
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import duckdb
 import pandas as pd
 import pytest
 
-from synth_assets.storage import GateRecord, Publication, StorageError, Warehouse, stage_columns
-from synth_assets.storage.lake import (
-    Lake,
-    LakeConfig,
-    LakeUnavailable,
-    MigrationRefused,
-    S3Settings,
-    extension_dir,
-    import_warehouse,
+from synth_assets.storage import (
+    HISTORY_TABLE,
+    STAGE_COLUMNS,
+    WAREHOUSE_ERRORS,
+    GateRecord,
+    Publication,
+    StorageError,
+    Warehouse,
+    stage_columns,
 )
+from synth_assets.storage.lake import LakeConfig, LakeUnavailable, S3Settings, extension_dir
+from synth_assets.storage.migrate import MigrationRefused, import_warehouse
 
 try:
     extension_dir()
@@ -70,13 +73,13 @@ def rejected(count: int, tag: str) -> pd.DataFrame:
 
 
 @pytest.fixture
-def lake(tmp_path: Path) -> Lake:
-    lake = Lake(LakeConfig.embedded(tmp_path / "data"))
+def lake(tmp_path: Path) -> Iterator[Warehouse]:
+    lake = Warehouse(config=LakeConfig.embedded(tmp_path / "data"))
     yield lake
     lake.close()
 
 
-def test_every_write_is_a_snapshot_and_earlier_ones_stay_readable(lake: Lake) -> None:
+def test_every_write_is_a_snapshot_and_earlier_ones_stay_readable(lake: Warehouse) -> None:
     first = lake.write_version("seed_data", "demo", "run-1", seeds(5), promote=True)
     second = lake.write_version("seed_data", "demo", "run-2", seeds(5, {0: "edited"}), promote=True)
     assert second > first
@@ -85,15 +88,18 @@ def test_every_write_is_a_snapshot_and_earlier_ones_stay_readable(lake: Lake) ->
     # time travel: the catalog as it was at the first snapshot
     assert lake.read_current("seed_data", "demo", snapshot=first)["text"].iloc[0] == "review number 0"
     assert lake.read_version("seed_data", "demo", "run-2", snapshot=first).empty
-    history = lake.history("seed_data", "demo")
+    history = lake.version_log("seed_data", "demo")
     assert history["run_id"].tolist() == ["run-1", "run-2"]
     assert history["snapshot_id"].tolist() == [first, second]
+    assert lake.version_snapshot("seed_data", "run-1") == first
+    assert lake.version_snapshot("seed_data", "run-2", "demo") == second
+    assert lake.version_snapshot("seed_data", "never") is None
     version = lake.read_version("seed_data", "demo", "run-1")
     assert list(version.columns) == ["spec_name", *stage_columns("seed_data"), "run_id", "materialized_at"]
     assert version["seed_id"].tolist() == [f"s{i}" for i in range(5)]  # written order kept
 
 
-def test_a_version_not_promoted_stays_out_of_the_current_one(lake: Lake) -> None:
+def test_a_version_not_promoted_stays_out_of_the_current_one(lake: Warehouse) -> None:
     lake.write_version("seed_data", "demo", "good", seeds(3), promote=True)
     lake.write_version("seed_data", "demo", "bad", seeds(4), promote=False)
     assert lake.published_run("seed_data", "demo") == "good"
@@ -101,7 +107,7 @@ def test_a_version_not_promoted_stays_out_of_the_current_one(lake: Lake) -> None
     assert len(lake.read_version("seed_data", "demo", "bad")) == 4
 
 
-def test_unchanged_rewrite_adds_no_data_file_and_stays_within_a_tenth(lake: Lake) -> None:
+def test_unchanged_rewrite_adds_no_data_file_and_stays_within_a_tenth(lake: Warehouse) -> None:
     lake.write_version("seed_data", "demo", "run-0", seeds(400), promote=True)
     files, size = sorted(lake.data_files()), lake.storage_bytes()
     assert files  # 400 rows are over the inlining limit: Parquet files
@@ -109,20 +115,17 @@ def test_unchanged_rewrite_adds_no_data_file_and_stays_within_a_tenth(lake: Lake
         lake.write_version("seed_data", "demo", f"run-{run}", seeds(400), promote=True)
     assert sorted(lake.data_files()) == files
     assert lake.storage_bytes() <= 1.1 * size
-    assert len(lake.history("seed_data", "demo")) == 10
+    assert len(lake.version_log("seed_data", "demo")) == 10
 
 
-def test_diff_by_content_and_rows_added_between_snapshots(lake: Lake) -> None:
+def test_rows_added_between_snapshots_are_the_changed_rows_only(lake: Warehouse) -> None:
     before = lake.write_version("seed_data", "demo", "a", seeds(6), promote=True)
     after = lake.write_version("seed_data", "demo", "b", seeds(6, {2: "new text"}), promote=True)
-    added, removed = lake.diff_versions("seed_data", "demo", "a", "b")
-    assert added["text"].tolist() == ["new text"]
-    assert removed["text"].tolist() == ["review number 2"]
     inserted = lake.rows_added_between("seed_data", before + 1, after)
     assert inserted["text"].tolist() == ["new text"]
 
 
-def test_publication_and_gates_as_the_warehouse_does(lake: Lake) -> None:
+def test_publication_and_gates_as_the_warehouse_does(lake: Warehouse) -> None:
     gate = GateRecord("curated_set", "curated_set_gate", True, "ok")
     lake.write_versions(
         {"curated_set": curated(3, "v1"), "rejected_samples": rejected(2, "v1")},
@@ -148,7 +151,7 @@ def test_publication_and_gates_as_the_warehouse_does(lake: Lake) -> None:
     assert decisions[["version_run_id", "decided_in_run_id", "published"]].values.tolist() == [
         ["run-1", "eval-1", True]
     ]
-    assert lake.gate_records("demo")["check_name"].tolist() == ["curated_set_gate"]
+    assert [g["check_name"] for g in lake.gate_records("demo", "run-1")] == ["curated_set_gate"]
     before = lake.snapshot_id()
     with pytest.raises(LookupError, match="no version from run nope"):
         lake.write_version(
@@ -163,7 +166,7 @@ def test_publication_and_gates_as_the_warehouse_does(lake: Lake) -> None:
     assert lake.read_version("evaluation_report", "demo", "eval-2").empty
 
 
-def publication_story(store: Warehouse | Lake) -> dict[str, object]:
+def publication_story(store: Warehouse) -> dict[str, object]:
     """Stage, gate, publish, hold back, fail part-way: what a reader of `store` then sees."""
 
     def stage(run: str, ids: list[str], passed: bool) -> None:
@@ -213,13 +216,23 @@ def publication_story(store: Warehouse | Lake) -> dict[str, object]:
     }
 
 
-def test_the_lake_answers_as_the_warehouse_does(tmp_path: Path, lake: Lake) -> None:
-    expected = publication_story(Warehouse(tmp_path / "w.duckdb"))
-    assert expected["curated"] == ["run10", "run11"] and expected["staged"] == ["run3", "run1"]  # as meant
-    assert publication_story(lake) == expected
+def test_the_lake_answers_as_the_duckdb_file_did(lake: Warehouse) -> None:
+    # what the DuckDB-file layout (main before the swap) answered for the same story, verbatim
+    assert publication_story(lake) == {
+        "staged": ["run3", "run1"],
+        "published": ["run1", "run1", "eval1"],
+        "curated": ["run10", "run11"],
+        "rejected": ["run1-r0"],
+        "run2": ["run20"],
+        "run4": 0,
+        "log": [
+            ["run3", "eval3", False, "FAILED: worse", "run1"],
+            ["run1", "eval1", True, "gate passed", None],
+        ],
+    }
 
 
-def test_llm_cache_first_write_wins(lake: Lake) -> None:
+def test_llm_cache_first_write_wins(lake: Warehouse) -> None:
     calls = pd.DataFrame([{"cache_key": "k1", "text": "first", "seconds": 1.0}])
     lake.store_calls(calls)
     lake.store_calls(calls.assign(text="second"))
@@ -230,8 +243,9 @@ def test_missing_extension_wheels_is_one_line_saying_what_to_install() -> None:
     # the import system's own "not installed": a None entry in sys.modules makes `import` fail
     code = (
         "import sys; sys.modules['duckdb_ext'] = None\n"
-        "from synth_assets.storage.lake import Lake, LakeConfig\n"
-        f"Lake(LakeConfig.embedded({str(Path('/nonexistent'))!r})).published_run('seed_data', 'x')\n"
+        "from synth_assets.storage import LakeConfig, Warehouse\n"
+        f"config = LakeConfig.embedded({str(Path('/nonexistent'))!r})\n"
+        "Warehouse(config=config).published_run('seed_data', 'x')\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     last = done.stderr.strip().splitlines()[-1]
@@ -243,12 +257,12 @@ def test_an_unusable_catalog_is_one_line_naming_it(tmp_path: Path) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
     with pytest.raises(StorageError, match=r"a-file.*Not a directory") as bad_folder:
-        Lake(LakeConfig.embedded(blocker / "data")).snapshot_id()
+        Warehouse(config=LakeConfig.embedded(blocker / "data")).snapshot_id()
     assert "\n" not in str(bad_folder.value)
     started = time.monotonic()
     unreachable = "postgres:dbname=lake host=127.0.0.1 port=1 user=u password=secret"
     with pytest.raises(StorageError, match="cannot attach the DuckLake catalog") as refused:
-        Lake(LakeConfig(unreachable, f"{tmp_path / 'parquet'}/"), lock_timeout_s=5).snapshot_id()
+        Warehouse(config=LakeConfig(unreachable, f"{tmp_path / 'parquet'}/"), lock_timeout_s=5).snapshot_id()
     message = str(refused.value)
     assert "\n" not in message and "secret" not in message and "Connection refused" in message
     assert time.monotonic() - started < 30
@@ -258,10 +272,10 @@ def test_an_unusable_catalog_is_one_line_naming_it(tmp_path: Path) -> None:
 WRITER = """
 import json, sys
 import pandas as pd
-from synth_assets.storage.lake import Lake, LakeConfig, S3Settings
+from synth_assets.storage import LakeConfig, S3Settings, Warehouse
 config, spec, versions, rows = json.loads(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 s3 = S3Settings(**config["s3"]) if config.get("s3") else None
-lake = Lake(LakeConfig(config["catalog"], config["data_path"], s3))
+lake = Warehouse(config=LakeConfig(config["catalog"], config["data_path"], s3))
 for version in range(versions):
     frame = pd.DataFrame([{"seed_id": f"{spec}-{version}-{i}", "split": "train", "text": f"{spec} {i}",
         "label": "a", "source_file": "f.csv", "source_row": i} for i in range(rows)])
@@ -271,6 +285,7 @@ print("done", spec)
 
 
 def run_two_writers(config: LakeConfig, versions: int = 4, rows: int = 300) -> None:
+    Warehouse(config=config).check_usable()  # the catalog exists before the first read, as after `make run`
     payload = json.dumps(
         {
             "catalog": config.catalog,
@@ -287,12 +302,12 @@ def run_two_writers(config: LakeConfig, versions: int = 4, rows: int = 300) -> N
         )
         for spec in ("alpha", "beta")
     ]
-    reader, reads, failed = Lake(config), 0, []
+    reader, reads, failed = Warehouse(config=config, lock_timeout_s=5), 0, []
     while any(writer.poll() is None for writer in writers):
         try:
-            reader.read_current("seed_data", "alpha")
+            reader.read_current("seed_data", "alpha", read_only=True)  # as the UI and the CLI read
             reads += 1
-        except duckdb.Error as exc:
+        except WAREHOUSE_ERRORS as exc:
             failed.append(str(exc).splitlines()[0])
         time.sleep(0.05)
     for writer in writers:
@@ -300,7 +315,7 @@ def run_two_writers(config: LakeConfig, versions: int = 4, rows: int = 300) -> N
         assert writer.returncode == 0, err[-2000:]
     assert failed == [], f"{len(failed)} of {reads + len(failed)} reads failed during the writes"
     for spec in ("alpha", "beta"):
-        history = reader.history("seed_data", spec)
+        history = reader.version_log("seed_data", spec)
         assert history["run_id"].tolist() == [f"run-{v}" for v in range(versions)]
         assert history["row_count"].tolist() == [rows] * versions
         assert history["snapshot_id"].notna().all()
@@ -326,7 +341,7 @@ def test_postgres_catalog_with_s3_data_two_writer_processes(
     settings = S3Settings(s3_server["endpoint"], s3_server["key_id"], s3_server["secret"])
     config = LakeConfig(catalog, f"s3://{s3_server['bucket']}/synth/", settings)
     run_two_writers(config, versions=3, rows=200)
-    lake = Lake(config)
+    lake = Warehouse(config=config)
     assert all(not path.startswith("/") for path in lake.data_files())  # in the bucket, not on disk
     lake.close()
 
@@ -337,7 +352,7 @@ def test_postgres_catalog_with_local_data(postgres: dict[str, str], tmp_path: Pa
         f"port={postgres['DAGSTER_PG_PORT']} user={postgres['DAGSTER_PG_USERNAME']} "
         f"password={postgres['DAGSTER_PG_PASSWORD']}"
     )
-    lake = Lake(LakeConfig(catalog, f"{tmp_path / 'parquet'}/"))
+    lake = Warehouse(config=LakeConfig(catalog, f"{tmp_path / 'parquet'}/"))
     snapshot = lake.write_version("seed_data", "demo", "run-1", seeds(300), promote=True)
     lake.write_version("seed_data", "demo", "run-2", seeds(300, {1: "x"}), promote=True)
     assert lake.read_current("seed_data", "demo", snapshot=snapshot)["text"].iloc[1] == "review number 1"
@@ -345,77 +360,180 @@ def test_postgres_catalog_with_local_data(postgres: dict[str, str], tmp_path: Pa
     lake.close()
 
 
-def current_layout_file(path: Path) -> Warehouse:
-    """A real warehouse of the earlier layout: two seed versions, a staged and published curated set."""
-    warehouse = Warehouse(path)
-    warehouse.write_version("seed_data", "demo", "run-1", seeds(4), promote=True)
-    warehouse.write_version("seed_data", "demo", "run-2", seeds(4, {3: "later"}), promote=True)
-    warehouse.write_versions(
-        {"curated_set": curated(2, "c"), "rejected_samples": rejected(1, "c")},
-        "demo",
+def old_layout_file(path: Path) -> dict[str, pd.DataFrame]:
+    """A small warehouse of the earlier layout, written with plain SQL as that layout stored it (every
+    stage twice: `<stage>` current, `<stage>_history` every version; rows copied per run): two seed
+    versions, a staged curated set published by an evaluation, a gate row, a publication, an LLM call.
+    Returns the history rows written, per history table."""
+    stamp = pd.Timestamp("2026-11-01 10:00:00")
+    versions = {
+        "seed_data": [("run-1", seeds(4)), ("run-2", seeds(4, {3: "later"}))],
+        "curated_set": [("run-2", curated(2, "c"))],
+        "rejected_samples": [("run-2", rejected(1, "c"))],
+        "evaluation_report": [
+            (
+                "eval-1",
+                pd.DataFrame([{c: None for c in stage_columns("evaluation_report")} | {"passed": True}]),
+            )
+        ],
+    }
+    current = {
+        "seed_data": "run-2",
+        "curated_set": "run-2",
+        "rejected_samples": "run-2",
+        "evaluation_report": "eval-1",
+    }
+    written: dict[str, pd.DataFrame] = {}
+    with duckdb.connect(str(path)) as connection:
+        for stage, columns in STAGE_COLUMNS.items():
+            body = ", ".join(f'"{n}" {k}' for n, k in {"spec_name": "VARCHAR", **columns}.items())
+            for table in (stage, HISTORY_TABLE[stage]):
+                connection.execute(
+                    f'CREATE TABLE "{table}" ({body}, run_id VARCHAR, materialized_at TIMESTAMP)'
+                )
+        connection.execute(
+            "CREATE TABLE gate_results (spec_name VARCHAR, run_id VARCHAR, asset VARCHAR, "
+            "check_name VARCHAR, passed BOOLEAN, summary VARCHAR, evaluated_at TIMESTAMP)"
+        )
+        connection.execute(
+            "CREATE TABLE publications (spec_name VARCHAR, stage VARCHAR, version_run_id VARCHAR, "
+            "decided_in_run_id VARCHAR, published BOOLEAN, reason VARCHAR, "
+            "previously_published_run_id VARCHAR, decided_at TIMESTAMP)"
+        )
+        connection.execute(
+            "CREATE TABLE llm_cache "
+            "(cache_key VARCHAR PRIMARY KEY, text VARCHAR, seconds DOUBLE, run_id VARCHAR)"
+        )
+        for minute, (stage, runs) in enumerate(versions.items()):
+            frames = []
+            for offset, (run, frame) in enumerate(runs):
+                rows = frame[stage_columns(stage)].copy()
+                rows.insert(0, "spec_name", "demo")
+                rows["run_id"], rows["materialized_at"] = (
+                    run,
+                    stamp + pd.Timedelta(minutes=minute * 10 + offset),
+                )
+                frames.append(rows)
+                connection.register("incoming", rows)
+                connection.execute(f'INSERT INTO "{HISTORY_TABLE[stage]}" BY NAME SELECT * FROM incoming')
+                if run == current[stage]:
+                    connection.execute(f'INSERT INTO "{stage}" BY NAME SELECT * FROM incoming')
+                connection.unregister("incoming")
+            written[HISTORY_TABLE[stage]] = pd.concat(frames, ignore_index=True)
+        connection.execute(
+            "INSERT INTO gate_results "
+            "VALUES ('demo', 'run-2', 'curated_set', 'curated_set_gate', true, 'ok', ?)",
+            [stamp],
+        )
+        connection.execute(
+            "INSERT INTO publications "
+            "VALUES ('demo', 'curated_set', 'run-2', 'eval-1', true, 'passed', NULL, ?)",
+            [stamp],
+        )
+        connection.execute("INSERT INTO llm_cache VALUES ('k1', 'an answer', 1.5, 'run-1')")
+    return written
+
+
+def plain(frame: pd.DataFrame) -> pd.DataFrame:
+    """Missing values as None whatever the dtype (NULL reads back as NaN in a float column)."""
+    return frame.astype(object).where(frame.notna(), None)
+
+
+def assert_imported(written: dict[str, pd.DataFrame], store: Warehouse) -> None:
+    """Every old version reads back as it was written, the same versions are current, verdicts and
+    publications came along."""
+    for history, rows in written.items():
+        stage = next(s for s, h in HISTORY_TABLE.items() if h == history)
+        for run_id, old in rows.groupby("run_id", sort=False):
+            new = store.read_version(stage, "demo", str(run_id))
+            pd.testing.assert_frame_equal(plain(old.reset_index(drop=True)), plain(new), check_dtype=False)
+    assert [store.published_run(s, "demo") for s in ("seed_data", "curated_set", "rejected_samples")] == [
         "run-2",
-        promote=False,
-        gate=GateRecord("curated_set", "curated_set_gate", True, "ok"),
+        "run-2",
+        "run-2",
+    ]
+    assert store.published_run("evaluation_report", "demo") == "eval-1"
+    assert store.staged_runs("demo") == ["run-2"]
+    assert store.publications("demo")["version_run_id"].tolist() == ["run-2"]
+    assert store.cached_calls(["k1"])["text"].tolist() == ["an answer"]
+
+
+def test_an_old_layout_file_is_imported_on_first_open_and_only_read(tmp_path: Path) -> None:
+    old = tmp_path / "synth_assets.duckdb"
+    written = old_layout_file(old)
+    before = old.read_bytes()
+    store = Warehouse(old)  # --db / SYNTH_ASSETS_DB naming the old file
+    assert store.path == tmp_path / "synth_assets.ducklake"
+    assert_imported(written, store)
+    assert old.read_bytes() == before  # only read
+    store.write_version("seed_data", "demo", "run-3", seeds(4), promote=True)
+    store.close()
+    again = Warehouse(old)  # a second open (a new process's view) imports nothing twice
+    assert [v.run_id for v in again.versions("seed_data", "demo")] == ["run-1", "run-2", "run-3"]
+    assert again.query("SELECT count(*) AS n FROM imports")["n"].iloc[0] == 1
+
+
+def test_two_processes_opening_an_old_file_at_once_import_it_once(tmp_path: Path) -> None:
+    old = tmp_path / "synth_assets.duckdb"
+    old_layout_file(old)
+    code = (
+        "import sys\nfrom synth_assets.storage import Warehouse\n"
+        "print(len(Warehouse(sys.argv[1]).versions('seed_data', 'demo', read_only=True)))\n"
     )
-    report = pd.DataFrame([{c: None for c in stage_columns("evaluation_report")} | {"passed": True}])
-    warehouse.write_version(
-        "evaluation_report",
-        "demo",
-        "eval-1",
-        report,
-        promote=True,
-        publication=Publication("curated_set", "run-2", True, "passed"),
-    )
-    return warehouse
+    readers = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, str(old)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
+    answers = [reader.communicate(timeout=120) for reader in readers]
+    assert [
+        (reader.returncode, out.strip()) for reader, (out, _err) in zip(readers, answers, strict=True)
+    ] == [(0, "2")] * 2
+    store = Warehouse(old)
+    assert store.query("SELECT count(*) AS n FROM imports")["n"].iloc[0] == 1
+    assert store.query("SELECT count(*) AS n FROM versions WHERE stage = 'seed_data'")["n"].iloc[0] == 2
 
 
-def assert_same_content(warehouse: Warehouse, lake: Lake) -> None:
-    for run in ("run-1", "run-2"):
-        old = warehouse.read_version("seed_data", "demo", run)
-        new = lake.read_version("seed_data", "demo", run)
-        pd.testing.assert_frame_equal(old, new, check_dtype=False)
-    for stage in ("seed_data", "curated_set", "rejected_samples", "evaluation_report"):
-        assert lake.published_run(stage, "demo") == warehouse.published_run(stage, "demo")
-    assert lake.staged_runs("demo") == warehouse.staged_runs("demo")
-    assert lake.publications("demo")["version_run_id"].tolist() == ["run-2"]
+def test_the_default_catalog_imports_the_old_default_file_beside_it(tmp_path: Path) -> None:
+    written = old_layout_file(tmp_path / "synth_assets.duckdb")
+    store = Warehouse(tmp_path / "synth_assets.ducklake")  # the new default, the old file beside it
+    assert_imported(written, store)
+    assert store.versions("seed_data", "demo", read_only=True)  # read-only opens import too
 
 
-def test_import_of_a_current_layout_file(tmp_path: Path, lake: Lake) -> None:
-    warehouse = current_layout_file(tmp_path / "synth_assets.duckdb")
-    counts = import_warehouse(warehouse.path, lake)
-    assert counts["seed_data_history"] == 8
-    assert counts["gate_results"] == 1
-    assert_same_content(warehouse, lake)
-    with pytest.raises(MigrationRefused, match=r"already holds \d+ versions; import into an empty lake"):
-        import_warehouse(warehouse.path, lake)
-
-
-def test_import_of_an_export_folder(tmp_path: Path, lake: Lake) -> None:
-    warehouse = current_layout_file(tmp_path / "synth_assets.duckdb")
-    with duckdb.connect(str(warehouse.path)) as connection:
+def test_import_of_an_export_folder(tmp_path: Path, lake: Warehouse) -> None:
+    written = old_layout_file(tmp_path / "synth_assets.duckdb")
+    with duckdb.connect(str(tmp_path / "synth_assets.duckdb")) as connection:
         connection.execute(f"EXPORT DATABASE '{tmp_path / 'export'}' (FORMAT parquet)")
-    import_warehouse(tmp_path / "export", lake)
-    assert_same_content(warehouse, lake)
+    counts = import_warehouse(tmp_path / "export", lake)
+    assert counts["seed_data_history"] == 8 and counts["gate_results"] == 1
+    assert_imported(written, lake)
+    with pytest.raises(MigrationRefused, match=r"export: already imported into"):
+        import_warehouse(tmp_path / "export", lake)
 
 
-def test_import_refuses_a_file_of_a_newer_duckdb_saying_how(tmp_path: Path, lake: Lake) -> None:
+def test_a_file_of_a_newer_duckdb_is_refused_saying_how(tmp_path: Path) -> None:
     # a real warehouse written by DuckDB 2.0.1 (the version this project pinned before DuckLake)
     newer = tmp_path / "synth_assets.duckdb"
     newer.write_bytes(gzip.decompress((DATA / "duckdb2_layout.duckdb.gz").read_bytes()))
+    store = Warehouse(newer)
     with pytest.raises(MigrationRefused) as refused:
-        import_warehouse(newer, lake)
+        store.check_usable()
     message = str(refused.value)
     assert "\n" not in message
     assert "written by a newer DuckDB than 1.4.4" in message
     assert "EXPORT DATABASE '<folder>' (FORMAT parquet) and import the folder" in message
-    assert lake.query("SELECT count(*) AS n FROM versions")["n"].iloc[0] == 0
+    assert newer.read_bytes() == gzip.decompress((DATA / "duckdb2_layout.duckdb.gz").read_bytes())
 
 
-def test_import_refuses_a_file_without_the_layout(tmp_path: Path, lake: Lake) -> None:
+def test_a_duckdb_file_without_the_layout_is_refused_in_one_line(tmp_path: Path, lake: Warehouse) -> None:
     other = tmp_path / "other.duckdb"
     with duckdb.connect(str(other)) as connection:
         connection.execute("CREATE TABLE unrelated (a INTEGER)")
-    with pytest.raises(MigrationRefused, match=r"other\.duckdb: has none of the tables"):
-        import_warehouse(other, lake)
+    with pytest.raises(
+        MigrationRefused, match=r"other\.duckdb: a DuckDB file without the warehouse's tables"
+    ):
+        Warehouse(other).check_usable()
     with pytest.raises(MigrationRefused, match=r"missing\.duckdb: no such file to import"):
         import_warehouse(tmp_path / "missing.duckdb", lake)

@@ -250,7 +250,7 @@ def test_previews_are_raw_tables_of_the_stored_rows(ui: Ui, page: Page) -> None:
     """curated_set's preview: a table (not Markdown) with the stored texts, raw."""
     curated = ui.store.read_only_query(  # the version the run wrote (staged, maybe not yet published)
         "SELECT sample_id, text FROM curated_set_history WHERE run_id = "
-        "(SELECT max_by(run_id, materialized_at) FROM curated_set_history) ORDER BY rowid"
+        "(SELECT max_by(run_id, materialized_at) FROM curated_set_history) ORDER BY row_position"
     )
     page.goto(f"{ui.url}/assets/curated_set?partition={SPEC}")
     _dismiss_welcome(page)

@@ -99,7 +99,7 @@ def curated_set(
     published = store.published_run(Stage.CURATED_SET, spec.name)
     # never promoted here: publication waits for the evaluation (staged -> published). The passing
     # verdict is what makes this version "staged" (Warehouse.staged_runs), so it commits with it.
-    store.write_versions(
+    snapshot = store.write_versions(
         {Stage.CURATED_SET: outcome.curated, Stage.REJECTED_SAMPLES: outcome.rejected},
         spec.name,
         run_id,
@@ -118,6 +118,7 @@ def curated_set(
     return dg.MaterializeResult(
         metadata={
             **stage_metadata(Stage.CURATED_SET, outcome.curated, spec),
+            "snapshot_id": snapshot,
             **_curation_metadata(outcome, len(samples)),
             "staged": gate.passed,
             "publication": publication,

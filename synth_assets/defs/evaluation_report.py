@@ -156,7 +156,7 @@ def evaluation_report(
     )
     # one transaction: the report row (promoted only when the gate passed, so a failed run never
     # becomes the "last good run") and the publication decision on the curated_set version it judged
-    store.write_version(
+    snapshot = store.write_version(
         Stage.EVALUATION_REPORT,
         spec.name,
         run_id,
@@ -182,6 +182,7 @@ def evaluation_report(
             **report.numeric_metrics(UI_METRICS),
             **report.withheld_metrics(UI_METRICS),
             "dagster/row_count": 1,
+            "snapshot_id": snapshot,  # also the snapshot that published the curated_set version
             "metrics": dg.MetadataValue.json(report.metrics),
             "report": dg.MetadataValue.md(written.ui_markdown),
             "report_path": dg.MetadataValue.path(str(written.path)),

@@ -38,7 +38,9 @@ def expanded_prompts(
     spec = specs.spec_for(context)
     store = warehouse.warehouse()
     prompts = expand_prompts(spec, read_upstream(store, Stage.SEED_DATA, spec))
-    store.write_version(Stage.EXPANDED_PROMPTS, spec.name, context.run.run_id, prompts, promote=True)
+    snapshot = store.write_version(
+        Stage.EXPANDED_PROMPTS, spec.name, context.run.run_id, prompts, promote=True
+    )
     attribute_counts = {
         name: pd.Series([json.loads(a)[name] for a in prompts["attributes"]]).value_counts().to_dict()
         for name in (a.name for a in spec.attributes)
@@ -46,6 +48,7 @@ def expanded_prompts(
     return dg.MaterializeResult(
         metadata={
             **stage_metadata(Stage.EXPANDED_PROMPTS, prompts, spec),
+            "snapshot_id": snapshot,
             "labels_requested": dg.MetadataValue.json(prompts["label"].value_counts().to_dict()),
             "attributes_sampled": dg.MetadataValue.json(attribute_counts),
             "example_prompt": dg.MetadataValue.md(f"```\n{prompts['prompt_text'].iloc[0]}\n```"),

@@ -148,7 +148,7 @@ def generated_samples(
     outcome = with_failed_share(validate_generated_samples(samples, spec), generation, spec)
     failed_share = failed_prompt_share(generation)
     # the version, its gate verdict and what it cost commit together
-    store.write_version(
+    snapshot = store.write_version(
         Stage.GENERATED_SAMPLES,
         spec.name,
         context.run.run_id,
@@ -161,6 +161,7 @@ def generated_samples(
     return dg.MaterializeResult(
         metadata={
             **stage_metadata(Stage.GENERATED_SAMPLES, samples, spec),
+            "snapshot_id": snapshot,
             "model": spec.generation.model,
             "backend": backend.name,
             "model_fingerprint": backend.fingerprint,

@@ -9,7 +9,7 @@ from synth_assets.paths import default_specs_dir
 from synth_assets.runtime import request_threads
 from synth_assets.seed import spec_inputs_digest
 from synth_assets.spec import GenerationSpec, SpecError, load_spec
-from synth_assets.storage import Warehouse, default_database_path
+from synth_assets.storage import Warehouse
 
 SPEC_PATH_TAG = "synth_assets/spec_path"
 # seed_data records where the spec of a partition lives, so a later lookup outside a run can find a
@@ -18,12 +18,13 @@ SPEC_PATH_METADATA = "spec_path"
 
 
 class WarehouseResource(dg.ConfigurableResource):
-    """The DuckDB file all stages write to (`SYNTH_ASSETS_DB` overrides the default)."""
+    """The warehouse all stages write to: the DuckLake catalog file `database`; empty: the default
+    (`SYNTH_ASSETS_LAKE_CATALOG` when set, else `SYNTH_ASSETS_DB` or data/synth_assets.ducklake)."""
 
     database: str = ""
 
     def warehouse(self) -> Warehouse:
-        return Warehouse(self.database or default_database_path())
+        return Warehouse(self.database or None)
 
 
 def last_spec_path(instance: dg.DagsterInstance, name: str) -> Path | None:

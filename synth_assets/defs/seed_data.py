@@ -87,11 +87,14 @@ def seed_data(
     columns, non-empty text, labels from the spec. The 'holdout' split is never shown to the model."""
     spec = specs.spec_for(context)
     rows = load_seed_data(spec)
-    warehouse.warehouse().write_version(Stage.SEED_DATA, spec.name, context.run.run_id, rows, promote=True)
+    snapshot = warehouse.warehouse().write_version(
+        Stage.SEED_DATA, spec.name, context.run.run_id, rows, promote=True
+    )
     per_split_label = rows.groupby(["split", "label"]).size().unstack(fill_value=0)
     return dg.MaterializeResult(
         metadata={
             **stage_metadata(Stage.SEED_DATA, rows, spec),
+            "snapshot_id": snapshot,  # the DuckLake snapshot of this version (time travel)
             "seed_file": dg.MetadataValue.path(str(spec.seed_path)),
             SPEC_PATH_METADATA: dg.MetadataValue.path(str(spec.source_path)),
             "spec_digest": spec_inputs_digest(spec),

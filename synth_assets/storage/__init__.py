@@ -1,7 +1,10 @@
 """The one place that knows the warehouse layout and speaks SQL to it.
 
 - `stages.py`: the stage names (`Stage`) and the column layout of every table;
-- `warehouse.py`: the DuckDB file, its connections, transactions, errors and every write;
+- `lake.py`: the engine, DuckLake: where the catalog and the Parquet files live (`LakeConfig`), the
+  layout (rows once by content id, versions as row lists, every write a snapshot), connections;
+- `warehouse.py`: `Warehouse`, its transactions, errors and every write;
+- `migrate.py`: the import of an old-layout DuckDB file (on first open);
 - `reads.py`: the named reads (the vocabulary: `promoted_version`, `versions`, `gate_verdict`,
   `good_versions`, `last_good`, `rows_by_ids`, `resolve_prefix`, ...) and the one definition of a
   good version (`is_good`).
@@ -10,6 +13,7 @@ Every other module reads and writes through `Warehouse` and these names; no SQL 
 package (tests/test_storage_boundary.py keeps it so).
 """
 
+from synth_assets.storage.lake import LakeConfig, LakeUnavailable, S3Settings
 from synth_assets.storage.reads import VersionInfo, VersionVerdict, decode_json, is_good
 from synth_assets.storage.stages import (
     COMMON_COLUMNS,
@@ -55,7 +59,10 @@ __all__ = [
     "WAREHOUSE_ERRORS",
     "GateRecord",
     "GenerationRecord",
+    "LakeConfig",
+    "LakeUnavailable",
     "Publication",
+    "S3Settings",
     "Stage",
     "StorageError",
     "VersionInfo",

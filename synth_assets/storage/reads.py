@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import duckdb
 import pandas as pd
 
+from synth_assets.storage.lake import stage_sql
 from synth_assets.storage.stages import (
     GATED_STAGES,
     GENERATION_RUN_COLUMNS,
@@ -38,9 +39,21 @@ from synth_assets.storage.stages import (
     ID_COLUMN,
     JSON_COLUMNS,
     LLM_CACHE_COLUMNS,
+    POSITION_COLUMN,
     PUBLICATION_COLUMNS,
     Stage,
 )
+
+# every column of a stage view but its row order (the frames are the stage's columns as written)
+_ROW = f"* EXCLUDE ({POSITION_COLUMN})"
+
+
+def _source(stage: str, current: bool, snapshot: int | None) -> str:
+    """The stage view (`<stage>` or its history), or at a snapshot the same SELECT with time travel."""
+    if snapshot is None:
+        return f'"{stage}"' if current else f'"{HISTORY_TABLE[stage]}"'
+    return f"({stage_sql(stage, current=current, snapshot=snapshot)})"
+
 
 if TYPE_CHECKING:
     from synth_assets.storage.warehouse import GenerationRecord
@@ -110,6 +123,7 @@ class WarehouseReads:
 
     if TYPE_CHECKING:
         path: Path
+        _alias: str  # the attached catalog's name on the connection `connect` yields
 
         def connect(self, read_only: bool = False) -> AbstractContextManager[duckdb.DuckDBPyConnection]: ...
 
@@ -139,20 +153,39 @@ class WarehouseReads:
     # --- whole versions ----------------------------------------------------------------------------
 
     def read_current(
-        self, stage: str, spec_name: str, *, read_only: bool = False, decoded: bool = False
+        self,
+        stage: str,
+        spec_name: str,
+        *,
+        read_only: bool = False,
+        decoded: bool = False,
+        snapshot: int | None = None,
     ) -> pd.DataFrame:
-        """The promoted version of a stage for a spec, in written row order (empty if none)."""
+        """The promoted version of a stage for a spec, in written row order (empty if none);
+        `snapshot`: as it was at that DuckLake snapshot (time travel, see `Warehouse.version_log`)."""
         frame = self._select(
-            f'SELECT * FROM "{stage}" WHERE spec_name = ? ORDER BY rowid', [spec_name], read_only
+            f"SELECT {_ROW} FROM {_source(stage, True, snapshot)} WHERE spec_name = ? "
+            f"ORDER BY {POSITION_COLUMN}",
+            [spec_name],
+            read_only,
         )
         return decode_json(frame, stage) if decoded else frame
 
     def read_version(
-        self, stage: str, spec_name: str, run_id: str, *, read_only: bool = False, decoded: bool = False
+        self,
+        stage: str,
+        spec_name: str,
+        run_id: str,
+        *,
+        read_only: bool = False,
+        decoded: bool = False,
+        snapshot: int | None = None,
     ) -> pd.DataFrame:
-        """The version of a stage that `run_id` wrote for the spec, in written row order (empty if none)."""
+        """The version of a stage that `run_id` wrote for the spec, in written row order (empty if none);
+        `snapshot`: as the warehouse held it at that DuckLake snapshot (time travel)."""
         frame = self._select(
-            f'SELECT * FROM "{HISTORY_TABLE[stage]}" WHERE spec_name = ? AND run_id = ? ORDER BY rowid',
+            f"SELECT {_ROW} FROM {_source(stage, False, snapshot)} WHERE spec_name = ? AND run_id = ? "
+            f"ORDER BY {POSITION_COLUMN}",
             [spec_name, run_id],
             read_only,
         )
@@ -165,8 +198,8 @@ class WarehouseReads:
         if not run_ids:
             return pd.DataFrame(columns=["spec_name", "run_id"])
         return self._select(
-            f'SELECT * FROM "{HISTORY_TABLE[stage]}" WHERE spec_name = ? AND list_contains(?, run_id) '
-            "ORDER BY rowid",
+            f'SELECT {_ROW} FROM "{HISTORY_TABLE[stage]}" WHERE spec_name = ? AND list_contains(?, run_id) '
+            f"ORDER BY materialized_at, run_id, {POSITION_COLUMN}",
             [spec_name, list(run_ids)],
             read_only,
         )
@@ -174,7 +207,8 @@ class WarehouseReads:
     def history(self, stage: str, spec_name: str, *, read_only: bool = False) -> pd.DataFrame:
         """Every row of every version of a stage for a spec, newest version first, JSON decoded."""
         frame = self._select(
-            f'SELECT * FROM "{HISTORY_TABLE[stage]}" WHERE spec_name = ? ORDER BY materialized_at DESC',
+            f'SELECT {_ROW} FROM "{HISTORY_TABLE[stage]}" WHERE spec_name = ? '
+            f"ORDER BY materialized_at DESC, {POSITION_COLUMN}",
             [spec_name],
             read_only,
         )
@@ -188,7 +222,8 @@ class WarehouseReads:
         table = stage if promoted else HISTORY_TABLE[stage]
         where = " WHERE spec_name = ?" if spec_name else ""
         frame = self._select(
-            f'SELECT * FROM "{table}"{where} ORDER BY materialized_at DESC LIMIT 1',
+            f'SELECT {_ROW} FROM "{table}"{where} '
+            f"ORDER BY materialized_at DESC, {POSITION_COLUMN} DESC LIMIT 1",
             [spec_name] if spec_name else [],
             read_only,
         )
@@ -221,10 +256,16 @@ class WarehouseReads:
         if spec_name is not None:
             conditions.append("spec_name = ?")
             parameters.append(spec_name)
+        source, snapshot = f'"{HISTORY_TABLE[stage]}"', None
         if written_by is not None:
+            # what that run read: the warehouse at the snapshot of its curated_set version (time
+            # travel: a version rewritten later reads as it was), and of it the versions written up to
+            # then (an imported warehouse came in as one snapshot, so the time stamps still decide)
+            snapshot = self.version_snapshot(Stage.CURATED_SET, written_by, read_only=read_only)
+            source = _source(stage, False, snapshot)
+            curated = _source(Stage.CURATED_SET, False, snapshot)
             conditions.append(
-                f'materialized_at <= (SELECT max(materialized_at) FROM "{HISTORY_TABLE[Stage.CURATED_SET]}" '
-                "WHERE run_id = ?)"
+                f"materialized_at <= (SELECT max(materialized_at) FROM {curated} WHERE run_id = ?)"
             )
             parameters.append(written_by)
         newest = (
@@ -233,12 +274,27 @@ class WarehouseReads:
             else ""
         )
         frame = self._select(
-            f'SELECT * FROM "{HISTORY_TABLE[stage]}" WHERE {" AND ".join(conditions)}{newest} '
-            "ORDER BY materialized_at, rowid",
+            f"SELECT {_ROW} FROM {source} WHERE {' AND '.join(conditions)}{newest} "
+            f"ORDER BY materialized_at, {POSITION_COLUMN}",
             parameters,
             read_only,
         )
         return decode_json(frame, stage) if decoded else frame
+
+    def version_snapshot(
+        self, stage: str, run_id: str, spec_name: str | None = None, *, read_only: bool = False
+    ) -> int | None:
+        """The DuckLake snapshot that committed the newest write of `run_id`'s version of `stage` (of
+        one spec, or of any), None when there is no such version. `read_current(..., snapshot=)` and
+        `read_version(..., snapshot=)` read the warehouse as it was then."""
+        where = " AND v.spec_name = ?" if spec_name is not None else ""
+        with self.connect(read_only=read_only) as connection:
+            found = connection.execute(
+                f"SELECT max(s.snapshot_id) FROM versions v JOIN {self._alias}.snapshots() s "
+                f"ON s.commit_extra_info = v.write_id WHERE v.stage = ? AND v.run_id = ?{where}",
+                [str(stage), run_id, *([spec_name] if spec_name is not None else [])],
+            ).fetchone()
+        return None if not found or found[0] is None else int(found[0])
 
     def resolve_prefix(
         self, prefix: str, stages: Sequence[str], *, column: str | None = None, read_only: bool = False
@@ -318,12 +374,8 @@ class WarehouseReads:
         return [VersionInfo(str(run), at, int(n)) for run, at, n in frame.itertuples(index=False)]
 
     def stage_exists(self, stage: str, *, read_only: bool = False) -> bool:
-        """Whether the file has the stage's tables (False for a DuckDB file no run has written to)."""
-        frame = self._select(
-            "SELECT count(*) AS n FROM information_schema.tables WHERE table_name = ?",
-            [HISTORY_TABLE[stage]],
-            read_only,
-        )
+        """Whether any version of the stage was ever written (False for a warehouse no run wrote to)."""
+        frame = self._select("SELECT count(*) AS n FROM versions WHERE stage = ?", [str(stage)], read_only)
         return bool(len(frame) and frame["n"].iloc[0])
 
     def newest_spec(self, stage: str = Stage.CURATED_SET, *, read_only: bool = False) -> str | None:
@@ -473,7 +525,9 @@ class WarehouseReads:
         if not cache_keys:
             return pd.DataFrame(columns=list(LLM_CACHE_COLUMNS))
         frame = self._select(
-            "SELECT * FROM llm_cache WHERE list_contains(?, cache_key)",
+            # first write of a key (two writers on a PostgreSQL catalog may both store one)
+            "SELECT * FROM llm_cache WHERE list_contains(?, cache_key) "
+            "QUALIFY row_number() OVER (PARTITION BY cache_key ORDER BY created_at, rowid) = 1",
             [list(dict.fromkeys(cache_keys))],
             read_only,
         )

@@ -124,6 +124,9 @@ STAGE_COLUMNS: dict[Stage, dict[str, str]] = {
     },
 }
 COMMON_COLUMNS = {"spec_name": "VARCHAR", "run_id": "VARCHAR", "materialized_at": "TIMESTAMP"}
+# The stage views (`<stage>`, `<stage>_history`) end with this column: a row's place in its version, the
+# order it was written in (a view has no rowid). The named reads order by it and leave it out.
+POSITION_COLUMN = "row_position"
 GATE_COLUMNS = {
     "spec_name": "VARCHAR",
     "run_id": "VARCHAR",
