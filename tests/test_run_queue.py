@@ -1,7 +1,8 @@
-"""`synth-assets run` goes through the instance's run queue (issue 12, section 3): while another run
-holds the one slot (`max_concurrent_runs: 1`, DuckDB's one writer) a CLI run waits QUEUED, says why
-in one line, then claims the slot and runs; a stop while it waits cancels it; the daemon never
-dequeues it. Real Dagster instances, real subprocesses holding the slot, real signals."""
+"""`synth-assets run` goes through the instance's run queue (issue 12, section 3; issue 11): runs of
+different specs run at once up to `max_concurrent_runs` (2), runs of one spec take turns (a tag limit
+per spec); while a run may not start, a CLI run waits QUEUED, says why in one line, then claims its
+slot and runs, counting slots exactly as Dagster's daemon does; a stop while it waits cancels it; the
+daemon never dequeues it. Real Dagster instances, real subprocesses holding the slot, real signals."""
 
 from __future__ import annotations
 
@@ -23,7 +24,14 @@ import pytest
 import yaml
 from conftest import LoopbackHandler, LoopbackServer, completion_payload, start_cli_run, write_openai_spec
 
-from synth_assets.run_queue import QUEUE_TAG, enqueue_run, execute_queued_run, queue_blocker, wait_for_slot
+from synth_assets.run_queue import (
+    QUEUE_TAG,
+    SPEC_TAG,
+    enqueue_run,
+    execute_queued_run,
+    queue_blocker,
+    wait_for_slot,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -48,11 +56,21 @@ HOLDING_RUN = """
 HOLDER_ID = "0b7d5b2e-0000-4000-8000-00000000beef"
 
 
-def _home(tmp_path: Path) -> Path:
-    """A Dagster home with the repo's own instance config (one run at a time, the CLI's queue tag)."""
+def _home(tmp_path: Path, max_concurrent_runs: int | None = None, queue_tag: bool = True) -> Path:
+    """A Dagster home with the repo's own instance config (two runs at once, one per spec, the CLI's
+    queue tag), or with another `max_concurrent_runs`, or without the queue tag's entry."""
     home = tmp_path / "home"
     home.mkdir()
-    shutil.copy(ROOT / "dagster.yaml", home / "dagster.yaml")
+    if max_concurrent_runs is None and queue_tag:
+        shutil.copy(ROOT / "dagster.yaml", home / "dagster.yaml")
+        return home
+    config = yaml.safe_load((ROOT / "dagster.yaml").read_text())
+    runs = config["concurrency"]["runs"]
+    if max_concurrent_runs is not None:
+        runs["max_concurrent_runs"] = max_concurrent_runs
+    if not queue_tag:
+        runs["tag_concurrency_limits"] = [e for e in runs["tag_concurrency_limits"] if e["key"] != QUEUE_TAG]
+    (home / "dagster.yaml").write_text(yaml.safe_dump(config))
     return home
 
 
@@ -62,8 +80,9 @@ def _env(home: Path, database: Path) -> dict[str, str]:
 
 @pytest.fixture
 def holding_run(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
-    """(home, release file): a real process whose run is STARTED in `home` until the file exists."""
-    home = _home(tmp_path)
+    """(home, release file): a real process whose run is STARTED in `home` until the file exists; the
+    home takes one run at a time (`max_concurrent_runs: 1`), so the holder holds the machine's slot."""
+    home = _home(tmp_path, max_concurrent_runs=1)
     release = tmp_path / "release"
     process = subprocess.Popen(
         [sys.executable, "-c", textwrap.dedent(HOLDING_RUN), HOLDER_ID, str(release)],
@@ -95,9 +114,13 @@ tiny_job = dg.Definitions(
 ).resolve_job_def("tiny_job")
 
 
-def test_the_instance_config_keeps_the_daemon_off_cli_runs() -> None:
+def test_the_instance_config_runs_two_specs_at_once_one_run_per_spec_and_keeps_the_daemon_off_cli_runs() -> (
+    None
+):
     runs = yaml.safe_load((ROOT / "dagster.yaml").read_text())["concurrency"]["runs"]
-    assert runs["max_concurrent_runs"] == 1
+    assert runs["max_concurrent_runs"] == 2  # was 1 while the warehouse took one writer at a time
+    per_spec = {"key": SPEC_TAG, "value": {"applyLimitPerUniqueValue": True}, "limit": 1}
+    assert per_spec in runs["tag_concurrency_limits"]
     assert {"key": QUEUE_TAG, "limit": 0} in runs["tag_concurrency_limits"]
 
 
@@ -136,8 +159,86 @@ def test_a_queued_run_waits_for_the_slot_then_claims_it_and_the_next_waits_behin
         assert queue_blocker(instance, second) is None
 
 
+def _ids(*names: str) -> dict[str, str]:
+    return {name: f"0b7d5b2e-0000-4000-8000-{index:012d}" for index, name in enumerate(names, start=100)}
+
+
+def test_runs_of_different_specs_start_together_and_a_run_of_the_same_spec_waits(tmp_path: Path) -> None:
+    """The repo's config: two runs at once, one per spec. alpha and beta start together; a second run
+    of alpha waits for the first (its spec's limit), gamma for a free slot (the machine's limit)."""
+    home = _home(tmp_path)
+    ids = _ids("alpha", "beta", "alpha2", "gamma")
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        instance.add_dynamic_partitions("specs", ["alpha", "beta", "gamma"])
+        queued = {
+            name: enqueue_run(instance, tiny_job, name.rstrip("2"), {}, run_id)
+            for name, run_id in ids.items()
+        }
+        per_spec = " (one run per spec at a time)"
+        slots = " (max_concurrent_runs: 2)"
+        alpha, beta = f"run {ids['alpha']} of spec alpha", f"run {ids['beta']} of spec beta"
+        assert queue_blocker(instance, ids["alpha"]) is None
+        assert queue_blocker(instance, ids["beta"]) is None  # a different spec: no wait for alpha
+        assert queue_blocker(instance, ids["alpha2"]) == f"{alpha} is queued ahead of this one{per_spec}"
+        # alpha2 waits for alpha and so takes no slot; alpha and beta take both
+        assert queue_blocker(instance, ids["gamma"]) == f"{alpha}, {beta} are queued ahead of this one{slots}"
+
+        for name in ("alpha", "beta"):  # both claim at once, no wait
+            wait_for_slot(instance, home, ids[name], lambda reason: pytest.fail(reason))
+            assert instance.get_run_by_id(ids[name]).status == dg.DagsterRunStatus.STARTING
+        assert queue_blocker(instance, ids["alpha2"]) == f"{alpha} is in progress{per_spec}"
+        assert queue_blocker(instance, ids["gamma"]) == f"{alpha}, {beta} are in progress{slots}"
+
+        assert execute_queued_run(instance, queued["alpha"]).success
+        assert queue_blocker(instance, ids["alpha2"]) is None  # alpha is done: its spec's turn is free
+        alpha2 = f"run {ids['alpha2']} of spec alpha"
+        assert (
+            queue_blocker(instance, ids["gamma"])
+            == f"{beta} is in progress and {alpha2} is queued ahead of this one{slots}"
+        )
+
+
+def test_the_cli_counts_slots_as_the_dagster_daemon_does(tmp_path: Path) -> None:
+    """The runs the CLI would start now are exactly the runs Dagster's own queue daemon would dequeue
+    now from the same queue (its `_get_runs_to_dequeue`, with the repo's limits; the queue tag's entry
+    is left out of the daemon's config, as it exists only to keep the daemon off CLI runs)."""
+    from dagster._core.storage.tags import PRIORITY_TAG
+    from dagster._daemon.run_coordinator.queued_run_coordinator_daemon import QueuedRunCoordinatorDaemon
+
+    home = _home(tmp_path, queue_tag=False)
+    names = ["alpha", "alpha2", "beta", "gamma", "delta"]
+    ids = _ids(*names)
+    daemon = QueuedRunCoordinatorDaemon(interval_seconds=1)
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        instance.add_dynamic_partitions("specs", sorted({n.rstrip("2") for n in names}))
+
+        def agree() -> set[str]:
+            config = instance.get_concurrency_config()
+            dequeued = {run.run_id for run in daemon._get_runs_to_dequeue(instance, config, None)}
+            waiting = [
+                i for i in ids.values() if instance.get_run_by_id(i).status == dg.DagsterRunStatus.QUEUED
+            ]
+            free = {run_id for run_id in waiting if queue_blocker(instance, run_id) is None}
+            assert free == dequeued
+            return free
+
+        for name, run_id in ids.items():
+            tags = {PRIORITY_TAG: "5"} if name == "delta" else {}  # the daemon's priority order too
+            enqueue_run(instance, tiny_job, name.rstrip("2"), tags, run_id)
+        assert agree() == {ids["delta"], ids["alpha"]}  # delta jumps the queue
+        wait_for_slot(instance, home, ids["alpha"], lambda reason: pytest.fail(reason))
+        assert agree() == {ids["delta"]}  # one slot left; alpha2 waits for alpha
+        wait_for_slot(instance, home, ids["delta"], lambda reason: pytest.fail(reason))
+        assert agree() == set()  # both slots taken
+        instance.report_run_canceled(instance.get_run_by_id(ids["delta"]))
+        assert agree() == {ids["beta"]}  # alpha2 still waits for alpha; beta is next
+        instance.report_run_canceled(instance.get_run_by_id(ids["alpha"]))
+        assert agree() == {ids["alpha2"], ids["beta"]}
+        daemon.__exit__(None, None, None)
+
+
 def test_a_cli_run_queued_behind_another_is_ahead_of_a_later_one(tmp_path: Path) -> None:
-    """Order: the second CLI run waits for the first even while no run is active yet."""
+    """Order: the second CLI run of a spec waits for the first even while no run is active yet."""
     home = _home(tmp_path)
     with dg.DagsterInstance.from_config(str(home)) as instance:
         instance.add_dynamic_partitions("specs", ["alpha"])
@@ -147,6 +248,7 @@ def test_a_cli_run_queued_behind_another_is_ahead_of_a_later_one(tmp_path: Path)
         assert (
             queue_blocker(instance, "0b7d5b2e-0000-4000-8000-000000000012")
             == "run 0b7d5b2e-0000-4000-8000-000000000011 of spec alpha is queued ahead of this one"
+            " (one run per spec at a time)"  # the reason since one spec's runs take turns by their own limit
         )
 
 
