@@ -32,6 +32,7 @@ from synth_assets.run_queue import (
     queue_blocker,
     wait_for_slot,
 )
+from synth_assets.storage import ROW_STAGES, Stage, Warehouse
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -291,28 +292,97 @@ def _slow_answers(handler: LoopbackHandler, body: dict, number: int) -> None:
     handler.send(200, completion_payload(f"This product number {digest} works well, I would buy it again."))
 
 
-@pytest.mark.slow  # two full CLI runs against a loopback server (curation and evaluation included)
-def test_a_second_cli_run_waits_for_the_first_and_then_runs_without_a_lock_error(
+class ReadLoop(threading.Thread):
+    """A reader during the runs, as the UI or `synth-assets lineage` would be: named reads through
+    `Warehouse` in a bounded loop (every 0.2 s, at most `limit` rounds) until `stop`; every exception is
+    a failed read."""
+
+    def __init__(self, store: Warehouse, specs: list[str], limit: int = 1000) -> None:
+        super().__init__(daemon=True)
+        self.store, self.specs, self.limit = store, specs, limit
+        self.reads = 0
+        self.failures: list[str] = []
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        for _ in range(self.limit):
+            for spec in self.specs:
+                try:
+                    self.store.row_count(Stage.GENERATED_SAMPLES, spec, read_only=True)
+                    self.store.versions(Stage.SEED_DATA, spec, read_only=True)
+                    self.reads += 1
+                except Exception as exc:  # what a reader would have shown as an error
+                    self.failures.append(f"{type(exc).__name__}: {exc}")
+            if self.done.wait(0.2):
+                return
+
+    def stop(self) -> ReadLoop:
+        self.done.set()
+        self.join(timeout=60)
+        return self
+
+
+@pytest.mark.slow  # three full CLI runs against a loopback server (curation and evaluation included)
+def test_two_specs_run_at_once_a_second_run_of_one_spec_waits_and_readers_never_fail(
     tmp_path: Path, loopback: Callable[..., LoopbackServer]
 ) -> None:
+    """Issue 11, with real processes: two `synth-assets run` of two specs at once on one Dagster home
+    and warehouse both finish, at the same time, without a lock error; a second run of one of them
+    waits for the first and then runs (one writer per spec); a reader loop meanwhile fails no read.
+    The loopback server's answer is a function of the prompt, so every run of these two specs writes
+    the same rows: the second run of tiny_reviews, which starts after the first has ended, is the
+    one-after-the-other reference the concurrent runs must equal."""
     server = loopback(_slow_answers)
     spec_path = write_openai_spec(tmp_path / "specs", server.url, num_samples=8)
+    other_spec = write_openai_spec(
+        tmp_path / "specs_b", server.url, num_samples=8, replacements={"name: tiny_reviews": "name: tiny_b"}
+    )
     home, database = _home(tmp_path), tmp_path / "w.duckdb"
     env = {**_env(home, database), "PYTHONUNBUFFERED": "1"}
     first = start_cli_run(spec_path, env)
+    other = start_cli_run(other_spec, env)  # another spec, at the same time
+    reader = ReadLoop(Warehouse(database), ["tiny_reviews", "tiny_b"])
     assert first.stdout is not None
-    for line in first.stdout:  # the first run holds the slot
+    for line in first.stdout:  # the first run holds its spec's slot
+        if line.startswith("materializing") and not reader.is_alive():
+            reader.start()  # the warehouse file and its tables exist from here on
         if "generated" in line:
             break
     second = start_cli_run(spec_path, env)
     out_second, _ = second.communicate(timeout=900)
+    out_other, _ = other.communicate(timeout=900)
     out_first, _ = first.communicate(timeout=900)
+    reader.stop()
     assert first.returncode == 0, out_first[-3000:]
     assert second.returncode == 0, out_second[-3000:]
+    assert other.returncode == 0, out_other[-3000:]
     with dg.DagsterInstance.from_config(str(home)) as instance:
-        older, newer = sorted(instance.get_run_records(), key=lambda record: record.create_timestamp)
+        records = sorted(instance.get_run_records(), key=lambda record: record.create_timestamp)
+        older, newer = [r for r in records if r.dagster_run.tags[SPEC_TAG] == "tiny_reviews"]
+        (alongside,) = [r for r in records if r.dagster_run.tags[SPEC_TAG] == "tiny_b"]
         assert f"waiting: run {older.dagster_run.run_id} of spec tiny_reviews is in progress" in out_second
         assert older.end_time is not None and newer.start_time is not None
-        assert newer.start_time >= older.end_time  # never two at once
-    for output in (out_first, out_second):
+        assert newer.start_time >= older.end_time  # never two at once of one spec
+        assert alongside.start_time is not None and alongside.end_time is not None
+        # the other spec ran while the first run did, and never waited
+        assert alongside.start_time < older.end_time and older.start_time < alongside.end_time
+        assert "waiting:" not in out_other and "waiting:" not in out_first
+    for output in (out_first, out_second, out_other):
         assert "lock" not in output.lower() and "Traceback" not in output
+    store = Warehouse(database)
+    versions = {  # (spec, run id) of each run's versions; the last one ran alone after its spec's first
+        "concurrent": ("tiny_reviews", older.dagster_run.run_id),
+        "alongside": ("tiny_b", alongside.dagster_run.run_id),
+        "after": ("tiny_reviews", newer.dagster_run.run_id),
+    }
+    for stage in ROW_STAGES:
+        counts = {
+            name: store.row_count(stage, *version, read_only=True) for name, version in versions.items()
+        }
+        assert len(set(counts.values())) == 1, (stage, counts)
+    texts = [
+        sorted(store.read_version(Stage.GENERATED_SAMPLES, *version, read_only=True)["text"])
+        for version in versions.values()
+    ]
+    assert len(texts[0]) == 8 and texts[0] == texts[1] == texts[2]  # nothing lost, nothing mixed in
+    assert reader.failures == [] and reader.reads >= 20, (reader.reads, reader.failures[:3])
