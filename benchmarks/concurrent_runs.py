@@ -30,16 +30,20 @@ all at once / one after the other, and whether the row counts are equal.
 from __future__ import annotations
 
 import argparse
+import http.server
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 import duckdb
 import yaml
+from seed_scaling import _Answer  # benchmarks/ is on sys.path when run as a script
+from usefulness import cpu_model
 
 ROOT = Path(__file__).resolve().parent.parent
 STEP_DONE = 'Finished execution of step "generated_samples"'
@@ -110,65 +114,24 @@ def _run_together(
     return results
 
 
-def cpu_model() -> str:
-    """The CPU's model name (`lscpu`'s "Model name", read from /proc/cpuinfo)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
+class _SlowAnswer(_Answer):
+    """seed_scaling's stand-in OpenAI-compatible server (deterministic answers, many requests at once),
+    answering each request after `latency` seconds, as a GPU server elsewhere would."""
+
+    latency = 0.0
+
+    def do_POST(self) -> None:
+        time.sleep(self.latency)
+        super().do_POST()
 
 
-class _StubServer:
-    """A stand-in OpenAI-compatible chat server on loopback: each request is answered after `latency`
-    seconds with a review that is a function of the prompt (so any run of a spec writes the same rows),
-    many requests at once, as a GPU server would take them."""
-
-    def __init__(self, latency: float) -> None:
-        import hashlib
-        import http.server
-        import json
-        import threading
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                time.sleep(latency)
-                digest = hashlib.sha256(json.dumps(body.get("messages"), sort_keys=True).encode()).hexdigest()
-                text = f"Review {digest[:12]}: it does what it says and I would buy it again."
-                self._send(
-                    {
-                        "choices": [{"message": {"content": text}, "finish_reason": "stop"}],
-                        "usage": {"prompt_tokens": 50, "completion_tokens": 16},
-                    }
-                )
-
-            def do_GET(self) -> None:
-                self._send({"object": "list", "data": [{"id": "stub", "object": "model"}]})
-
-            def _send(self, payload: dict) -> None:
-                data = json.dumps(payload).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+def _stub_server(latency: float) -> http.server.ThreadingHTTPServer:
+    """`_SlowAnswer` on a free loopback port, served from a daemon thread."""
+    handler = type("Answer", (_SlowAnswer,), {"latency": latency})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
 
 
 def _run_specs(specs: list[Path], work: Path, together: bool, timeout_s: float) -> tuple[float, list[int]]:
@@ -221,7 +184,7 @@ def _row_counts(database: Path, names: list[str]) -> dict[str, dict[str, int]]:
 def compare_specs(args: argparse.Namespace) -> None:
     """The `--specs` mode: one after the other vs all at once (see the module docstring)."""
     print(f"CPU: {cpu_model()}, {os.cpu_count()} cores; load average {os.getloadavg()[0]:.2f}", flush=True)
-    server = _StubServer(args.server_latency) if args.server_latency is not None else None
+    server = _stub_server(args.server_latency) if args.server_latency is not None else None
     try:
         with tempfile.TemporaryDirectory(prefix="concurrent_specs-") as tmp:
             folder = Path(tmp)
@@ -233,7 +196,8 @@ def compare_specs(args: argparse.Namespace) -> None:
                 )
                 if server is not None:
                     data = yaml.safe_load(copy.read_text())
-                    data["generation"] |= {"backend": "openai", "model": "stub", "base_url": server.url}
+                    url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+                    data["generation"] |= {"backend": "openai", "model": "stub", "base_url": url}
                     copy.write_text(yaml.safe_dump(data, sort_keys=False))
                 copies.append(copy)
             names = [yaml.safe_load(copy.read_text())["name"] for copy in copies]
@@ -254,7 +218,8 @@ def compare_specs(args: argparse.Namespace) -> None:
                 print(f"{way}: {wall:.1f} s wall, exit codes {codes}; rows {shown}", flush=True)
     finally:
         if server is not None:
-            server.close()
+            server.shutdown()
+            server.server_close()
     (sequential, rows_sequential), (together_s, rows_together) = results.values()
     equal = rows_sequential == rows_together
     print(

@@ -106,9 +106,10 @@ def add_partition(instance: dg.DagsterInstance, home: Path, partitions_def_name:
 
 def reap_dead_runs(instance: dg.DagsterInstance) -> list[str]:
     """Mark failed every run still STARTED/STARTING/CANCELING whose `synth-assets run` process on this
-    host is gone (SIGKILL, the OOM killer, a lost laptop lid): with `max_concurrent_runs: 1` such a run
-    would keep every later run QUEUED forever. Such a run still QUEUED (its process died while waiting
-    for the slot) is marked canceled: it would hold back every later CLI run. Returns the run ids
+    host is gone (SIGKILL, the OOM killer, a lost laptop lid): such a run would hold its slot and its
+    spec's turn forever (dagster.yaml's run limits), keeping later runs QUEUED. Such a run still QUEUED
+    (its process died while waiting for a slot) is marked canceled: it would hold back later CLI runs.
+    Returns the run ids
     marked. Runs of other hosts and runs without our tags (UI runs: Dagster's own run monitoring
     covers those) are left alone."""
     import dagster as dg
