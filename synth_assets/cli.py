@@ -86,6 +86,7 @@ def command_run(args: argparse.Namespace) -> int:
     from synth_assets.defs.resources import SPEC_PATH_TAG
     from synth_assets.run_control import (
         StopWatcher,
+        add_partition,
         finish_stopped_run,
         open_instance,
         process_tags,
@@ -106,8 +107,7 @@ def command_run(args: argparse.Namespace) -> int:
     instance = open_instance(home)
     for dead in reap_dead_runs(instance):
         print(f"note: run {dead} had lost its process (killed); marked failed", flush=True)
-    if not instance.has_dynamic_partition(spec_partitions.name, spec.name):
-        instance.add_dynamic_partitions(spec_partitions.name, [spec.name])
+    add_partition(instance, home, spec_partitions.name, spec.name)
     print(f"materializing spec '{spec.name}' ({spec.source_path}) into {store.path}", flush=True)
     if spec.generation.runs_in_process:
         print(f"local model: {choose_threads().describe()}", flush=True)

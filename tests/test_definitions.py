@@ -108,7 +108,7 @@ def test_spec_inputs_version_is_the_content_hash_of_spec_and_seed(tmp_path: Path
 def test_workspace_and_instance_files() -> None:
     root = Path(__file__).parent.parent
     assert "synth_assets.definitions" in (root / "workspace.yaml").read_text()
-    assert "max_concurrent_runs: 1" in (root / "dagster.yaml").read_text()
+    assert "max_concurrent_runs: 2" in (root / "dagster.yaml").read_text()  # two specs at once (issue 11)
 
 
 def test_sensor_adds_partitions_and_skips_unchanged_files(

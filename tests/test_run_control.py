@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import dagster as dg
 import pytest
 from conftest import CliRun, run_cli, start_cli_run, write_tiny_spec
 
+from synth_assets.run_control import add_partition
 from synth_assets.runtime import auto_threads
 from synth_assets.spec import load_spec
 from synth_assets.storage import Warehouse
@@ -131,6 +133,35 @@ def test_two_runs_starting_at_once_on_a_new_dagster_home_both_open_it(tmp_path: 
         assert process.returncode == 0, err[-2000:]
         assert "runs 0" in out
         assert "already exists" not in err
+
+
+def test_runs_adding_the_same_new_spec_at_once_all_succeed(tmp_path: Path) -> None:
+    """Dagster looks a dynamic partition up, then inserts it: two runs of a new spec starting together
+    both inserted it and one died on the unique index (IntegrityError; 46 of 80 here without the lock)."""
+    home = tmp_path / "home"
+    home.mkdir()
+    instances = [dg.DagsterInstance.from_config(str(home)) for _ in range(4)]
+    instances[0].get_runs_count()  # the storage exists before the race
+    errors: list[str] = []
+
+    def add(instance: dg.DagsterInstance, barrier: threading.Barrier, key: str) -> None:
+        barrier.wait()
+        try:
+            add_partition(instance, home, "spec", key)
+        except Exception as exc:  # what a CLI run would have died of
+            errors.append(f"{type(exc).__name__}: {exc}")
+
+    for number in range(10):
+        barrier = threading.Barrier(len(instances))
+        threads = [threading.Thread(target=add, args=(i, barrier, f"spec_{number}")) for i in instances]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert errors == []
+    assert sorted(instances[0].get_dynamic_partitions("spec")) == sorted(f"spec_{n}" for n in range(10))
+    for instance in instances:
+        instance.dispose()
 
 
 SLEEPING_RUN = """

@@ -1,7 +1,8 @@
-"""`synth-assets run` goes through the instance's run queue (issue 12, section 3): while another run
-holds the one slot (`max_concurrent_runs: 1`, DuckDB's one writer) a CLI run waits QUEUED, says why
-in one line, then claims the slot and runs; a stop while it waits cancels it; the daemon never
-dequeues it. Real Dagster instances, real subprocesses holding the slot, real signals."""
+"""`synth-assets run` goes through the instance's run queue (issue 12, section 3; issue 11): runs of
+different specs run at once up to `max_concurrent_runs` (2), runs of one spec take turns (a tag limit
+per spec); while a run may not start, a CLI run waits QUEUED, says why in one line, then claims its
+slot and runs, counting slots exactly as Dagster's daemon does; a stop while it waits cancels it; the
+daemon never dequeues it. Real Dagster instances, real subprocesses holding the slot, real signals."""
 
 from __future__ import annotations
 
@@ -23,7 +24,15 @@ import pytest
 import yaml
 from conftest import LoopbackHandler, LoopbackServer, completion_payload, start_cli_run, write_openai_spec
 
-from synth_assets.run_queue import QUEUE_TAG, enqueue_run, execute_queued_run, queue_blocker, wait_for_slot
+from synth_assets.run_queue import (
+    QUEUE_TAG,
+    SPEC_TAG,
+    enqueue_run,
+    execute_queued_run,
+    queue_blocker,
+    wait_for_slot,
+)
+from synth_assets.storage import ROW_STAGES, Stage, Warehouse
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -48,11 +57,21 @@ HOLDING_RUN = """
 HOLDER_ID = "0b7d5b2e-0000-4000-8000-00000000beef"
 
 
-def _home(tmp_path: Path) -> Path:
-    """A Dagster home with the repo's own instance config (one run at a time, the CLI's queue tag)."""
+def _home(tmp_path: Path, max_concurrent_runs: int | None = None, queue_tag: bool = True) -> Path:
+    """A Dagster home with the repo's own instance config (two runs at once, one per spec, the CLI's
+    queue tag), or with another `max_concurrent_runs`, or without the queue tag's entry."""
     home = tmp_path / "home"
     home.mkdir()
-    shutil.copy(ROOT / "dagster.yaml", home / "dagster.yaml")
+    if max_concurrent_runs is None and queue_tag:
+        shutil.copy(ROOT / "dagster.yaml", home / "dagster.yaml")
+        return home
+    config = yaml.safe_load((ROOT / "dagster.yaml").read_text())
+    runs = config["concurrency"]["runs"]
+    if max_concurrent_runs is not None:
+        runs["max_concurrent_runs"] = max_concurrent_runs
+    if not queue_tag:
+        runs["tag_concurrency_limits"] = [e for e in runs["tag_concurrency_limits"] if e["key"] != QUEUE_TAG]
+    (home / "dagster.yaml").write_text(yaml.safe_dump(config))
     return home
 
 
@@ -62,8 +81,9 @@ def _env(home: Path, database: Path) -> dict[str, str]:
 
 @pytest.fixture
 def holding_run(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
-    """(home, release file): a real process whose run is STARTED in `home` until the file exists."""
-    home = _home(tmp_path)
+    """(home, release file): a real process whose run is STARTED in `home` until the file exists; the
+    home takes one run at a time (`max_concurrent_runs: 1`), so the holder holds the machine's slot."""
+    home = _home(tmp_path, max_concurrent_runs=1)
     release = tmp_path / "release"
     process = subprocess.Popen(
         [sys.executable, "-c", textwrap.dedent(HOLDING_RUN), HOLDER_ID, str(release)],
@@ -95,9 +115,13 @@ tiny_job = dg.Definitions(
 ).resolve_job_def("tiny_job")
 
 
-def test_the_instance_config_keeps_the_daemon_off_cli_runs() -> None:
+def test_the_instance_config_runs_two_specs_at_once_one_run_per_spec_and_keeps_the_daemon_off_cli_runs() -> (
+    None
+):
     runs = yaml.safe_load((ROOT / "dagster.yaml").read_text())["concurrency"]["runs"]
-    assert runs["max_concurrent_runs"] == 1
+    assert runs["max_concurrent_runs"] == 2  # was 1 while the warehouse took one writer at a time
+    per_spec = {"key": SPEC_TAG, "value": {"applyLimitPerUniqueValue": True}, "limit": 1}
+    assert per_spec in runs["tag_concurrency_limits"]
     assert {"key": QUEUE_TAG, "limit": 0} in runs["tag_concurrency_limits"]
 
 
@@ -136,8 +160,86 @@ def test_a_queued_run_waits_for_the_slot_then_claims_it_and_the_next_waits_behin
         assert queue_blocker(instance, second) is None
 
 
+def _ids(*names: str) -> dict[str, str]:
+    return {name: f"0b7d5b2e-0000-4000-8000-{index:012d}" for index, name in enumerate(names, start=100)}
+
+
+def test_runs_of_different_specs_start_together_and_a_run_of_the_same_spec_waits(tmp_path: Path) -> None:
+    """The repo's config: two runs at once, one per spec. alpha and beta start together; a second run
+    of alpha waits for the first (its spec's limit), gamma for a free slot (the machine's limit)."""
+    home = _home(tmp_path)
+    ids = _ids("alpha", "beta", "alpha2", "gamma")
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        instance.add_dynamic_partitions("specs", ["alpha", "beta", "gamma"])
+        queued = {
+            name: enqueue_run(instance, tiny_job, name.rstrip("2"), {}, run_id)
+            for name, run_id in ids.items()
+        }
+        per_spec = " (one run per spec at a time)"
+        slots = " (max_concurrent_runs: 2)"
+        alpha, beta = f"run {ids['alpha']} of spec alpha", f"run {ids['beta']} of spec beta"
+        assert queue_blocker(instance, ids["alpha"]) is None
+        assert queue_blocker(instance, ids["beta"]) is None  # a different spec: no wait for alpha
+        assert queue_blocker(instance, ids["alpha2"]) == f"{alpha} is queued ahead of this one{per_spec}"
+        # alpha2 waits for alpha and so takes no slot; alpha and beta take both
+        assert queue_blocker(instance, ids["gamma"]) == f"{alpha}, {beta} are queued ahead of this one{slots}"
+
+        for name in ("alpha", "beta"):  # both claim at once, no wait
+            wait_for_slot(instance, home, ids[name], lambda reason: pytest.fail(reason))
+            assert instance.get_run_by_id(ids[name]).status == dg.DagsterRunStatus.STARTING
+        assert queue_blocker(instance, ids["alpha2"]) == f"{alpha} is in progress{per_spec}"
+        assert queue_blocker(instance, ids["gamma"]) == f"{alpha}, {beta} are in progress{slots}"
+
+        assert execute_queued_run(instance, queued["alpha"]).success
+        assert queue_blocker(instance, ids["alpha2"]) is None  # alpha is done: its spec's turn is free
+        alpha2 = f"run {ids['alpha2']} of spec alpha"
+        assert (
+            queue_blocker(instance, ids["gamma"])
+            == f"{beta} is in progress and {alpha2} is queued ahead of this one{slots}"
+        )
+
+
+def test_the_cli_counts_slots_as_the_dagster_daemon_does(tmp_path: Path) -> None:
+    """The runs the CLI would start now are exactly the runs Dagster's own queue daemon would dequeue
+    now from the same queue (its `_get_runs_to_dequeue`, with the repo's limits; the queue tag's entry
+    is left out of the daemon's config, as it exists only to keep the daemon off CLI runs)."""
+    from dagster._core.storage.tags import PRIORITY_TAG
+    from dagster._daemon.run_coordinator.queued_run_coordinator_daemon import QueuedRunCoordinatorDaemon
+
+    home = _home(tmp_path, queue_tag=False)
+    names = ["alpha", "alpha2", "beta", "gamma", "delta"]
+    ids = _ids(*names)
+    daemon = QueuedRunCoordinatorDaemon(interval_seconds=1)
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        instance.add_dynamic_partitions("specs", sorted({n.rstrip("2") for n in names}))
+
+        def agree() -> set[str]:
+            config = instance.get_concurrency_config()
+            dequeued = {run.run_id for run in daemon._get_runs_to_dequeue(instance, config, None)}
+            waiting = [
+                i for i in ids.values() if instance.get_run_by_id(i).status == dg.DagsterRunStatus.QUEUED
+            ]
+            free = {run_id for run_id in waiting if queue_blocker(instance, run_id) is None}
+            assert free == dequeued
+            return free
+
+        for name, run_id in ids.items():
+            tags = {PRIORITY_TAG: "5"} if name == "delta" else {}  # the daemon's priority order too
+            enqueue_run(instance, tiny_job, name.rstrip("2"), tags, run_id)
+        assert agree() == {ids["delta"], ids["alpha"]}  # delta jumps the queue
+        wait_for_slot(instance, home, ids["alpha"], lambda reason: pytest.fail(reason))
+        assert agree() == {ids["delta"]}  # one slot left; alpha2 waits for alpha
+        wait_for_slot(instance, home, ids["delta"], lambda reason: pytest.fail(reason))
+        assert agree() == set()  # both slots taken
+        instance.report_run_canceled(instance.get_run_by_id(ids["delta"]))
+        assert agree() == {ids["beta"]}  # alpha2 still waits for alpha; beta is next
+        instance.report_run_canceled(instance.get_run_by_id(ids["alpha"]))
+        assert agree() == {ids["alpha2"], ids["beta"]}
+        daemon.__exit__(None, None, None)
+
+
 def test_a_cli_run_queued_behind_another_is_ahead_of_a_later_one(tmp_path: Path) -> None:
-    """Order: the second CLI run waits for the first even while no run is active yet."""
+    """Order: the second CLI run of a spec waits for the first even while no run is active yet."""
     home = _home(tmp_path)
     with dg.DagsterInstance.from_config(str(home)) as instance:
         instance.add_dynamic_partitions("specs", ["alpha"])
@@ -147,6 +249,7 @@ def test_a_cli_run_queued_behind_another_is_ahead_of_a_later_one(tmp_path: Path)
         assert (
             queue_blocker(instance, "0b7d5b2e-0000-4000-8000-000000000012")
             == "run 0b7d5b2e-0000-4000-8000-000000000011 of spec alpha is queued ahead of this one"
+            " (one run per spec at a time)"  # the reason since one spec's runs take turns by their own limit
         )
 
 
@@ -189,28 +292,97 @@ def _slow_answers(handler: LoopbackHandler, body: dict, number: int) -> None:
     handler.send(200, completion_payload(f"This product number {digest} works well, I would buy it again."))
 
 
-@pytest.mark.slow  # two full CLI runs against a loopback server (curation and evaluation included)
-def test_a_second_cli_run_waits_for_the_first_and_then_runs_without_a_lock_error(
+class ReadLoop(threading.Thread):
+    """A reader during the runs, as the UI or `synth-assets lineage` would be: named reads through
+    `Warehouse` in a bounded loop (every 0.2 s, at most `limit` rounds) until `stop`; every exception is
+    a failed read."""
+
+    def __init__(self, store: Warehouse, specs: list[str], limit: int = 1000) -> None:
+        super().__init__(daemon=True)
+        self.store, self.specs, self.limit = store, specs, limit
+        self.reads = 0
+        self.failures: list[str] = []
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        for _ in range(self.limit):
+            for spec in self.specs:
+                try:
+                    self.store.row_count(Stage.GENERATED_SAMPLES, spec, read_only=True)
+                    self.store.versions(Stage.SEED_DATA, spec, read_only=True)
+                    self.reads += 1
+                except Exception as exc:  # what a reader would have shown as an error
+                    self.failures.append(f"{type(exc).__name__}: {exc}")
+            if self.done.wait(0.2):
+                return
+
+    def stop(self) -> ReadLoop:
+        self.done.set()
+        self.join(timeout=60)
+        return self
+
+
+@pytest.mark.slow  # three full CLI runs against a loopback server (curation and evaluation included)
+def test_two_specs_run_at_once_a_second_run_of_one_spec_waits_and_readers_never_fail(
     tmp_path: Path, loopback: Callable[..., LoopbackServer]
 ) -> None:
+    """Issue 11, with real processes: two `synth-assets run` of two specs at once on one Dagster home
+    and warehouse both finish, at the same time, without a lock error; a second run of one of them
+    waits for the first and then runs (one writer per spec); a reader loop meanwhile fails no read.
+    The loopback server's answer is a function of the prompt, so every run of these two specs writes
+    the same rows: the second run of tiny_reviews, which starts after the first has ended, is the
+    one-after-the-other reference the concurrent runs must equal."""
     server = loopback(_slow_answers)
     spec_path = write_openai_spec(tmp_path / "specs", server.url, num_samples=8)
+    other_spec = write_openai_spec(
+        tmp_path / "specs_b", server.url, num_samples=8, replacements={"name: tiny_reviews": "name: tiny_b"}
+    )
     home, database = _home(tmp_path), tmp_path / "w.duckdb"
     env = {**_env(home, database), "PYTHONUNBUFFERED": "1"}
     first = start_cli_run(spec_path, env)
+    other = start_cli_run(other_spec, env)  # another spec, at the same time
+    reader = ReadLoop(Warehouse(database), ["tiny_reviews", "tiny_b"])
     assert first.stdout is not None
-    for line in first.stdout:  # the first run holds the slot
+    for line in first.stdout:  # the first run holds its spec's slot
+        if line.startswith("materializing") and not reader.is_alive():
+            reader.start()  # the warehouse file and its tables exist from here on
         if "generated" in line:
             break
     second = start_cli_run(spec_path, env)
     out_second, _ = second.communicate(timeout=900)
+    out_other, _ = other.communicate(timeout=900)
     out_first, _ = first.communicate(timeout=900)
+    reader.stop()
     assert first.returncode == 0, out_first[-3000:]
     assert second.returncode == 0, out_second[-3000:]
+    assert other.returncode == 0, out_other[-3000:]
     with dg.DagsterInstance.from_config(str(home)) as instance:
-        older, newer = sorted(instance.get_run_records(), key=lambda record: record.create_timestamp)
+        records = sorted(instance.get_run_records(), key=lambda record: record.create_timestamp)
+        older, newer = [r for r in records if r.dagster_run.tags[SPEC_TAG] == "tiny_reviews"]
+        (alongside,) = [r for r in records if r.dagster_run.tags[SPEC_TAG] == "tiny_b"]
         assert f"waiting: run {older.dagster_run.run_id} of spec tiny_reviews is in progress" in out_second
         assert older.end_time is not None and newer.start_time is not None
-        assert newer.start_time >= older.end_time  # never two at once
-    for output in (out_first, out_second):
+        assert newer.start_time >= older.end_time  # never two at once of one spec
+        assert alongside.start_time is not None and alongside.end_time is not None
+        # the other spec ran while the first run did, and never waited
+        assert alongside.start_time < older.end_time and older.start_time < alongside.end_time
+        assert "waiting:" not in out_other and "waiting:" not in out_first
+    for output in (out_first, out_second, out_other):
         assert "lock" not in output.lower() and "Traceback" not in output
+    store = Warehouse(database)
+    versions = {  # (spec, run id) of each run's versions; the last one ran alone after its spec's first
+        "concurrent": ("tiny_reviews", older.dagster_run.run_id),
+        "alongside": ("tiny_b", alongside.dagster_run.run_id),
+        "after": ("tiny_reviews", newer.dagster_run.run_id),
+    }
+    for stage in ROW_STAGES:
+        counts = {
+            name: store.row_count(stage, *version, read_only=True) for name, version in versions.items()
+        }
+        assert len(set(counts.values())) == 1, (stage, counts)
+    texts = [
+        sorted(store.read_version(Stage.GENERATED_SAMPLES, *version, read_only=True)["text"])
+        for version in versions.values()
+    ]
+    assert len(texts[0]) == 8 and texts[0] == texts[1] == texts[2]  # nothing lost, nothing mixed in
+    assert reader.failures == [] and reader.reads >= 20, (reader.reads, reader.failures[:3])

@@ -223,9 +223,9 @@ def spec_change_sensor(
 
 @dg.sensor(minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.RUNNING)
 def dead_run_reaper(context: dg.SensorEvaluationContext) -> dg.SkipReason:
-    """Marks failed the `synth-assets run` runs whose process is gone (SIGKILL, out of memory): with
-    `max_concurrent_runs: 1` such a run would hold every queued run forever. Runs launched by the UI
-    are watched by Dagster's own run monitoring (dagster.yaml)."""
+    """Marks failed the `synth-assets run` runs whose process is gone (SIGKILL, out of memory): such a
+    run would hold its slot, and its spec's turn, forever (dagster.yaml's run limits). Runs launched
+    by the UI are watched by Dagster's own run monitoring (dagster.yaml)."""
     from synth_assets.run_control import reap_dead_runs
 
     reaped = reap_dead_runs(context.instance)
