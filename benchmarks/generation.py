@@ -308,7 +308,10 @@ def server_params(workload: Workload, base_url: str, concurrency: int) -> Genera
 
 
 def through_backend(workload: Workload, params: GenerationParams, row: str) -> Measurement:
-    """The workload sent through our OpenAI-compatible backend (adaptive concurrency, retries)."""
+    """The workload sent through our OpenAI-compatible backend (adaptive concurrency, retries). The
+    server is warmed by `warm_server` beforehand, not here, so both server rows get the same warm-up."""
+    import httpx  # noqa: F401  (imported before the clock starts, as the direct client's modules are)
+
     from synth_assets.generation.backends import OpenAICompatibleBackend
 
     backend = OpenAICompatibleBackend(params)
@@ -319,7 +322,6 @@ def through_backend(workload: Workload, params: GenerationParams, row: str) -> M
         tokens[0] += sum(r.completion_tokens for r in results)
         failures.extend(f.error for f in failed)
 
-    backend.generate(workload.requests[:2], params, lambda results, failed: None)  # warm-up
     started = time.perf_counter()
     backend.generate(workload.requests, params, on_batch)
     seconds = time.perf_counter() - started
@@ -331,8 +333,11 @@ def through_backend(workload: Workload, params: GenerationParams, row: str) -> M
     return Measurement(workload.name, row, tokens[0], seconds, note)
 
 
-def direct_client(workload: Workload, params: GenerationParams, row: str) -> Measurement:
-    """The same request bodies, `params.max_concurrency` in flight, stdlib HTTP, no retries."""
+def direct_client(
+    workload: Workload, params: GenerationParams, row: str, requests: Sequence[ChatRequest] | None = None
+) -> Measurement:
+    """The same request bodies, `params.max_concurrency` in flight, stdlib HTTP, no retries
+    (`requests`: a part of the workload's, e.g. `warm_server`'s; default all)."""
     import http.client
     from urllib.parse import urlsplit
 
@@ -356,11 +361,41 @@ def direct_client(workload: Workload, params: GenerationParams, row: str) -> Mea
             connection.close()
 
     with ThreadPoolExecutor(params.max_concurrency) as pool:
-        list(pool.map(post, workload.requests[:2]))  # warm-up
         started = time.perf_counter()
-        tokens = sum(pool.map(post, workload.requests))
+        tokens = sum(pool.map(post, workload.requests if requests is None else requests))
         seconds = time.perf_counter() - started
     return Measurement(workload.name, row, tokens, seconds)
+
+
+def warm_server(workload: Workload, params: GenerationParams) -> None:
+    """The same warm-up before every server row: the workload's first `max_concurrency` prompts, all at
+    once, so every slot has run a prefill and a decode (a cold llama-server answered its first round
+    at a third of its speed, and a row that ran first measured that)."""
+    direct_client(workload, params, "warm-up", workload.requests[: params.max_concurrency])
+
+
+def load_average() -> str:
+    """The 1-minute load average (other jobs on a shared box move these figures)."""
+    return f"{os.getloadavg()[0]:.2f}"
+
+
+def server_rounds(
+    workload: Workload, params: GenerationParams, rows: dict[str, Any], rounds: int
+) -> dict[str, list[Measurement]]:
+    """Each row of `rows` (name -> function(workload, params, name) -> Measurement) once per round,
+    after the same `warm_server`, the order turned round each round (on a shared box the load of other
+    jobs changes by the minute, and the row that always ran first met the cold server). Prints each
+    round's figures; returns the rounds per row."""
+    measured: dict[str, list[Measurement]] = {name: [] for name in rows}
+    for number in range(rounds):
+        order = list(rows) if number % 2 == 0 else list(reversed(rows))
+        for name in order:
+            warm_server(workload, params)
+            measured[name].append(rows[name](workload, params, name))
+        figures = ", ".join(f"{name} {measured[name][-1].tok_s:.1f} tok/s" for name in order)
+        print(f"  round {number + 1}, in this order: {figures}; load average {load_average()}",
+              flush=True)  # fmt: skip
+    return measured
 
 
 def llama_server_binary(explicit: str | None) -> str | None:
@@ -541,7 +576,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     request_threads(args.threads)  # every in-process row and server uses the same thread count
     dtype = resolve_dtype(args.dtype)
-    print(f"CPU: {cpu_model()} ({args.threads} threads); engine dtype: {dtype}", flush=True)
+    print(f"CPU: {cpu_model()} ({args.threads} threads); engine dtype: {dtype}; "
+          f"load average {load_average()}", flush=True)  # fmt: skip
     gguf = str(find_gguf_file())
     model_dir = str(get_local_model().model_dir)  # also makes sure the weight cache exists
     rows = set(args.rows)
@@ -566,6 +602,7 @@ def main(argv: Sequence[str] | None = None) -> None:
           f"stop {workload.params.stop_strings()}",
           flush=True)  # fmt: skip
     engine = engine_f32 = naive = llama_np = direct = None
+    overhead_rounds: list[float] = []
     if "engine" in rows:
         engine = record(run_engine(workload, args.dtype, args.batch_size))
     if "engine-float32" in rows:
@@ -608,17 +645,17 @@ def main(argv: Sequence[str] | None = None) -> None:
                 params = server_params(workload, base_url, args.parallel)
                 ours_row = f"llama-server -np {args.parallel}, our backend"
                 direct_row = f"llama-server -np {args.parallel}, direct client"
-                # the two rows alternate, round by round, and add up: on a shared box the load of
-                # other jobs changes by the minute, and rows run one after the other would measure it
-                ours_rounds: list[Measurement] = []
-                direct_rounds: list[Measurement] = []
-                for _ in range(args.server_rounds):
-                    if "llama-server" in rows:
-                        ours_rounds.append(through_backend(workload, params, ours_row))
-                    if "direct-client" in rows:
-                        direct_rounds.append(direct_client(workload, params, direct_row))
-                llama_np = record(combined(ours_rounds))
-                direct = record(combined(direct_rounds))
+                server_rows = {ours_row: through_backend} if "llama-server" in rows else {}
+                if "direct-client" in rows:
+                    server_rows[direct_row] = direct_client
+                measured = server_rounds(workload, params, server_rows, args.server_rounds)
+                # every round ran both rows: the overhead is on matched rounds, added up
+                llama_np = record(combined(measured.get(ours_row, [])))
+                direct = record(combined(measured.get(direct_row, [])))
+                overhead_rounds = [
+                    (ratio(d, o) - 1) * 100
+                    for o, d in zip(measured.get(ours_row, []), measured.get(direct_row, []), strict=False)
+                ]
     by_processes: dict[int, Measurement] = {}
     if "concurrency" in rows:
         for count in args.processes:
@@ -630,12 +667,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     print("| workload | row | tokens | seconds | tok/s | note |\n|---|---|---|---|---|---|")
     for m in table:
         print(f"| {m.workload} | {m.row} | {m.tokens} | {m.seconds:.1f} | {m.tok_s:.1f} | {m.note} |")
-    print(f"\nCPU: {cpu_model()}, {args.threads} threads, engine dtype {dtype}, batch size {args.batch_size}")
+    print(f"\nCPU: {cpu_model()}, {args.threads} threads, engine dtype {dtype}, "
+          f"batch size {args.batch_size}, load average at the end {load_average()}")  # fmt: skip
     overhead = (ratio(direct, llama_np) - 1) * 100
     print(
         f"RESULT engine_vs_llama_server={ratio(engine, llama_np):.2f} "
         f"f32_vs_naive={ratio(engine_f32, naive):.2f} "
         f"http_overhead_pct={overhead:.1f} "
+        f"http_overhead_rounds_pct={','.join(f'{o:.1f}' for o in overhead_rounds) or 'nan'} "
         f"two_proc_vs_one={ratio(by_processes.get(2), by_processes.get(1)):.2f} "
         f"four_proc_vs_one={ratio(by_processes.get(4), by_processes.get(1)):.2f} "
         f"engine_tok_s={engine.tok_s if engine else float('nan'):.1f} "
