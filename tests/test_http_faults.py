@@ -378,7 +378,7 @@ def test_the_slots_a_server_reports_set_the_concurrency_unless_the_spec_sets_it(
         params = GenerationParams(
             backend="openai", model="m", base_url=server.url, max_new_tokens=16, max_retries=0, **declared
         )
-        assert ("max_concurrency" in declared) != HTTPSettings.from_params(params).ask_server_slots
+        assert ("max_concurrency" in declared) == HTTPSettings.from_params(params).concurrency_declared
         backend = OpenAICompatibleBackend(params)
         answers, errors = _run(backend, [_ask(f"q{i}") for i in range(12)])
         assert len(answers) == 12 and not errors
@@ -388,8 +388,10 @@ def test_the_slots_a_server_reports_set_the_concurrency_unless_the_spec_sets_it(
     # the limit starts and its ceiling (more in flight would only queue)
     llama_server_like = loopback(counting, props={"total_slots": 3, "model_path": "m.gguf"})
     assert run(llama_server_like) == [3] and peak["in_flight"] == 3
-    # the spec's own max_concurrency wins: started at half of it, as before
-    assert run(llama_server_like, max_concurrency=2)[0] == 1 and peak["in_flight"] <= 2
+    # a max_concurrency the spec sets is the ceiling: below the slots it is where the limit starts,
+    # above them the limit starts at the slots and may grow to it
+    assert run(llama_server_like, max_concurrency=2) == [2] and peak["in_flight"] == 2
+    assert run(llama_server_like, max_concurrency=6)[0] == 3
     # a server that reports no slot count (vLLM, hosted APIs), or a nonsense one: the default 8, from 4
     for props in (None, {"total_slots": 0}, {"total_slots": "8"}):
         assert run(loopback(counting, props=props))[0] == 4

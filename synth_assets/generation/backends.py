@@ -160,7 +160,7 @@ class _AdaptiveLimit:
 
     Increase: +1 after `limit` good replies in a row (additive, as Vegas and AIMD), up to `maximum`.
     `start` (default maximum // 2) is where it begins: the server's own slot count when it reports one
-    (`OpenAICompatibleBackend._server_slots`), so llama-server is driven at its parallelism at once.
+    (`OpenAICompatibleBackend._new_limit`), so llama-server is driven at its parallelism at once.
     """
 
     def __init__(self, maximum: int, start: int | None = None) -> None:
@@ -279,8 +279,8 @@ class HTTPSettings:
     http://127.0.0.1:8000/v1; `model`: the server's model name; `model_revision`: what identifies the
     served weights (see `OpenAICompatibleBackend.fingerprint`); `max_concurrency`: requests in flight
     at most; `timeout_s`: seconds for one whole request; `max_retries`: further attempts per request;
-    `ask_server_slots`: the spec left `max_concurrency` at its default, so a server that reports its
-    slot count (llama-server's `/props`) sets the concurrency instead."""
+    `concurrency_declared`: the spec set `max_concurrency` (else it is the default, and a server that
+    reports its slot count, llama-server's `/props`, sets the ceiling instead)."""
 
     base_url: str
     model: str
@@ -288,7 +288,7 @@ class HTTPSettings:
     max_concurrency: int = 8
     timeout_s: float = 120.0
     max_retries: int = 4
-    ask_server_slots: bool = False
+    concurrency_declared: bool = True
 
     @classmethod
     def from_params(cls, params: GenerationParams) -> HTTPSettings:
@@ -302,7 +302,7 @@ class HTTPSettings:
             max_concurrency=params.max_concurrency,
             timeout_s=params.timeout_s,
             max_retries=params.max_retries,
-            ask_server_slots="max_concurrency" not in params.model_fields_set,
+            concurrency_declared="max_concurrency" in params.model_fields_set,
         )
 
 
@@ -378,6 +378,17 @@ class OpenAICompatibleBackend:
                 if isinstance(entry, dict) and entry.get("id") == self.settings.model:
                     self._entry = entry
         return self._entry
+
+    def _new_limit(self) -> _AdaptiveLimit:
+        """The adaptive limit of one run. A server that reports its slot count is driven at once at that
+        many (capped by a declared `max_concurrency`), and undeclared, its slots are the ceiling too:
+        more in flight only waits in its queue. Else the limit starts at half of `max_concurrency`."""
+        settings = self.settings
+        slots = self._server_slots()
+        if slots is None:
+            return _AdaptiveLimit(settings.max_concurrency)
+        ceiling = settings.max_concurrency if settings.concurrency_declared else slots
+        return _AdaptiveLimit(ceiling, start=min(ceiling, slots))
 
     def _server_slots(self) -> int | None:
         """How many requests the server decodes at once, when it says: llama-server's `GET /props`
@@ -536,9 +547,7 @@ class OpenAICompatibleBackend:
     ) -> None:
         import httpx
 
-        slots = self._server_slots() if self.settings.ask_server_slots else None
-        # the server's own parallelism is both where to start and the ceiling: more in flight only queues
-        limit = _AdaptiveLimit(slots, start=slots) if slots else _AdaptiveLimit(self.settings.max_concurrency)
+        limit = self._new_limit()
         self.concurrency_history = limit.history
         health = _Health()
         started = time.perf_counter()
