@@ -362,7 +362,7 @@ def test_latency_that_grows_with_requests_in_flight_while_throughput_grows_too_i
     assert min(history) == history[0] == 8 and max(history) == 16, history
 
 
-def test_the_slots_a_server_reports_set_the_concurrency_unless_the_spec_sets_it(
+def test_the_slots_a_server_reports_are_where_the_limit_starts_and_its_ceiling_unless_the_spec_sets_one(
     loopback: Callable[..., LoopbackServer],
 ) -> None:
     peak = {"in_flight": 0}
