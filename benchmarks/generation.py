@@ -15,13 +15,16 @@ max_new_tokens 128, natural stopping (a row ends at its stop string or end of se
 - llama-server -np 8: llama.cpp's own server (8 slots, continuous batching; build it with
   `scripts/build_llama_server.sh`), driven through our OpenAI-compatible backend;
 - direct client: the same server and request bodies, sent by a minimal stdlib HTTP client with the
-  same number of requests in flight (the bar for our backend's overhead);
+  same number of requests in flight (the bar for our backend's overhead). The two llama-server rows
+  run in `--server-rounds` rounds, each row after the same warm-up (`warm_server`), the order turned
+  round each round; `http_overhead_pct` is over the matched rounds, `http_overhead_rounds_pct` per round;
 - concurrency: 1, 2 and 4 generation processes at once (each runs the engine on the first
   `--concurrency-prompts` prompts); aggregate tok/s = all their tokens / the wall time they span.
 
 Only real tokens count (up to and including the stop token), never padding. Ends with one line:
 
-RESULT engine_vs_llama_server=<x> f32_vs_naive=<y> http_overhead_pct=<z> two_proc_vs_one=<w> ...
+RESULT engine_vs_llama_server=<x> f32_vs_naive=<y> http_overhead_pct=<z> http_overhead_rounds_pct=<z1,z2>
+       two_proc_vs_one=<w> ...
 
 (targets: >= 1.5, >= 10, <= 10 %, >= 0.8; a row not run gives `nan`).
 
