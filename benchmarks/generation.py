@@ -16,8 +16,9 @@ max_new_tokens 128, natural stopping (a row ends at its stop string or end of se
   `scripts/build_llama_server.sh`), driven through our OpenAI-compatible backend;
 - direct client: the same server and request bodies, sent by a minimal stdlib HTTP client with the
   same number of requests in flight (the bar for our backend's overhead). The two llama-server rows
-  run in `--server-rounds` rounds, each row after the same warm-up (`warm_server`), the order turned
-  round each round; `http_overhead_pct` is over the matched rounds, `http_overhead_rounds_pct` per round;
+  run in `--server-rounds` rounds, each row on a fresh server after the same warm-up (`warm_server`,
+  prompts not measured), the order turned round each round; `http_overhead_pct` is over the matched
+  rounds, `http_overhead_rounds_pct` per round;
 - concurrency: 1, 2 and 4 generation processes at once (each runs the engine on the first
   `--concurrency-prompts` prompts); aggregate tok/s = all their tokens / the wall time they span.
 
@@ -44,9 +45,9 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -370,11 +371,10 @@ def direct_client(
     return Measurement(workload.name, row, tokens, seconds)
 
 
-def warm_server(workload: Workload, params: GenerationParams) -> None:
-    """The same warm-up before every server row: the workload's first `max_concurrency` prompts, all at
-    once, so every slot has run a prefill and a decode (a cold llama-server answered its first round
-    at a third of its speed, and a row that ran first measured that)."""
-    direct_client(workload, params, "warm-up", workload.requests[: params.max_concurrency])
+def warm_server(warm: Workload, params: GenerationParams) -> None:
+    """The same warm-up before every server row: `warm`'s prompts (not among the measured ones), all at
+    once, so every slot has run a prefill and a decode before the clock starts."""
+    direct_client(warm, params, "warm-up")
 
 
 def load_average() -> str:
@@ -383,18 +383,30 @@ def load_average() -> str:
 
 
 def server_rounds(
-    workload: Workload, params: GenerationParams, rows: dict[str, Any], rounds: int
+    workload: Workload,
+    warm: Workload,
+    concurrency: int,
+    rows: dict[str, Any],
+    rounds: int,
+    start: Callable[[], AbstractContextManager[str]],
 ) -> dict[str, list[Measurement]]:
     """Each row of `rows` (name -> function(workload, params, name) -> Measurement) once per round,
-    after the same `warm_server`, the order turned round each round (on a shared box the load of other
-    jobs changes by the minute, and the row that always ran first met the cold server). Prints each
-    round's figures; returns the rounds per row."""
+    each on a server of its own (`start()` yields its base URL) after the same `warm_server`, the
+    order turned round each round; prints each round's figures and returns the rounds per row.
+
+    A fresh server per row because llama-server keeps prompts it has seen (slot and host-memory
+    prompt cache): on one server the row that ran first evaluated 12,307 prompt tokens, the next
+    rows 853-1,808 for the same 128 prompts, and the first row measured a third of the speed. A
+    real run sends each prompt once, which is what every row now meets. The order still turns
+    round: on a shared box the load of other jobs changes by the minute."""
     measured: dict[str, list[Measurement]] = {name: [] for name in rows}
     for number in range(rounds):
         order = list(rows) if number % 2 == 0 else list(reversed(rows))
         for name in order:
-            warm_server(workload, params)
-            measured[name].append(rows[name](workload, params, name))
+            with start() as base_url:
+                params = server_params(workload, base_url, concurrency)
+                warm_server(warm, params)
+                measured[name].append(rows[name](workload, params, name))
         figures = ", ".join(f"{name} {measured[name][-1].tok_s:.1f} tok/s" for name in order)
         print(f"  round {number + 1}, in this order: {figures}; load average {load_average()}",
               flush=True)  # fmt: skip
@@ -633,10 +645,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         if binary is None:
             print("llama-server: not found; build it with scripts/build_llama_server.sh, skipped", flush=True)
         else:
-            port = free_port()
             # 1024 tokens of context per slot: the longest realistic prompt plus 128 new tokens fit.
             command = [
-                binary, "-m", gguf, "--host", "127.0.0.1", "--port", str(port), "-np", str(args.parallel),
+                binary, "-m", gguf, "--host", "127.0.0.1", "--port", "{port}", "-np", str(args.parallel),
                 "-c", str(1024 * args.parallel), "-t", str(args.threads), "--no-webui",
             ]  # fmt: skip
             if amx_cpu():
@@ -644,21 +655,28 @@ def main(argv: Sequence[str] | None = None) -> None:
                 # that makes llama-cpp-python 0.3.36 segfault on multi-token prompts (README). Not
                 # reproducible on the AVX2 EPYC this was written on, so it is kept off where no AMX.
                 command.append("--no-repack")
-            with serve(command, port, args.log_dir / "synth_llama_server.log") as base_url:
-                params = server_params(workload, base_url, args.parallel)
-                ours_row = f"llama-server -np {args.parallel}, our backend"
-                direct_row = f"llama-server -np {args.parallel}, direct client"
-                server_rows = {ours_row: through_backend} if "llama-server" in rows else {}
-                if "direct-client" in rows:
-                    server_rows[direct_row] = direct_client
-                measured = server_rounds(workload, params, server_rows, args.server_rounds)
-                # every round ran both rows: the overhead is on matched rounds, added up
-                llama_np = record(combined(measured.get(ours_row, [])))
-                direct = record(combined(measured.get(direct_row, [])))
-                overhead_rounds = [
-                    (ratio(d, o) - 1) * 100
-                    for o, d in zip(measured.get(ours_row, []), measured.get(direct_row, []), strict=False)
-                ]
+            # the warm-up prompts come after the measured ones: never sent in a measured row
+            warm_up = realistic_workload(args.spec, args.prompts + args.parallel, args.new_tokens)
+            warm = Workload("warm-up", warm_up.requests[args.prompts :], warm_up.params)
+            ours_row = f"llama-server -np {args.parallel}, our backend"
+            direct_row = f"llama-server -np {args.parallel}, direct client"
+            server_rows = {ours_row: through_backend} if "llama-server" in rows else {}
+            if "direct-client" in rows:
+                server_rows[direct_row] = direct_client
+            log = args.log_dir / "synth_llama_server.log"
+
+            def start() -> AbstractContextManager[str]:
+                port = free_port()
+                return serve([str(port) if part == "{port}" else part for part in command], port, log)
+
+            measured = server_rounds(workload, warm, args.parallel, server_rows, args.server_rounds, start)
+            # every round ran both rows: the overhead is on matched rounds, added up
+            llama_np = record(combined(measured.get(ours_row, [])))
+            direct = record(combined(measured.get(direct_row, [])))
+            overhead_rounds = [
+                (ratio(d, o) - 1) * 100
+                for o, d in zip(measured.get(ours_row, []), measured.get(direct_row, []), strict=False)
+            ]
     by_processes: dict[int, Measurement] = {}
     if "concurrency" in rows:
         for count in args.processes:
