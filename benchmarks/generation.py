@@ -15,13 +15,17 @@ max_new_tokens 128, natural stopping (a row ends at its stop string or end of se
 - llama-server -np 8: llama.cpp's own server (8 slots, continuous batching; build it with
   `scripts/build_llama_server.sh`), driven through our OpenAI-compatible backend;
 - direct client: the same server and request bodies, sent by a minimal stdlib HTTP client with the
-  same number of requests in flight (the bar for our backend's overhead);
+  same number of requests in flight (the bar for our backend's overhead). The two llama-server rows
+  run in `--server-rounds` rounds, each row on a fresh server after the same warm-up (`warm_server`,
+  prompts not measured), the order turned round each round; `http_overhead_pct` is over the matched
+  rounds, `http_overhead_rounds_pct` per round;
 - concurrency: 1, 2 and 4 generation processes at once (each runs the engine on the first
   `--concurrency-prompts` prompts); aggregate tok/s = all their tokens / the wall time they span.
 
 Only real tokens count (up to and including the stop token), never padding. Ends with one line:
 
-RESULT engine_vs_llama_server=<x> f32_vs_naive=<y> http_overhead_pct=<z> two_proc_vs_one=<w> ...
+RESULT engine_vs_llama_server=<x> f32_vs_naive=<y> http_overhead_pct=<z> http_overhead_rounds_pct=<z1,z2>
+       two_proc_vs_one=<w> ...
 
 (targets: >= 1.5, >= 10, <= 10 %, >= 0.8; a row not run gives `nan`).
 
@@ -41,9 +45,9 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -308,7 +312,10 @@ def server_params(workload: Workload, base_url: str, concurrency: int) -> Genera
 
 
 def through_backend(workload: Workload, params: GenerationParams, row: str) -> Measurement:
-    """The workload sent through our OpenAI-compatible backend (adaptive concurrency, retries)."""
+    """The workload sent through our OpenAI-compatible backend (adaptive concurrency, retries). The
+    server is warmed by `warm_server` beforehand, not here, so both server rows get the same warm-up."""
+    import httpx  # noqa: F401  (imported before the clock starts, as the direct client's modules are)
+
     from synth_assets.generation.backends import OpenAICompatibleBackend
 
     backend = OpenAICompatibleBackend(params)
@@ -319,7 +326,6 @@ def through_backend(workload: Workload, params: GenerationParams, row: str) -> M
         tokens[0] += sum(r.completion_tokens for r in results)
         failures.extend(f.error for f in failed)
 
-    backend.generate(workload.requests[:2], params, lambda results, failed: None)  # warm-up
     started = time.perf_counter()
     backend.generate(workload.requests, params, on_batch)
     seconds = time.perf_counter() - started
@@ -331,8 +337,11 @@ def through_backend(workload: Workload, params: GenerationParams, row: str) -> M
     return Measurement(workload.name, row, tokens[0], seconds, note)
 
 
-def direct_client(workload: Workload, params: GenerationParams, row: str) -> Measurement:
-    """The same request bodies, `params.max_concurrency` in flight, stdlib HTTP, no retries."""
+def direct_client(
+    workload: Workload, params: GenerationParams, row: str, requests: Sequence[ChatRequest] | None = None
+) -> Measurement:
+    """The same request bodies, `params.max_concurrency` in flight, stdlib HTTP, no retries
+    (`requests`: a part of the workload's, e.g. `warm_server`'s; default all)."""
     import http.client
     from urllib.parse import urlsplit
 
@@ -356,11 +365,52 @@ def direct_client(workload: Workload, params: GenerationParams, row: str) -> Mea
             connection.close()
 
     with ThreadPoolExecutor(params.max_concurrency) as pool:
-        list(pool.map(post, workload.requests[:2]))  # warm-up
         started = time.perf_counter()
-        tokens = sum(pool.map(post, workload.requests))
+        tokens = sum(pool.map(post, workload.requests if requests is None else requests))
         seconds = time.perf_counter() - started
     return Measurement(workload.name, row, tokens, seconds)
+
+
+def warm_server(warm: Workload, params: GenerationParams) -> None:
+    """The same warm-up before every server row: `warm`'s prompts (not among the measured ones), all at
+    once, so every slot has run a prefill and a decode before the clock starts."""
+    direct_client(warm, params, "warm-up")
+
+
+def load_average() -> str:
+    """The 1-minute load average (other jobs on a shared box move these figures)."""
+    return f"{os.getloadavg()[0]:.2f}"
+
+
+def server_rounds(
+    workload: Workload,
+    warm: Workload,
+    concurrency: int,
+    rows: dict[str, Any],
+    rounds: int,
+    start: Callable[[], AbstractContextManager[str]],
+) -> dict[str, list[Measurement]]:
+    """Each row of `rows` (name -> function(workload, params, name) -> Measurement) once per round,
+    each on a server of its own (`start()` yields its base URL) after the same `warm_server`, the
+    order turned round each round; prints each round's figures and returns the rounds per row.
+
+    A fresh server per row because llama-server keeps prompts it has seen (slot and host-memory
+    prompt cache): on one server the row that ran first evaluated 12,307 prompt tokens, the next
+    rows 853-1,808 for the same 128 prompts, and the first row measured a third of the speed. A
+    real run sends each prompt once, which is what every row now meets. The order still turns
+    round: on a shared box the load of other jobs changes by the minute."""
+    measured: dict[str, list[Measurement]] = {name: [] for name in rows}
+    for number in range(rounds):
+        order = list(rows) if number % 2 == 0 else list(reversed(rows))
+        for name in order:
+            with start() as base_url:
+                params = server_params(workload, base_url, concurrency)
+                warm_server(warm, params)
+                measured[name].append(rows[name](workload, params, name))
+        figures = ", ".join(f"{name} {measured[name][-1].tok_s:.1f} tok/s" for name in order)
+        print(f"  round {number + 1}, in this order: {figures}; load average {load_average()}",
+              flush=True)  # fmt: skip
+    return measured
 
 
 def llama_server_binary(explicit: str | None) -> str | None:
@@ -541,7 +591,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     request_threads(args.threads)  # every in-process row and server uses the same thread count
     dtype = resolve_dtype(args.dtype)
-    print(f"CPU: {cpu_model()} ({args.threads} threads); engine dtype: {dtype}", flush=True)
+    print(f"CPU: {cpu_model()} ({args.threads} threads); engine dtype: {dtype}; "
+          f"load average {load_average()}", flush=True)  # fmt: skip
     gguf = str(find_gguf_file())
     model_dir = str(get_local_model().model_dir)  # also makes sure the weight cache exists
     rows = set(args.rows)
@@ -566,6 +617,7 @@ def main(argv: Sequence[str] | None = None) -> None:
           f"stop {workload.params.stop_strings()}",
           flush=True)  # fmt: skip
     engine = engine_f32 = naive = llama_np = direct = None
+    overhead_rounds: list[float] = []
     if "engine" in rows:
         engine = record(run_engine(workload, args.dtype, args.batch_size))
     if "engine-float32" in rows:
@@ -593,10 +645,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         if binary is None:
             print("llama-server: not found; build it with scripts/build_llama_server.sh, skipped", flush=True)
         else:
-            port = free_port()
             # 1024 tokens of context per slot: the longest realistic prompt plus 128 new tokens fit.
             command = [
-                binary, "-m", gguf, "--host", "127.0.0.1", "--port", str(port), "-np", str(args.parallel),
+                binary, "-m", gguf, "--host", "127.0.0.1", "--port", "{port}", "-np", str(args.parallel),
                 "-c", str(1024 * args.parallel), "-t", str(args.threads), "--no-webui",
             ]  # fmt: skip
             if amx_cpu():
@@ -604,21 +655,28 @@ def main(argv: Sequence[str] | None = None) -> None:
                 # that makes llama-cpp-python 0.3.36 segfault on multi-token prompts (README). Not
                 # reproducible on the AVX2 EPYC this was written on, so it is kept off where no AMX.
                 command.append("--no-repack")
-            with serve(command, port, args.log_dir / "synth_llama_server.log") as base_url:
-                params = server_params(workload, base_url, args.parallel)
-                ours_row = f"llama-server -np {args.parallel}, our backend"
-                direct_row = f"llama-server -np {args.parallel}, direct client"
-                # the two rows alternate, round by round, and add up: on a shared box the load of
-                # other jobs changes by the minute, and rows run one after the other would measure it
-                ours_rounds: list[Measurement] = []
-                direct_rounds: list[Measurement] = []
-                for _ in range(args.server_rounds):
-                    if "llama-server" in rows:
-                        ours_rounds.append(through_backend(workload, params, ours_row))
-                    if "direct-client" in rows:
-                        direct_rounds.append(direct_client(workload, params, direct_row))
-                llama_np = record(combined(ours_rounds))
-                direct = record(combined(direct_rounds))
+            # the warm-up prompts come after the measured ones: never sent in a measured row
+            warm_up = realistic_workload(args.spec, args.prompts + args.parallel, args.new_tokens)
+            warm = Workload("warm-up", warm_up.requests[args.prompts :], warm_up.params)
+            ours_row = f"llama-server -np {args.parallel}, our backend"
+            direct_row = f"llama-server -np {args.parallel}, direct client"
+            server_rows = {ours_row: through_backend} if "llama-server" in rows else {}
+            if "direct-client" in rows:
+                server_rows[direct_row] = direct_client
+            log = args.log_dir / "synth_llama_server.log"
+
+            def start() -> AbstractContextManager[str]:
+                port = free_port()
+                return serve([str(port) if part == "{port}" else part for part in command], port, log)
+
+            measured = server_rounds(workload, warm, args.parallel, server_rows, args.server_rounds, start)
+            # every round ran both rows: the overhead is on matched rounds, added up
+            llama_np = record(combined(measured.get(ours_row, [])))
+            direct = record(combined(measured.get(direct_row, [])))
+            overhead_rounds = [
+                (ratio(d, o) - 1) * 100
+                for o, d in zip(measured.get(ours_row, []), measured.get(direct_row, []), strict=False)
+            ]
     by_processes: dict[int, Measurement] = {}
     if "concurrency" in rows:
         for count in args.processes:
@@ -630,12 +688,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     print("| workload | row | tokens | seconds | tok/s | note |\n|---|---|---|---|---|---|")
     for m in table:
         print(f"| {m.workload} | {m.row} | {m.tokens} | {m.seconds:.1f} | {m.tok_s:.1f} | {m.note} |")
-    print(f"\nCPU: {cpu_model()}, {args.threads} threads, engine dtype {dtype}, batch size {args.batch_size}")
+    print(f"\nCPU: {cpu_model()}, {args.threads} threads, engine dtype {dtype}, "
+          f"batch size {args.batch_size}, load average at the end {load_average()}")  # fmt: skip
     overhead = (ratio(direct, llama_np) - 1) * 100
     print(
         f"RESULT engine_vs_llama_server={ratio(engine, llama_np):.2f} "
         f"f32_vs_naive={ratio(engine_f32, naive):.2f} "
         f"http_overhead_pct={overhead:.1f} "
+        f"http_overhead_rounds_pct={','.join(f'{o:.1f}' for o in overhead_rounds) or 'nan'} "
         f"two_proc_vs_one={ratio(by_processes.get(2), by_processes.get(1)):.2f} "
         f"four_proc_vs_one={ratio(by_processes.get(4), by_processes.get(1)):.2f} "
         f"engine_tok_s={engine.tok_s if engine else float('nan'):.1f} "

@@ -163,6 +163,7 @@ class LoopbackHandler(http.server.BaseHTTPRequestHandler):
     in_flight: int
     lock: threading.Lock
     bodies: list[dict[str, Any]]
+    props: dict[str, Any] | None = None
     protocol_version = "HTTP/1.1"
 
     def send(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
@@ -176,6 +177,10 @@ class LoopbackHandler(http.server.BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     def do_GET(self) -> None:
+        props = type(self).props
+        if props is not None and self.path.rstrip("/").endswith("/props"):
+            self.send(200, props)  # llama-server's server properties (total_slots: its --parallel)
+            return
         self.send(200, {"object": "list", "data": type(self).models})
 
     def do_POST(self) -> None:
@@ -200,11 +205,20 @@ class LoopbackHandler(http.server.BaseHTTPRequestHandler):
 
 class LoopbackServer:
     """A real threaded HTTP server on 127.0.0.1 standing in for an OpenAI-compatible one: POST answers
-    with `respond(handler, body, request_number)`, GET /models with `models`. Misbehaviour on purpose
-    (outages, slow drips, malformed bodies, load-dependent latency) is written as `respond`."""
+    with `respond(handler, body, request_number)`, GET /models with `models`, GET /props with `props`
+    when given (else like /models). Misbehaviour on purpose (outages, slow drips, malformed bodies,
+    load-dependent latency) is written as `respond`."""
 
-    def __init__(self, respond: Respond, models: list[dict[str, Any]] | None = None) -> None:
-        attributes = {"respond": staticmethod(respond), "models": models or [], "count": 0, "in_flight": 0}
+    def __init__(
+        self,
+        respond: Respond,
+        models: list[dict[str, Any]] | None = None,
+        props: dict[str, Any] | None = None,
+    ) -> None:
+        attributes = {
+            "respond": staticmethod(respond), "models": models or [], "count": 0, "in_flight": 0,
+            "props": props,
+        }  # fmt: skip
         handler = type("Handler", (LoopbackHandler,), {**attributes, "lock": threading.Lock(), "bodies": []})
         self.handler: type[LoopbackHandler] = handler
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
@@ -220,11 +234,13 @@ class LoopbackServer:
 
 @pytest.fixture
 def loopback() -> Iterator[Callable[..., LoopbackServer]]:
-    """Start loopback OpenAI-compatible servers (`loopback(respond, models)`); all closed afterwards."""
+    """Start loopback OpenAI-compatible servers (`loopback(respond, models, props)`); closed afterwards."""
     servers: list[LoopbackServer] = []
 
-    def start(respond: Respond, models: list[dict[str, Any]] | None = None) -> LoopbackServer:
-        servers.append(LoopbackServer(respond, models))
+    def start(
+        respond: Respond, models: list[dict[str, Any]] | None = None, props: dict[str, Any] | None = None
+    ) -> LoopbackServer:
+        servers.append(LoopbackServer(respond, models, props))
         return servers[-1]
 
     yield start

@@ -8,6 +8,7 @@ cannot be made to answer 429/503 on demand.
 from __future__ import annotations
 
 import http.server
+import importlib.util
 import json
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 from typing import ClassVar
 
 import pytest
@@ -285,3 +287,39 @@ def test_api_key_comes_from_the_environment_and_is_never_stored(
     monkeypatch.delenv("SYNTH_TEST_API_KEY")
     with pytest.raises(ValueError, match="SYNTH_TEST_API_KEY"):
         build_backend(spec.generation)
+
+
+# ---- llama.cpp's own llama-server (parallel slots) ------------------------------------------------
+
+
+def _generation_benchmark() -> ModuleType:
+    """benchmarks/generation.py as a module: its llama-server lookup and launcher are reused here."""
+    name = "generation_benchmark"
+    if name not in sys.modules:
+        path = Path(__file__).resolve().parent.parent / "benchmarks" / "generation.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        assert spec is not None and spec.loader is not None
+        sys.modules[name] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(sys.modules[name])
+    return sys.modules[name]
+
+
+@pytest.mark.slow
+def test_llama_servers_own_slot_count_is_the_concurrency(tmp_path: Path) -> None:
+    bench = _generation_benchmark()
+    binary = bench.llama_server_binary(None)
+    if binary is None:
+        pytest.skip("llama-server not built (scripts/build_llama_server.sh builds it)")
+    port = bench.free_port()
+    command = [binary, "-m", str(find_gguf_file()), "--host", "127.0.0.1", "--port", str(port)]
+    command += ["-np", "3", "-c", "1536", "-t", "2", "--no-webui", "-a", MODEL]
+    command += ["--no-repack"] if bench.amx_cpu() else []  # the AMX crash workaround, as the benchmark
+    with bench.serve(command, port, tmp_path / "llama-server.log") as base_url:
+        # the spec leaves max_concurrency alone: GET /props says total_slots 3, its -np
+        params = GenerationParams(
+            backend="openai", model=MODEL, base_url=base_url, max_new_tokens=8, temperature=0.0
+        )
+        backend = OpenAICompatibleBackend(params)
+        answers, errors = _run(backend, [_ask(f"q{i}", f"Count to {i}.") for i in range(6)], params)
+        assert len(answers) == 6 and not errors
+        assert backend.concurrency_history == [3]

@@ -30,6 +30,7 @@ from synth_assets.generation import backends
 from synth_assets.generation.backends import (
     MAX_RETRY_AFTER_S,
     GenerationAborted,
+    HTTPSettings,
     OpenAICompatibleBackend,
     build_backend,
     control_tokens_in,
@@ -338,6 +339,62 @@ def test_answers_of_very_different_lengths_on_an_idle_server_do_not_lower_the_co
     assert len(answers) == 200 and not errors
     history = backend.concurrency_history
     assert min(history) == history[0] == 8 and max(history) > 8, history
+
+
+def test_latency_that_grows_with_requests_in_flight_while_throughput_grows_too_is_not_a_queue(
+    loopback: Callable[..., LoopbackServer],
+) -> None:
+    # A batching server bound by compute (llama-server's slots prefilling on 2 cores): each reply takes
+    # longer the more requests are in flight (5x at 8, 9x at 16), yet the server answers more replies
+    # per second (1.5x at 8, 1.7x at 16). No queue anywhere: the limit must not fall, and grows to the
+    # maximum. (The rule before compared latency with the usual latency and halved the limit here.)
+    def batching(handler: LoopbackHandler, body: dict, number: int) -> None:
+        with handler.lock:
+            load = handler.in_flight
+        time.sleep(0.03 * load**0.8)
+        handler.send(200, completion_payload())
+
+    server = loopback(batching)
+    backend = OpenAICompatibleBackend(_params(server.url, max_concurrency=16, max_retries=0))
+    answers, errors = _run(backend, [_ask(f"q{i}") for i in range(200)])
+    assert len(answers) == 200 and not errors
+    history = backend.concurrency_history
+    assert min(history) == history[0] == 8 and max(history) == 16, history
+
+
+def test_the_slots_a_server_reports_are_where_the_limit_starts_and_its_ceiling_unless_the_spec_sets_one(
+    loopback: Callable[..., LoopbackServer],
+) -> None:
+    peak = {"in_flight": 0}
+
+    def counting(handler: LoopbackHandler, body: dict, number: int) -> None:
+        with handler.lock:
+            peak["in_flight"] = max(peak["in_flight"], handler.in_flight)
+        time.sleep(0.05)
+        handler.send(200, completion_payload())
+
+    def run(server: LoopbackServer, **declared: Any) -> list[int]:
+        peak["in_flight"] = 0
+        params = GenerationParams(
+            backend="openai", model="m", base_url=server.url, max_new_tokens=16, max_retries=0, **declared
+        )
+        assert ("max_concurrency" in declared) == HTTPSettings.from_params(params).concurrency_declared
+        backend = OpenAICompatibleBackend(params)
+        answers, errors = _run(backend, [_ask(f"q{i}") for i in range(12)])
+        assert len(answers) == 12 and not errors
+        return backend.concurrency_history
+
+    # llama-server's GET /props (at the root, not under /v1): total_slots is its --parallel; it is where
+    # the limit starts and its ceiling (more in flight would only queue)
+    llama_server_like = loopback(counting, props={"total_slots": 3, "model_path": "m.gguf"})
+    assert run(llama_server_like) == [3] and peak["in_flight"] == 3
+    # a max_concurrency the spec sets is the ceiling: below the slots it is where the limit starts,
+    # above them the limit starts at the slots and may grow to it
+    assert run(llama_server_like, max_concurrency=2) == [2] and peak["in_flight"] == 2
+    assert run(llama_server_like, max_concurrency=6)[0] == 3
+    # a server that reports no slot count (vLLM, hosted APIs), or a nonsense one: the default 8, from 4
+    for props in (None, {"total_slots": 0}, {"total_slots": "8"}):
+        assert run(loopback(counting, props=props))[0] == 4
 
 
 def test_a_5xx_halves_the_concurrency(loopback: Callable[..., LoopbackServer]) -> None:

@@ -86,8 +86,10 @@ ABORT_ERROR_SHARE = 0.5
 # a row failed over at least this long: the server is down or unreachable, not merely flaky.
 ABORT_CONSECUTIVE_ATTEMPTS = 20
 ABORT_CONSECUTIVE_SECONDS = 30.0
-# Replies this many times slower than usual for their size mean the server is queueing (_AdaptiveLimit.slow).
+# Seconds per reply this many times the usual (same size, no more in flight) mean a queue (_AdaptiveLimit).
 LATENCY_TOLERANCE = 2.0
+# A server reporting more slots than this is driven at this many (the spec's own max_concurrency bound).
+MAX_SERVER_SLOTS = 256
 # Two replies are of a similar size when their token counts (plus one) differ by at most this factor.
 SIZE_TOLERANCE = 1.25
 
@@ -125,67 +127,100 @@ def retry_after_seconds(headers: Any, now: float | None = None) -> float | None:
     return seconds
 
 
-class _AdaptiveLimit:
-    """AIMD concurrency: +1 slot after a window of good replies, halve on overload.
+@dataclass(frozen=True)
+class _Ticket:
+    """One request's slot: the limit's epoch when it was taken, when (perf_counter seconds), and how
+    many requests were in flight once it was sent, itself included (the load it met on arrival)."""
 
-    Overload is a 429, a 5xx, a timeout, or replies slower than LATENCY_TOLERANCE times what replies of
-    the same size usually take (see `slow`): vLLM and llama-server saturate by queueing, not by
-    answering 429. That is the delay-based signal of TCP Vegas (Brakmo & Peterson 1995: a round trip
-    against the base RTT of the same path) and Netflix's concurrency-limits (Gradient2Limit: the
-    short-term RTT against the long-term one, tolerance 2). The limit is halved at most once per round
-    trip: replies to requests sent before the last cut do not cut again.
+    epoch: int
+    started: float
+    in_flight: int
+
+
+class _AdaptiveLimit:
+    """Concurrency that follows the server's throughput, not its latency alone.
+
+    Decrease: halve on a 429, a 5xx, a timeout, or a queue. A queue is read the way TCP Vegas reads it
+    (Brakmo & Peterson 1995, "TCP Vegas: end to end congestion avoidance on a global internet": the
+    throughput expected from the base round trip against the throughput got), with the base taken at
+    no more requests in flight instead of the bare minimum: by Little's law a reply that took
+    `seconds` with `in_flight` requests out was served at `in_flight / seconds` replies per second,
+    so its seconds per reply (`seconds / in_flight`) is compared with the 10th percentile of earlier
+    replies of a similar size sent with at most as many in flight (see `slow`). A batching server
+    (llama-server's slots, vLLM) takes longer per reply with more in flight without any queue (on 2
+    cores prefill grows with the batch): seconds per reply then stay level or fall and nothing is cut,
+    where a latency-only rule (Netflix concurrency-limits' Gradient2Limit, our previous rule: latency
+    against the usual latency, tolerance 2) read it as overload and cut llama-server -np 8 to 2. Only
+    when more in flight buys less throughput (seconds per reply LATENCY_TOLERANCE times the usual, the
+    median of the last 5 such ratios) is it a queue: the server is saturated, or busy with others.
+    Replies that finish while no request waits for a slot (the run's tail) are not judged, as
+    concurrency-limits' VegasLimit skips samples while application-limited (in flight < limit / 2).
+    Halving happens at most once per round trip: replies to requests sent before the last cut neither
+    cut again nor count towards the next verdict.
+
+    Increase: +1 after `limit` good replies in a row (additive, as Vegas and AIMD), up to `maximum`.
+    `start` (default maximum // 2) is where it begins: the server's own slot count when it reports one
+    (`OpenAICompatibleBackend._new_limit`), so llama-server is driven at its parallelism at once.
     """
 
-    def __init__(self, maximum: int) -> None:
+    def __init__(self, maximum: int, start: int | None = None) -> None:
         self.maximum = maximum
-        self.limit = max(1, maximum // 2)
+        self.limit = max(1, min(maximum, start if start is not None else maximum // 2))
         self.in_flight = 0
         self.history = [self.limit]
         self._successes = 0
         self._epoch = 0
-        # (prompt tokens, completion tokens, seconds) of the last 100 replies
-        self._replies: deque[tuple[int, int, float]] = deque(maxlen=100)
-        # each recent reply's seconds over the usual seconds of replies of its size
+        self._waiting = 0
+        # (prompt tokens, completion tokens, requests in flight, seconds per reply) of the last 100
+        self._replies: deque[tuple[int, int, int, float]] = deque(maxlen=100)
+        # each recent reply's seconds per reply over the usual for its size at no more in flight
         self._ratios: deque[float] = deque(maxlen=5)
         self._condition = asyncio.Condition()
 
-    async def acquire(self) -> int:
-        """Wait for a free slot; returns the epoch to hand back to `release`."""
+    async def acquire(self) -> _Ticket:
+        """Wait for a free slot; the ticket goes back to `slow` and `release`."""
         async with self._condition:
-            await self._condition.wait_for(lambda: self.in_flight < self.limit)
+            self._waiting += 1
+            try:
+                await self._condition.wait_for(lambda: self.in_flight < self.limit)
+            finally:
+                self._waiting -= 1
             self.in_flight += 1
-            return self._epoch
+            return _Ticket(self._epoch, time.perf_counter(), self.in_flight)
 
-    def slow(self, seconds: float, prompt_tokens: int, completion_tokens: int) -> bool:
-        """Whether replies are now slow enough to signal queueing. `seconds`: one reply's wall time;
-        the token counts: its usage. Like is compared with like: the reply's time over the 10th
-        percentile of the earlier replies of a similar size (prompt and completion tokens each within
-        SIZE_TOLERANCE; at least 10 of them, else no signal), and the median of the last 5 such
-        ratios against LATENCY_TOLERANCE (one slow reply is noise, not a queue). Seconds per token
-        is not comparable across sizes: prefill and the round trip dominate short, newline-stopped
-        answers, so a 5-token reply looked 5x "slower" than a 40-token one on an idle server and the
-        limit kept halving (llama-server -np 8: our backend at 21 tok/s, a direct client at 71)."""
-        size = (prompt_tokens, completion_tokens)
+    def slow(self, ticket: _Ticket, prompt_tokens: int, completion_tokens: int) -> bool:
+        """Whether this reply shows a queue (see the class docstring). `ticket`: from `acquire`; the
+        token counts: the reply's usage. Like is compared with like: peers are the earlier replies
+        with prompt and completion tokens each within SIZE_TOLERANCE (seconds are not comparable
+        across sizes: prefill and the round trip dominate short, newline-stopped answers) and sent with
+        at most as many requests in flight (more in flight than then is what is judged; fewer in flight
+        is under-use, never a reason to cut). At least 10 peers, else no signal."""
+        per_reply = (time.perf_counter() - ticket.started) / ticket.in_flight
         peers = [
-            taken
-            for prompt, completion, taken in self._replies
-            if _similar(prompt, size[0]) and _similar(completion, size[1])
+            earlier
+            for prompt, completion, in_flight, earlier in self._replies
+            if in_flight <= ticket.in_flight
+            and _similar(prompt, prompt_tokens)
+            and _similar(completion, completion_tokens)
         ]
-        self._replies.append((prompt_tokens, completion_tokens, seconds))
-        if len(peers) >= 10:
+        self._replies.append((prompt_tokens, completion_tokens, ticket.in_flight, per_reply))
+        if self._waiting == 0:
+            return False  # application-limited: nothing waits for the slot this reply frees
+        if len(peers) >= 10 and ticket.epoch == self._epoch:  # sent at the current limit
             baseline = statistics.quantiles(peers, n=10)[0]
-            self._ratios.append(seconds / baseline if baseline > 0 else 1.0)
+            self._ratios.append(per_reply / baseline if baseline > 0 else 1.0)
         if len(self._ratios) < (self._ratios.maxlen or 0):
             return False
         return statistics.median(self._ratios) > LATENCY_TOLERANCE
 
-    async def release(self, epoch: int, overloaded: bool) -> None:
+    async def release(self, ticket: _Ticket, overloaded: bool) -> None:
         async with self._condition:
             self.in_flight -= 1
             if overloaded:
-                if epoch == self._epoch:
+                if ticket.epoch == self._epoch:
                     self.limit = max(1, self.limit // 2)
                     self._epoch += 1
+                    self._ratios.clear()  # the next verdict is on replies sent at the new limit
                 self._successes = 0
             else:
                 self._successes += 1
@@ -243,7 +278,9 @@ class HTTPSettings:
     `generation` block; `from_params` picks them out). `base_url`: the API root, e.g.
     http://127.0.0.1:8000/v1; `model`: the server's model name; `model_revision`: what identifies the
     served weights (see `OpenAICompatibleBackend.fingerprint`); `max_concurrency`: requests in flight
-    at most; `timeout_s`: seconds for one whole request; `max_retries`: further attempts per request."""
+    at most; `timeout_s`: seconds for one whole request; `max_retries`: further attempts per request;
+    `concurrency_declared`: the spec set `max_concurrency` (else it is the default, and a server that
+    reports its slot count, llama-server's `/props`, sets the ceiling instead)."""
 
     base_url: str
     model: str
@@ -251,6 +288,7 @@ class HTTPSettings:
     max_concurrency: int = 8
     timeout_s: float = 120.0
     max_retries: int = 4
+    concurrency_declared: bool = True
 
     @classmethod
     def from_params(cls, params: GenerationParams) -> HTTPSettings:
@@ -264,6 +302,7 @@ class HTTPSettings:
             max_concurrency=params.max_concurrency,
             timeout_s=params.timeout_s,
             max_retries=params.max_retries,
+            concurrency_declared="max_concurrency" in params.model_fields_set,
         )
 
 
@@ -294,6 +333,7 @@ class OpenAICompatibleBackend:
         self._api_key = api_key
         self._fingerprint: str | None = None
         self._entry: dict[str, Any] | None = None
+        self._slots: int | None = None  # 0: asked, none reported
         # the response_format shapes to try, best first; None: no guided decoding (see `_choose_format`)
         self._formats: list[str | None] = ["json_schema", "json_object", None]
         self.concurrency_history: list[int] = []
@@ -338,6 +378,38 @@ class OpenAICompatibleBackend:
                 if isinstance(entry, dict) and entry.get("id") == self.settings.model:
                     self._entry = entry
         return self._entry
+
+    def _new_limit(self) -> _AdaptiveLimit:
+        """The adaptive limit of one run. A server that reports its slot count is driven at once at that
+        many (capped by a declared `max_concurrency`), and undeclared, its slots are the ceiling too:
+        more in flight only waits in its queue. Else the limit starts at half of `max_concurrency`."""
+        settings = self.settings
+        slots = self._server_slots()
+        if slots is None:
+            return _AdaptiveLimit(settings.max_concurrency)
+        ceiling = settings.max_concurrency if settings.concurrency_declared else slots
+        return _AdaptiveLimit(ceiling, start=min(ceiling, slots))
+
+    def _server_slots(self) -> int | None:
+        """How many requests the server decodes at once, when it says: llama-server's `GET /props`
+        answers `total_slots` (its `--parallel`; tools/server/README.md of llama.cpp), at the server's
+        root, not under /v1. None when the server does not say (vLLM does not expose `max_num_seqs`,
+        hosted APIs answer 404) or cannot be asked; asked once per backend."""
+        if self._slots is None:
+            import httpx
+
+            root = self.base_url.removesuffix("/v1")
+            self._slots = 0
+            try:
+                response = httpx.get(
+                    f"{root}/props", headers=self._headers(), timeout=min(10.0, self.settings.timeout_s)
+                )
+                reported = response.json().get("total_slots") if response.status_code == 200 else None
+            except (httpx.HTTPError, ValueError, AttributeError):
+                reported = None
+            if isinstance(reported, int) and not isinstance(reported, bool) and reported >= 1:
+                self._slots = min(reported, MAX_SERVER_SLOTS)
+        return self._slots or None
 
     def _reported_model(self) -> dict[str, Any]:
         """What /models says about our model, less what changes per call or names nothing (empty when
@@ -422,10 +494,9 @@ class OpenAICompatibleBackend:
         attempt = 0
         settings = self.settings
         while attempt <= settings.max_retries:
-            epoch = await limit.acquire()
+            ticket = await limit.acquire()
             overloaded = False
             retry_after: float | None = None
-            started = time.perf_counter()
             try:
                 endpoint = "/completions" if request.continuation else "/chat/completions"
                 shape, body = self._formats[0], self._body(request, params)
@@ -433,8 +504,7 @@ class OpenAICompatibleBackend:
                 response = await asyncio.wait_for(client.post(endpoint, json=body), settings.timeout_s)
                 if response.status_code == 200:
                     result = self._parse(request, response)
-                    seconds = time.perf_counter() - started
-                    overloaded = limit.slow(seconds, result.prompt_tokens, result.completion_tokens)
+                    overloaded = limit.slow(ticket, result.prompt_tokens, result.completion_tokens)
                     health.attempt(True)
                     return result
                 last_error = self.redact(f"HTTP {response.status_code}: {response.text[:200]}")
@@ -458,7 +528,7 @@ class OpenAICompatibleBackend:
             except _MalformedResponse as exc:
                 last_error = self.redact(str(exc))
             finally:
-                await limit.release(epoch, overloaded)
+                await limit.release(ticket, overloaded)
             health.attempt(False, last_error)
             if health.verdict() is not None:
                 raise GenerationAborted(health.verdict())
@@ -477,7 +547,7 @@ class OpenAICompatibleBackend:
     ) -> None:
         import httpx
 
-        limit = _AdaptiveLimit(self.settings.max_concurrency)
+        limit = self._new_limit()
         self.concurrency_history = limit.history
         health = _Health()
         started = time.perf_counter()
