@@ -130,11 +130,13 @@ class _Row:
     stop: frozenset[int]
     generator: torch.Generator
     generated: list[int] = field(default_factory=list)
+    finished: bool = False
+    idle_steps: int = 0  # decode steps run since it finished (its slot is freed at the next compaction)
 
     @property
     def cached(self) -> int:
         # the last sampled token is fed by the next step, so it is not in the cache yet
-        return self.prompt_len + len(self.generated) - 1
+        return self.prompt_len + len(self.generated) - 1 + self.idle_steps
 
 
 @dataclass(frozen=True)
@@ -194,7 +196,7 @@ def generate_continuously(
     cache_argument = _cache_argument(model)
 
     while order or live:
-        if order and (not live or slots - len(live) >= refill_at):
+        if order and (not live or slots - len(live) >= refill_at):  # `live` holds no finished row here
             joining = [order.popleft() for _ in range(min(slots - len(live), len(order)))]
             rows = [_Row(i, len(prompts[i]), stops[i], row_generator(seeds[i], device)) for i in joining]
             new_cache, logits = _prefill(
@@ -227,24 +229,34 @@ def generate_continuously(
                 use_cache=True,
                 logits_to_keep=1,
             ).logits[:, -1, :]
-            chosen = sample_next(logits, [r.generated for r in live], [r.generator for r in live], **sampling)
-            for row, token in zip(live, chosen.tolist(), strict=True):
-                row.generated.append(int(token))
+            running = [position for position, row in enumerate(live) if not row.finished]
+            chosen = sample_next(
+                logits[running],
+                [live[p].generated for p in running],
+                [live[p].generator for p in running],
+                **sampling,
+            )
+            for position, token in zip(running, chosen.tolist(), strict=True):
+                live[position].generated.append(int(token))
+            for row in live:
+                row.idle_steps += row.finished
 
         done = [
-            position
-            for position, row in enumerate(live)
-            if row.generated[-1] in row.stop or len(row.generated) >= max_new_tokens
+            row
+            for row in live
+            if not row.finished and (row.generated[-1] in row.stop or len(row.generated) >= max_new_tokens)
         ]
         if done:
-            on_finished(
-                [
-                    Finished(live[p].index, live[p].generated, live[p].generated[-1] in live[p].stop)
-                    for p in done
-                ]
-            )
-            gone = set(done)
-            keep = [position for position in range(len(live)) if position not in gone]
+            on_finished([Finished(row.index, row.generated, row.generated[-1] in row.stop) for row in done])
+            for row in done:
+                row.finished = True
+        # Finished rows leave the cache (a copy of every kept row) when their slots are refilled or
+        # when they are half the batch, not one by one: a decode step costs about the same with a few
+        # idle rows, its time goes to reading the weights.
+        keep = [position for position, row in enumerate(live) if not row.finished]
+        if len(keep) < len(live) and (
+            (order and slots - len(keep) >= refill_at) or len(live) - len(keep) >= len(keep)
+        ):
             live = [live[position] for position in keep]
             if live and cache is not None:
                 _select(cache, keep, max(row.cached for row in live))
@@ -383,20 +395,39 @@ def _prefill(
     from transformers import DynamicCache
 
     blocks: list[tuple[KVBlock, int]] = [(live, row) for row in range(len(known))] if live else []
-    passes = plan_prefill([tuple(p) for p in prompts], known if live else [], min_shared)
-    block, logits = None, None
-    for step in passes:
+    computed: dict[tuple[int, ...], tuple[KVBlock, int, torch.Tensor]] = {}
+    for step in plan_prefill([tuple(p) for p in prompts], known if live else [], min_shared):
         block, logits = run_pass(
             model, step, blocks, pad_id, device, cache_argument, lambda: DynamicCache(config=model.config)
         )
         blocks += [(block, row) for row in range(len(step.tokens))]
-    assert block is not None and logits is not None
-    row_of = {tokens: row for row, tokens in enumerate(passes[-1].tokens)}
-    index = torch.tensor([row_of[tuple(p)] for p in prompts], dtype=torch.long, device=logits.device)
+        computed.update({tokens: (block, row, logits[row]) for row, tokens in enumerate(step.tokens)})
+    rows = [computed[tuple(p)] for p in prompts]
+    width = max(len(p) for p in prompts)
     cache = _growing_cache(model)
-    for layer, (keys, values) in zip(cache.layers, block.layers, strict=True):  # type: ignore[attr-defined]
-        layer.update(keys.index_select(0, index), values.index_select(0, index))
-    return cache, logits.index_select(0, index)
+    for layer_index, layer in enumerate(cache.layers):  # type: ignore[attr-defined]
+        keys, values = (
+            torch.stack(
+                [
+                    _right_aligned(block.layers[layer_index][kind][row], block.starts[row], width)
+                    for block, row, _ in rows
+                ]
+            )
+            for kind in (0, 1)
+        )
+        layer.update(keys, values)
+    return cache, torch.stack([logits for _, _, logits in rows])
+
+
+def _right_aligned(row: torch.Tensor, start: int, width: int) -> torch.Tensor:
+    """A row's keys or values [kv_heads, columns, head_dim] whose real positions start at column
+    `start`, as the last of `width` columns (zeros before them: padding, masked)."""
+    import torch
+
+    real = row[:, start:]
+    if real.shape[1] >= width:
+        return real[:, real.shape[1] - width :]
+    return torch.cat([real.new_zeros((real.shape[0], width - real.shape[1], real.shape[2])), real], dim=1)
 
 
 def _join(cache: object, new: object) -> object:

@@ -37,13 +37,18 @@ Tokens = tuple[int, ...]
 # A shared prefix earns its own pass only when it saves at least this many tokens for a row: a pass has
 # a fixed cost (30 layers of small kernels) and a thin matrix product runs below the CPU's best rate.
 MIN_SHARED_TOKENS = 16
+# What one more forward pass costs, in prompt tokens of compute (see split_by_length): every pass
+# reads all the weights from memory (540 MB in float32, the L3 cache holds 32 MB), ~200 ms on the 2-core
+# EPYC where a decode step of 12 rows took 213 ms and a prefill ran ~300 prompt tokens/s.
+PASS_OVERHEAD_TOKENS = 64
 
 
 @dataclass(frozen=True)
 class PrefillPass:
     """One forward pass of a shared prefill. Row i computes `tokens[i]`, reusing the keys/values of the
     first `shared[i]` tokens of entry `sources[i]` (None: from scratch, shared[i] == 0). Entries are
-    numbered: first the known sequences given to `plan_prefill`, then every pass's rows in order."""
+    numbered: first the known sequences given to `plan_prefill`, then every pass's rows in order
+    (a sequence computed twice, as a shared prefix and as a target, is the later entry)."""
 
     tokens: tuple[Tokens, ...]
     sources: tuple[int | None, ...]
@@ -85,15 +90,22 @@ class _Entries:
 
 
 def plan_prefill(
-    targets: Sequence[Tokens], known: Sequence[Tokens], min_shared: int | None = MIN_SHARED_TOKENS
+    targets: Sequence[Tokens],
+    known: Sequence[Tokens],
+    min_shared: int | None = MIN_SHARED_TOKENS,
+    pass_overhead: int = PASS_OVERHEAD_TOKENS,
 ) -> list[PrefillPass]:
     """Forward passes that give every distinct sequence of `targets` its keys/values, reusing the
     prefixes of `known` sequences (entries 0..len(known)-1) and computing each prefix shared by several
-    targets once. The last pass holds the distinct targets in sorted order. A reuse shorter than
-    `min_shared` tokens is not made (the row starts from scratch); None: no reuse, one pass."""
+    targets once. A reuse shorter than `min_shared` tokens is not made (the row starts from scratch);
+    None: no reuse. The rows of one level of the prefix tree are split into passes of similar length
+    (`split_by_length`). The last level's passes hold the distinct targets, each once."""
     if min_shared is None:
-        distinct = tuple(sorted({tuple(t) for t in targets}))
-        return [PrefillPass(distinct, (None,) * len(distinct), (0,) * len(distinct))]
+        distinct = sorted({tuple(t) for t in targets})
+        return [
+            PrefillPass(tuple(distinct[i] for i in chunk), (None,) * len(chunk), (0,) * len(chunk))
+            for chunk in split_by_length([len(t) for t in distinct], pass_overhead)
+        ]
     entries = _Entries()
     for tokens in known:
         entries.add(tuple(tokens))
@@ -122,21 +134,51 @@ def plan_prefill(
         nodes = [
             node for i, node in enumerate(nodes) if i + 1 == len(nodes) or nodes[i + 1][: len(node)] != node
         ]
-        if nodes:
+        # the nodes' pass pays off only when the rows save more than the nodes and the pass cost
+        saved = sum(
+            max(0, shared - entries.longest(tokens)[1]) for tokens, shared in zip(level, within, strict=True)
+        )
+        spent = sum(len(node) - entries.longest(node)[1] for node in nodes) + pass_overhead
+        if nodes and saved > spent:
             plan(nodes)
-        sources, shared = [], []
+        reuse = []
         for tokens in level:
             entry, length = entries.longest(tokens)
-            if length < min_shared:
-                entry, length = None, 0
-            sources.append(entry)
-            shared.append(length)
-        passes.append(PrefillPass(tuple(level), tuple(sources), tuple(shared)))
-        for tokens in level:
-            entries.add(tokens)
+            reuse.append((entry, length) if length >= min_shared else (None, 0))
+        for chunk in split_by_length(
+            [len(t) - length for t, (_, length) in zip(level, reuse, strict=True)], pass_overhead
+        ):
+            passes.append(
+                PrefillPass(
+                    tuple(level[i] for i in chunk),
+                    tuple(reuse[i][0] for i in chunk),
+                    tuple(reuse[i][1] for i in chunk),
+                )
+            )
+            for i in chunk:
+                entries.add(level[i])
 
     plan(sorted({tuple(t) for t in targets}))
     return passes
+
+
+def split_by_length(lengths: Sequence[int], pass_overhead: int) -> list[list[int]]:
+    """Row indices grouped into forward passes, each padded to its longest row: sorted by length and
+    cut where the padding saved outweighs one more pass (`pass_overhead`, in tokens of compute).
+    Minimises padded tokens + pass_overhead per pass (dynamic programming over the sorted lengths)."""
+    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+    best = [0] + [None] * len(order)  # best[j]: cost of the first j rows in order
+    cut = [0] * (len(order) + 1)
+    for end in range(1, len(order) + 1):
+        for start in range(end):
+            cost = best[start] + (end - start) * lengths[order[end - 1]] + pass_overhead  # type: ignore[operator]
+            if best[end] is None or cost < best[end]:  # type: ignore[operator]
+                best[end], cut[end] = cost, start
+    chunks, end = [], len(order)
+    while end:
+        chunks.append(order[cut[end] : end])
+        end = cut[end]
+    return chunks[::-1]
 
 
 @dataclass
