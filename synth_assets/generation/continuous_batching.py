@@ -130,13 +130,11 @@ class _Row:
     stop: frozenset[int]
     generator: torch.Generator
     generated: list[int] = field(default_factory=list)
-    finished: bool = False
-    idle_steps: int = 0  # decode steps run since it finished (its slot is freed at the next compaction)
 
     @property
     def cached(self) -> int:
         # the last sampled token is fed by the next step, so it is not in the cache yet
-        return self.prompt_len + len(self.generated) - 1 + self.idle_steps
+        return self.prompt_len + len(self.generated) - 1
 
 
 @dataclass(frozen=True)
@@ -196,7 +194,7 @@ def generate_continuously(
     cache_argument = _cache_argument(model)
 
     while order or live:
-        if order and (not live or slots - len(live) >= refill_at):  # `live` holds no finished row here
+        if order and (not live or slots - len(live) >= refill_at):
             joining = [order.popleft() for _ in range(min(slots - len(live), len(order)))]
             rows = [_Row(i, len(prompts[i]), stops[i], row_generator(seeds[i], device)) for i in joining]
             new_cache, logits = _prefill(
@@ -229,34 +227,24 @@ def generate_continuously(
                 use_cache=True,
                 logits_to_keep=1,
             ).logits[:, -1, :]
-            running = [position for position, row in enumerate(live) if not row.finished]
-            chosen = sample_next(
-                logits[running],
-                [live[p].generated for p in running],
-                [live[p].generator for p in running],
-                **sampling,
-            )
-            for position, token in zip(running, chosen.tolist(), strict=True):
-                live[position].generated.append(int(token))
-            for row in live:
-                row.idle_steps += row.finished
+            chosen = sample_next(logits, [r.generated for r in live], [r.generator for r in live], **sampling)
+            for row, token in zip(live, chosen.tolist(), strict=True):
+                row.generated.append(int(token))
 
         done = [
-            row
-            for row in live
-            if not row.finished and (row.generated[-1] in row.stop or len(row.generated) >= max_new_tokens)
+            position
+            for position, row in enumerate(live)
+            if row.generated[-1] in row.stop or len(row.generated) >= max_new_tokens
         ]
         if done:
-            on_finished([Finished(row.index, row.generated, row.generated[-1] in row.stop) for row in done])
-            for row in done:
-                row.finished = True
-        # Finished rows leave the cache (a copy of every kept row) when their slots are refilled or
-        # when they are half the batch, not one by one: a decode step costs about the same with a few
-        # idle rows, its time goes to reading the weights.
-        keep = [position for position, row in enumerate(live) if not row.finished]
-        if len(keep) < len(live) and (
-            (order and slots - len(keep) >= refill_at) or len(live) - len(keep) >= len(keep)
-        ):
+            on_finished(
+                [
+                    Finished(live[p].index, live[p].generated, live[p].generated[-1] in live[p].stop)
+                    for p in done
+                ]
+            )
+            gone = set(done)
+            keep = [position for position in range(len(live)) if position not in gone]
             live = [live[position] for position in keep]
             if live and cache is not None:
                 _select(cache, keep, max(row.cached for row in live))
