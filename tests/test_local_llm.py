@@ -360,9 +360,9 @@ def test_prompts_sharing_a_prefix_get_the_same_answers_with_and_without_reusing_
     requests = _demo_spec_requests(12)
     plan = plan_prefill([tuple(model.encode(r)) for r in requests], known=[])
     assert sum(shared for step in plan for shared in step.shared) > 200  # really reused
-    reused = model.generate(requests, max_new_tokens=32, batch_size=6, **SAMPLING)
+    reused = model.generate(requests, max_new_tokens=12, batch_size=6, **SAMPLING)
     monkeypatch.setattr(model, "_share_prefixes", False)
-    recomputed = model.generate(requests, max_new_tokens=32, batch_size=6, **SAMPLING)
+    recomputed = model.generate(requests, max_new_tokens=12, batch_size=6, **SAMPLING)
     assert [(r.key, r.text, r.completion_tokens) for r in reused] == [
         (r.key, r.text, r.completion_tokens) for r in recomputed
     ]
