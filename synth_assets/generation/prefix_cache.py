@@ -37,9 +37,9 @@ Tokens = tuple[int, ...]
 # A shared prefix earns its own pass only when it saves at least this many tokens for a row: a pass has
 # a fixed cost (30 layers of small kernels) and a thin matrix product runs below the CPU's best rate.
 MIN_SHARED_TOKENS = 16
-# What one more forward pass costs, in prompt tokens of compute (see split_by_length): every pass
-# reads all the weights from memory (540 MB in float32, the L3 cache holds 32 MB), ~200 ms on the 2-core
-# EPYC where a decode step of 12 rows took 213 ms and a prefill ran ~300 prompt tokens/s.
+# What one more forward pass costs, in prompt tokens of compute (see split_by_length): a pass has a
+# fixed cost of 30 layers of small kernels, ~120-140 ms on the 2-core EPYC (a one-row decode step took
+# 137 ms; README), where a prefill ran ~300 prompt tokens/s.
 PASS_OVERHEAD_TOKENS = 64
 
 
