@@ -20,7 +20,9 @@ max_new_tokens 128, natural stopping (a row ends at its stop string or end of se
   prompts not measured), the order turned round each round; `http_overhead_pct` is over the matched
   rounds, `http_overhead_rounds_pct` per round;
 - concurrency: 1, 2 and 4 generation processes at once (each runs the engine on the first
-  `--concurrency-prompts` prompts); aggregate tok/s = all their tokens / the wall time they span.
+  `--concurrency-prompts` prompts); aggregate tok/s = all their tokens / the wall time they span;
+- profile (not in the table): where the engine's seconds go (prefill, decode, sampling, dropping
+  finished rows) and how much of the prompts a shared-prefix cache can skip.
 
 Only real tokens count (up to and including the stop token), never padding. Ends with one line:
 
@@ -37,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import itertools
 import json
 import os
 import shutil
@@ -73,6 +76,7 @@ ROWS = (
     "llama-server",
     "direct-client",
     "concurrency",
+    "profile",
 )
 
 PRODUCTS = [
@@ -183,6 +187,84 @@ def run_engine(workload: Workload, dtype: str, batch_size: int) -> Measurement:
     seconds = time.perf_counter() - started
     tokens = sum(r.completion_tokens for r in results)
     return Measurement(workload.name, f"engine ({resolve_dtype(dtype)})", tokens, seconds)
+
+
+def profile_engine(workload: Workload, dtype: str, batch_size: int) -> None:
+    """Where the engine's seconds go on this workload, printed: prefill vs decode forward passes (and
+    the prompt tokens each computed, padding included), sampling, dropping finished rows; and how much
+    of the prompts a prefix tree shares (what `prefix_cache` can skip)."""
+    import functools
+
+    from synth_assets.generation import continuous_batching
+    from synth_assets.generation.local_llm import get_local_model
+    from synth_assets.generation.prefix_cache import common_prefix
+
+    model = get_local_model(dtype=dtype)
+    encoded = sorted(tuple(model.encode(r)) for r in workload.requests)
+    total = sum(map(len, encoded))
+    # in sorted order, a prompt's longest shared prefix with any other is with a neighbour
+    reusable = sum(common_prefix(a, b) for a, b in itertools.pairwise(encoded))
+    print(f"profile: {len(encoded)} prompts, {total / len(encoded):.1f} tokens on average; a prefix tree "
+          f"over them holds {reusable / total:.1%} fewer tokens", flush=True)  # fmt: skip
+    seconds = dict.fromkeys(("prefill", "decode", "sampling", "dropping finished rows"), 0.0)
+    counts = dict.fromkeys(("prefill", "decode", "fed", "rows"), 0)
+    forward = model._model.forward
+
+    @functools.wraps(forward)
+    def timed_forward(*args: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter()
+        out = forward(*args, **kwargs)
+        kind = "prefill" if kwargs["input_ids"].shape[1] > 1 else "decode"
+        seconds[kind] += time.perf_counter() - started
+        counts[kind] += 1
+        counts["fed" if kind == "prefill" else "rows"] += kwargs["input_ids"].numel()
+        return out
+
+    def timed(name: str, function: Any) -> Any:
+        @functools.wraps(function)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                seconds[name] += time.perf_counter() - started
+
+        return wrapper
+
+    originals = {name: getattr(continuous_batching, name) for name in ("sample_next", "_select")}
+    model._model.forward = timed_forward
+    continuous_batching.sample_next = timed("sampling", originals["sample_next"])
+    continuous_batching._select = timed("dropping finished rows", originals["_select"])
+    try:
+        params = workload.params
+        started = time.perf_counter()
+        results = model.generate(
+            workload.requests,
+            max_new_tokens=params.max_new_tokens,
+            batch_size=batch_size,
+            temperature=params.temperature,
+            top_p=params.top_p,
+            repetition_penalty=params.repetition_penalty,
+        )
+        wall = time.perf_counter() - started
+    finally:
+        del model._model.forward  # the instance attribute: the class's forward again
+        for name, function in originals.items():
+            setattr(continuous_batching, name, function)
+    tokens = sum(r.completion_tokens for r in results)
+    print(
+        f"profile: {tokens} tokens in {wall:.1f}s = {tokens / wall:.1f} tok/s, {batch_size} slots", flush=True
+    )
+    for name, spent in [
+        *seconds.items(),
+        ("other (Python, prefix gathering, joins)", wall - sum(seconds.values())),
+    ]:
+        print(f"  {name}: {spent:.1f}s ({spent / wall:.0%})", flush=True)
+    fed_per_s = counts["fed"] / max(seconds["prefill"], 1e-9)
+    print(f"  prefill: {counts['prefill']} passes fed {counts['fed']} prompt tokens incl. padding "
+          f"({counts['fed'] / total:.0%} of the prompts' tokens), {fed_per_s:.0f}/s; "
+          f"decode: {counts['decode']} steps, {counts['rows'] / max(counts['decode'], 1):.1f} rows per step, "
+          f"{1000 * seconds['decode'] / max(counts['decode'], 1):.0f} ms per step", flush=True)  # fmt: skip
 
 
 def naive_loop(model_dir: str, workload: Workload, limit: int, threads: int) -> Measurement:
@@ -618,6 +700,8 @@ def main(argv: Sequence[str] | None = None) -> None:
           flush=True)  # fmt: skip
     engine = engine_f32 = naive = llama_np = direct = None
     overhead_rounds: list[float] = []
+    if "profile" in rows:
+        profile_engine(workload, args.dtype, args.batch_size)
     if "engine" in rows:
         engine = record(run_engine(workload, args.dtype, args.batch_size))
     if "engine-float32" in rows:

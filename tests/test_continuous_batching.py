@@ -7,6 +7,7 @@ test_local_llm.py (slow)."""
 
 from __future__ import annotations
 
+import functools
 import random
 
 import pytest
@@ -15,6 +16,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from synth_assets.generation import continuous_batching as cb  # noqa: E402
+from synth_assets.generation.prefix_cache import plan_prefill, split_by_length  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +30,9 @@ def tiny_llama() -> object:
     return transformers.LlamaForCausalLM(config).eval()
 
 
-def _decode(model: object, prompts: list[list[int]], slots: int) -> dict[int, list[int]]:
+def _decode(
+    model: object, prompts: list[list[int]], slots: int, share_prefixes: bool = True
+) -> dict[int, list[int]]:
     finished: dict[int, list[int]] = {}
     with torch.no_grad():
         cb.generate_continuously(
@@ -44,6 +48,7 @@ def _decode(model: object, prompts: list[list[int]], slots: int) -> dict[int, li
             pad_id=0,
             device=torch.device("cpu"),
             on_finished=lambda done: finished.update({row.index: row.tokens for row in done}),
+            share_prefixes=share_prefixes,
         )
     return finished
 
@@ -75,3 +80,71 @@ def test_a_decode_step_writes_into_the_buffer_without_reallocating_it(tiny_llama
     # finished rows leave with one copy; the kept row's last positions stay as they were
     layer.keep_rows(torch.tensor([1]), width=7)
     assert layer.keys.shape == (1, 2, 7, 8) and torch.equal(layer.keys, stored_keys[1:, :, -7:])
+
+
+def _prefix_tree_prompts(rng: random.Random, count: int) -> list[list[int]]:
+    """Prompts shaped like a spec's: one of 3 lead-ins (20 tokens), one of 2 attribute phrases per
+    lead-in (18 tokens), then 1-29 tokens of their own; plus an exact repeat and a short prompt."""
+    heads = [[rng.randrange(3, 300) for _ in range(20)] for _ in range(3)]
+    phrases = [[rng.randrange(3, 300) for _ in range(18)] for _ in range(6)]
+    prompts = [
+        heads[i % 3]
+        + phrases[2 * (i % 3) + rng.randrange(2)]
+        + [rng.randrange(3, 300) for _ in range(rng.randrange(1, 30))]
+        for i in range(count)
+    ]
+    return [*prompts, list(prompts[4]), heads[0][:5]]
+
+
+def test_a_shared_prefix_is_computed_once_and_the_tokens_stay_the_same(
+    tiny_llama: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    prompts = _prefix_tree_prompts(random.Random(1), 30)
+    prompt_tokens_fed: list[int] = []
+    forward = tiny_llama.forward  # type: ignore[attr-defined]
+
+    @functools.wraps(forward)  # keeps forward's signature: the engine reads its cache argument's name
+    def counting(*args: object, **kwargs: torch.Tensor) -> object:
+        if kwargs["input_ids"].shape[1] > 1:  # a prefill, not a decode step
+            prompt_tokens_fed.append(int(kwargs["input_ids"].numel()))
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(tiny_llama, "forward", counting)
+    for slots in (3, 40):
+        prompt_tokens_fed.clear()
+        plain = _decode(tiny_llama, prompts, slots, share_prefixes=False)
+        fed_plain = sum(prompt_tokens_fed)
+        prompt_tokens_fed.clear()
+        shared = _decode(tiny_llama, prompts, slots, share_prefixes=True)
+        assert shared == plain, f"{slots} slots"
+        assert sum(prompt_tokens_fed) < 0.75 * fed_plain, f"{slots} slots"
+    assert len(plain) == len(prompts) and sum(map(len, plain.values())) > len(prompts) * 10
+
+
+def test_the_prefill_plan_computes_each_prefix_tree_token_once() -> None:
+    prompts = [tuple(p) for p in _prefix_tree_prompts(random.Random(2), 12)]
+    live = [(*prompts[0][:30], 7, 7, 7)]  # a live row sharing a lead-in and part of a phrase
+    passes = plan_prefill(prompts, known=live, min_shared=1, pass_overhead=0)
+    entries = list(live)
+    computed = 0
+    for step in passes:
+        for tokens, source, shared in zip(step.tokens, step.sources, step.shared, strict=True):
+            if source is None:
+                assert shared == 0
+            else:  # an earlier entry that really has these tokens
+                assert source < len(entries) and entries[source][:shared] == tokens[:shared]
+            computed += len(tokens) - shared
+        entries += step.tokens
+    assert set(prompts) <= set(entries)
+    tree = {p[:n] for p in prompts for n in range(1, len(p) + 1)} - {live[0][:n] for n in range(1, 31)}
+    # + 1: the 5-token prompt lies inside the others, yet a row computes its last token (its logits)
+    assert computed == len(tree) + 1
+    # a reuse shorter than min_shared is not worth a pass: the 5-token prompt starts from scratch
+    short = plan_prefill(prompts, known=[], min_shared=16)
+    assert all(shared == 0 or shared >= 16 for step in short for shared in step.shared)
+
+
+def test_prefill_passes_group_rows_of_similar_length() -> None:
+    # padding a 6-token row to 101 costs far more than one more pass; 99-101 share one
+    assert split_by_length([5, 100, 101, 99, 6, 50], pass_overhead=8) == [[0, 4], [5], [3, 1, 2]]
+    assert split_by_length([40, 41, 42], pass_overhead=8) == [[0, 1, 2]]

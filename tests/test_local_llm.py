@@ -347,3 +347,22 @@ def test_continuous_batching_gives_the_batch_at_a_time_answers(
     assert [(r.key, r.text, r.completion_tokens, r.finish_reason) for r in continuous] == [
         (r.key, r.text, r.completion_tokens, r.finish_reason) for r in bucketed
     ]
+
+
+@pytest.mark.slow
+def test_prompts_sharing_a_prefix_get_the_same_answers_with_and_without_reusing_it(
+    model: LocalChatModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The demo spec's prompts share their task line, label lead-in and attribute phrase; the engine
+    # computes those keys/values once (prefix_cache) and must draw the very same tokens.
+    from synth_assets.generation.prefix_cache import plan_prefill
+
+    requests = _demo_spec_requests(12)
+    plan = plan_prefill([tuple(model.encode(r)) for r in requests], known=[])
+    assert sum(shared for step in plan for shared in step.shared) > 200  # really reused
+    reused = model.generate(requests, max_new_tokens=12, batch_size=6, **SAMPLING)
+    monkeypatch.setattr(model, "_share_prefixes", False)
+    recomputed = model.generate(requests, max_new_tokens=12, batch_size=6, **SAMPLING)
+    assert [(r.key, r.text, r.completion_tokens) for r in reused] == [
+        (r.key, r.text, r.completion_tokens) for r in recomputed
+    ]

@@ -26,6 +26,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from synth_assets.generation.prefix_cache import MIN_SHARED_TOKENS, KVBlock, plan_prefill, run_pass
+
 if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel
@@ -83,12 +85,17 @@ def sample_next(
     keep = (top_probs.cumsum(dim=-1) - top_probs) < top_p
     covered = top_probs.sum(dim=-1) >= top_p if k < scores.shape[-1] else torch.ones_like(keep[:, 0])
     choice = torch.empty(rows, dtype=torch.long, device=scores.device)
-    uncovered = [row for row in range(rows) if not bool(covered[row])]
-    for row, generator in enumerate(generators):
-        if bool(covered[row]):
-            noise = gumbel(torch.rand(k, generator=generator, device=scores.device))
-            candidate = torch.where(keep[row], top_scores[row] + noise, float("-inf")).argmax()
-            choice[row] = top_index[row, candidate]
+    covered_rows = covered.tolist()  # one device sync, not one per row
+    uncovered = [row for row in range(rows) if not covered_rows[row]]
+    drawn = [row for row in range(rows) if covered_rows[row]]
+    if drawn:
+        # each row's own draws, then the Gumbel-max over all rows at once (elementwise: same numbers)
+        uniform = torch.stack(
+            [torch.rand(k, generator=generators[row], device=scores.device) for row in drawn]
+        )
+        index = torch.tensor(drawn, device=scores.device)
+        perturbed = torch.where(keep[index], top_scores[index] + gumbel(uniform), float("-inf"))
+        choice[index] = top_index[index].gather(1, perturbed.argmax(dim=-1, keepdim=True)).squeeze(1)
     if uncovered:
         flat = scores[uncovered]
         if top_p < 1.0:
@@ -167,12 +174,15 @@ def generate_continuously(
     pad_id: int,
     device: torch.device,
     on_finished: Callable[[list[Finished]], None],
+    share_prefixes: bool = True,
 ) -> None:
     """Decode every prompt (token ids, already checked to fit the context) with at most `slots` rows
     live at once; `on_finished` gets the rows that ended at each step, in the order they ended.
 
     Prompts are admitted in length order (similar lengths share a prefill, little padding), whenever
-    at least an eighth of the slots are free (a join copies the cache once, like one decode step)."""
+    at least an eighth of the slots are free (a join copies the cache once, like one decode step).
+    With `share_prefixes`, a joining prompt's prefix that a live row's prompt or another joining
+    prompt already has is not computed again (`prefix_cache`); the tokens are the same either way."""
     import torch
     from transformers import DynamicCache
 
@@ -187,7 +197,16 @@ def generate_continuously(
         if order and (not live or slots - len(live) >= refill_at):
             joining = [order.popleft() for _ in range(min(slots - len(live), len(order)))]
             rows = [_Row(i, len(prompts[i]), stops[i], row_generator(seeds[i], device)) for i in joining]
-            new_cache, logits = _prefill(model, [prompts[i] for i in joining], pad_id, device, cache_argument)
+            new_cache, logits = _prefill(
+                model,
+                [prompts[i] for i in joining],
+                [tuple(prompts[row.index]) for row in live] if share_prefixes else [],
+                _live_block(cache, live),
+                MIN_SHARED_TOKENS if share_prefixes else None,
+                pad_id,
+                device,
+                cache_argument,
+            )
             first = sample_next(logits, [[] for _ in rows], [r.generator for r in rows], **sampling)
             for row, token in zip(rows, first.tolist(), strict=True):
                 row.generated.append(int(token))
@@ -337,35 +356,66 @@ def _cache_argument(model: PreTrainedModel) -> str:
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
+def _live_block(cache: object, live: Sequence[_Row]) -> KVBlock | None:
+    """The live rows' keys/values as a prefix source (each row's prompt starts `cached` from the end)."""
+    if cache is None or not live:
+        return None
+    width = cache.get_seq_length()  # type: ignore[attr-defined]
+    layers = [(layer.keys, layer.values) for layer in cache.layers]  # type: ignore[attr-defined]
+    return KVBlock(layers, [width - row.cached for row in live])
+
+
 def _prefill(
     model: PreTrainedModel,
     prompts: list[Sequence[int]],
+    known: list[tuple[int, ...]],
+    live: KVBlock | None,
+    min_shared: int | None,
     pad_id: int,
     device: torch.device,
     cache_argument: str,
 ) -> tuple[object, torch.Tensor]:
-    """Left-padded forward over the joining prompts: (their cache, last-position logits [rows, vocab])."""
+    """Left-padded forward over the joining prompts: (their cache, last-position logits [rows, vocab]).
+
+    With `min_shared` tokens or more in common, a prefix shared with a live row (`known[i]` is row i of
+    `live`) or another joining prompt is computed once (`prefix_cache`); None: every row from scratch."""
+    import torch
+    from transformers import DynamicCache
+
+    blocks: list[tuple[KVBlock, int]] = [(live, row) for row in range(len(known))] if live else []
+    computed: dict[tuple[int, ...], tuple[KVBlock, int, torch.Tensor]] = {}
+    for step in plan_prefill([tuple(p) for p in prompts], known if live else [], min_shared):
+        block, logits = run_pass(
+            model, step, blocks, pad_id, device, cache_argument, lambda: DynamicCache(config=model.config)
+        )
+        blocks += [(block, row) for row in range(len(step.tokens))]
+        computed.update({tokens: (block, row, logits[row]) for row, tokens in enumerate(step.tokens)})
+    rows = [computed[tuple(p)] for p in prompts]
+    width = max(len(p) for p in prompts)
+    cache = _growing_cache(model)
+    for layer_index, layer in enumerate(cache.layers):  # type: ignore[attr-defined]
+        keys, values = (
+            torch.stack(
+                [
+                    _right_aligned(block.layers[layer_index][kind][row], block.starts[row], width)
+                    for block, row, _ in rows
+                ]
+            )
+            for kind in (0, 1)
+        )
+        layer.update(keys, values)
+    return cache, torch.stack([logits for _, _, logits in rows])
+
+
+def _right_aligned(row: torch.Tensor, start: int, width: int) -> torch.Tensor:
+    """A row's keys or values [kv_heads, columns, head_dim] whose real positions start at column
+    `start`, as the last of `width` columns (zeros before them: padding, masked)."""
     import torch
 
-    width = max(len(ids) for ids in prompts)
-    input_ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(prompts), width), dtype=torch.long)
-    for row, ids in enumerate(prompts):
-        input_ids[row, width - len(ids) :] = torch.tensor(list(ids), dtype=torch.long)
-        mask[row, width - len(ids) :] = 1
-    # positions count real tokens only, as generate() does for left-padded rows
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    cache = _growing_cache(model)
-    logits = model(
-        input_ids=input_ids.to(device),
-        attention_mask=mask.to(device),
-        position_ids=positions.to(device),
-        **{cache_argument: cache},
-        cache_position=torch.arange(width, device=device),
-        use_cache=True,
-        logits_to_keep=1,
-    ).logits[:, -1, :]
-    return cache, logits
+    real = row[:, start:]
+    if real.shape[1] >= width:
+        return real[:, real.shape[1] - width :]
+    return torch.cat([real.new_zeros((real.shape[0], width - real.shape[1], real.shape[2])), real], dim=1)
 
 
 def _join(cache: object, new: object) -> object:

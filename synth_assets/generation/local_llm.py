@@ -267,6 +267,8 @@ class LocalChatModel:
         # Continuous batching moves rows in and out of a plain key/value cache; a model with another
         # cache layout (sliding windows, recurrent state) decodes batch by batch with model.generate.
         self._continuous = supports_continuous_batching(self._model)
+        # Prompts of one spec share long prefixes; their keys/values are computed once (prefix_cache).
+        self._share_prefixes = True
         self._load_seconds = time.perf_counter() - started
         logger.info(
             "%s ready in %.2fs (%s, %d threads, %s)",
@@ -542,6 +544,7 @@ class LocalChatModel:
             pad_id=int(self._tokenizer.pad_token_id),
             device=self._device,
             on_finished=finished,
+            share_prefixes=self._share_prefixes,
             **settings,
         )
         if pending:
