@@ -40,7 +40,6 @@ import threading
 import time
 from pathlib import Path
 
-import duckdb
 import yaml
 from seed_scaling import _Answer  # benchmarks/ is on sys.path when run as a script
 from usefulness import cpu_model
@@ -106,11 +105,13 @@ def _run_together(
             process.kill()
             process.wait()
         log.close()
-        with duckdb.connect(str(work / "w.duckdb"), read_only=True) as connection:
-            tokens, seconds = connection.execute(
-                "SELECT coalesce(sum(completion_tokens), 0), coalesce(sum(seconds), 0) FROM llm_cache"
-            ).fetchone()
-        results.append((int(tokens), float(seconds)))
+        from synth_assets.storage import Warehouse
+
+        totals = Warehouse(work / "w.duckdb").query(
+            "SELECT coalesce(sum(completion_tokens), 0) AS tokens, coalesce(sum(seconds), 0) AS seconds "
+            "FROM llm_cache"
+        )
+        results.append((int(totals["tokens"].iloc[0]), float(totals["seconds"].iloc[0])))
     return results
 
 
