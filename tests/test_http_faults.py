@@ -293,6 +293,17 @@ def test_the_share_of_failed_prompts_is_gated_by_the_spec(tmp_path: Path) -> Non
 # ---- adaptive concurrency follows latency --------------------------------------------------------
 
 
+def _limit_history(
+    loopback: Callable[..., LoopbackServer], answer: Callable[..., None], requests: list[ChatRequest]
+) -> list[int]:
+    """The adaptive limit's history (max_concurrency 16, no retries) over `requests` answered by
+    `answer` on a loopback server; every request must get its answer."""
+    backend = OpenAICompatibleBackend(_params(loopback(answer).url, max_concurrency=16, max_retries=0))
+    answers, errors = _run(backend, requests)
+    assert len(answers) == len(requests) and not errors
+    return backend.concurrency_history
+
+
 def test_concurrency_falls_when_the_server_slows_under_load_and_recovers(
     loopback: Callable[..., LoopbackServer],
 ) -> None:
@@ -308,11 +319,7 @@ def test_concurrency_falls_when_the_server_slows_under_load_and_recovers(
         time.sleep(0.1 * max(1, load - capacity["slots"] + 1) ** 2)
         handler.send(200, completion_payload())
 
-    server = loopback(queueing)
-    backend = OpenAICompatibleBackend(_params(server.url, max_concurrency=16, max_retries=0))
-    answers, errors = _run(backend, [_ask(f"q{i}") for i in range(300)])
-    assert len(answers) == 300 and not errors
-    history = backend.concurrency_history
+    history = _limit_history(loopback, queueing, [_ask(f"q{i}") for i in range(300)])
     lowest = min(history)
     assert history[0] == 8 and lowest <= 4, history
     # additive increase once the server is fast again
@@ -332,12 +339,8 @@ def test_answers_of_very_different_lengths_on_an_idle_server_do_not_lower_the_co
         payload["usage"] = {"prompt_tokens": 40, "completion_tokens": completion}
         handler.send(200, payload)
 
-    server = loopback(idle)
-    backend = OpenAICompatibleBackend(_params(server.url, max_concurrency=16, max_retries=0))
     lengths = random.Random(0).choices(["short", "long"], k=200)
-    answers, errors = _run(backend, [_ask(f"q{i}", f"a {length} one") for i, length in enumerate(lengths)])
-    assert len(answers) == 200 and not errors
-    history = backend.concurrency_history
+    history = _limit_history(loopback, idle, [_ask(f"q{i}", f"a {n} one") for i, n in enumerate(lengths)])
     assert min(history) == history[0] == 8 and max(history) > 8, history
 
 
@@ -354,11 +357,7 @@ def test_latency_that_grows_with_requests_in_flight_while_throughput_grows_too_i
         time.sleep(0.03 * load**0.8)
         handler.send(200, completion_payload())
 
-    server = loopback(batching)
-    backend = OpenAICompatibleBackend(_params(server.url, max_concurrency=16, max_retries=0))
-    answers, errors = _run(backend, [_ask(f"q{i}") for i in range(200)])
-    assert len(answers) == 200 and not errors
-    history = backend.concurrency_history
+    history = _limit_history(loopback, batching, [_ask(f"q{i}") for i in range(200)])
     assert min(history) == history[0] == 8 and max(history) == 16, history
 
 
