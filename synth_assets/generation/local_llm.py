@@ -301,12 +301,14 @@ class LocalChatModel:
         manifest_path = self._model_dir / _MANIFEST
         if not manifest_path.is_file():
             return None
+        # outside the try: a broken install (or a local module shadowing one transformers imports)
+        # is not damage to the cache, and must not throw away 520 MB of dequantized weights
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
         try:
             manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
             if manifest.get("format") != _CACHE_FORMAT:
                 raise ValueError(f"cache format {manifest.get('format')} != {_CACHE_FORMAT}")
-            from transformers import AutoModelForCausalLM, AutoTokenizer
-
             with _quiet_progress():
                 model = AutoModelForCausalLM.from_pretrained(self._model_dir, dtype=self._dtype)
                 tokenizer = AutoTokenizer.from_pretrained(self._model_dir)
