@@ -6,6 +6,7 @@ session shares one instance and only a machine with an empty cache pays the ~20 
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,8 @@ from pathlib import Path
 import pytest
 
 from synth_assets.generation.local_llm import (
+    _CACHE_FORMAT,
+    _MANIFEST,
     ChatRequest,
     LocalChatModel,
     ProgressUpdate,
@@ -172,6 +175,34 @@ def test_weights_are_cached_and_reloaded_from_the_cache(model: LocalChatModel) -
     cold_text = model.generate(REQUESTS[:1], max_new_tokens=12, batch_size=1, **greedy)[0].text
     warm_text = warm.generate(REQUESTS[:1], max_new_tokens=12, batch_size=1, **greedy)[0].text
     assert warm_text == cold_text
+
+
+def _cache_folder_without_model(tmp_path: Path, manifest: str) -> LocalChatModel:
+    """A LocalChatModel shell whose weight-cache folder holds `manifest` and a stand-in weights file:
+    `_load_cached` is judged on what it does to the folder, without 520 MB of real weights."""
+    folder = tmp_path / "models" / "smollm2-test"
+    folder.mkdir(parents=True)
+    (folder / _MANIFEST).write_text(manifest, encoding="utf-8")
+    (folder / "model.safetensors").write_bytes(b"weights")
+    shell = LocalChatModel.__new__(LocalChatModel)
+    shell._model_dir, shell._fingerprint, shell._dtype = folder, "smollm2-test", None
+    return shell
+
+
+def test_an_import_failure_keeps_the_weight_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # a broken install or a shadowing local module (a script named profile.py did this) is not cache damage
+    shell = _cache_folder_without_model(tmp_path, json.dumps({"format": _CACHE_FORMAT}))
+    monkeypatch.setitem(sys.modules, "transformers", None)
+    with pytest.raises(ImportError):
+        shell._load_cached()
+    assert (shell._model_dir / "model.safetensors").read_bytes() == b"weights"
+
+
+def test_a_damaged_weight_cache_is_discarded_for_a_rebuild(tmp_path: Path) -> None:
+    shell = _cache_folder_without_model(tmp_path, json.dumps({"format": _CACHE_FORMAT + 99}))
+    assert shell._load_cached() is None
+    assert not shell._model_dir.exists()
+    assert not list(shell._model_dir.parent.glob(".tmp-*")), "the renamed folder is removed too"
 
 
 @pytest.mark.slow
