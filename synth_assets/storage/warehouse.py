@@ -615,9 +615,9 @@ class Warehouse(WarehouseReads):
         return self._write("storing LLM calls in llm_cache", work)
 
     # -- the lake itself -----------------------------------------------------------------------------
-    def snapshot_id(self) -> int:
-        """The newest snapshot of the catalog."""
-        with self.connect() as connection:
+    def snapshot_id(self, *, read_only: bool = False) -> int:
+        """The newest snapshot of the catalog (`read_only`: as the CLI reads, never creating one)."""
+        with self.connect(read_only=read_only) as connection:
             return int(connection.execute(f"SELECT id FROM {self._alias}.current_snapshot()").fetchone()[0])
 
     def version_log(self, stage: str, spec_name: str, *, read_only: bool = False) -> pd.DataFrame:
