@@ -38,7 +38,7 @@ def _plan(args: argparse.Namespace, spec: GenerationSpec, seed_rows: pd.DataFram
     store = _warehouse(args)
     print(f"dry run of spec '{spec.name}' ({spec.source_path}): nothing is written", flush=True)
     backend = build_backend(spec.generation)
-    plan = plan_run(spec, prompts, backend, store if store.path.is_file() else None)
+    plan = plan_run(spec, prompts, backend, store)  # reads the cache (or the old file) without writing
     for line in plan.lines():
         print(line)
     if spec.generation.runs_in_process:

@@ -162,16 +162,18 @@ def resolve_published(store: Warehouse, spec_name: str, reference: str | None) -
     return published
 
 
-def _published(store: Warehouse, spec_name: str) -> str:
-    runs = store.publications(spec_name, read_only=True)
-    runs = runs[runs["published"].astype(bool)]["version_run_id"].drop_duplicates().tolist()
-    current = store.promoted_version(Stage.CURATED_SET, spec_name, read_only=True)
-    runs = list(dict.fromkeys([*([current] if current else []), *runs]))
-    pinned = [
-        f"{run[:8]} @{store.promotion_snapshot(Stage.CURATED_SET, spec_name, run, read_only=True)}"
-        for run in runs
-    ]
-    return ", ".join(pinned[:8]) or "none"
+def _published(store: Warehouse, spec_name: str, limit: int = 8) -> str:
+    """`run @snapshot, ...` of the curated_set versions ever published (the snapshot that published
+    each), newest version first, for error messages."""
+    runs = reversed(version_table(store, spec_name)["run_id"].tolist())
+    pinned = []
+    for run in runs:
+        published = store.promotion_snapshot(Stage.CURATED_SET, spec_name, str(run), read_only=True)
+        if published is not None:
+            pinned.append(f"{str(run)[:8]} @{published}")
+        if len(pinned) == limit:
+            break
+    return ", ".join(pinned) or "none"
 
 
 def spec_of(store: Warehouse, references: Sequence[str], stage: str = Stage.CURATED_SET) -> str | None:

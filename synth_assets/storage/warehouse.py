@@ -238,6 +238,15 @@ class Warehouse(WarehouseReads):
                     raise
             yield connection
 
+    def pending_import(self) -> Path | None:
+        """The old-layout DuckDB file (see `locate`) that the first open of this warehouse will import,
+        while its catalog does not exist yet; None when there is nothing to import or the catalog
+        exists (its first open imported the file). Opens nothing, writes nothing: a dry run asks it."""
+        catalog = self.config.catalog_file
+        if self.legacy is None or catalog is None or catalog.exists():
+            return None
+        return self.legacy
+
     def close(self) -> None:
         """Detach this process's connection to the catalog (the next call attaches again)."""
         Engine.close(self.config)
