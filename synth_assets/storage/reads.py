@@ -389,33 +389,26 @@ class WarehouseReads:
         self, stage: str, spec_name: str, *, read_only: bool = False, snapshot: int | None = None
     ) -> list[VersionInfo]:
         """Every version of a stage for a spec, oldest first, each with the DuckLake snapshot that
-        committed it; `snapshot`: the versions the warehouse held then (as they were then)."""
-        frame = self._select(
-            f"SELECT run_id, max(materialized_at) AS written, count(*) AS n "
-            f"FROM {_source(stage, False, snapshot)} WHERE spec_name = ? GROUP BY run_id ORDER BY written",
-            [spec_name],
-            read_only,
-        )
-        if frame.empty:
-            return []
-        committed = self._version_snapshots(stage, spec_name, read_only=read_only, snapshot=snapshot)
-        return [
-            VersionInfo(str(run), at, int(n), committed.get(str(run)))
-            for run, at, n in frame.itertuples(index=False)
-        ]
-
-    def _version_snapshots(
-        self, stage: str, spec_name: str, *, read_only: bool, snapshot: int | None = None
-    ) -> dict[str, int]:
-        """{run_id: the snapshot of the newest write of its version of `stage`} for the spec."""
+        committed it (one query); `snapshot`: the versions the warehouse held then (as they were)."""
         with self.connect(read_only=read_only) as connection:
-            found = connection.execute(
-                f"SELECT v.run_id, max(s.snapshot_id) FROM {_table('versions', snapshot, 'v')} "
-                f"JOIN {self._alias}.snapshots() s ON s.commit_extra_info = v.write_id "
-                "WHERE v.stage = ? AND v.spec_name = ? GROUP BY v.run_id",
-                [str(stage), spec_name],
-            ).fetchall()
-        return {str(run): int(snapshot_id) for run, snapshot_id in found}
+            try:
+                found = connection.execute(
+                    "WITH held AS (SELECT run_id, max(materialized_at) AS written, count(*) AS n "
+                    f"FROM {_source(stage, False, snapshot)} WHERE spec_name = ? GROUP BY run_id), "
+                    "committed AS (SELECT v.run_id, max(s.snapshot_id) AS snapshot_id "
+                    f"FROM {_table('versions', snapshot, 'v')} JOIN {self._alias}.snapshots() s "
+                    "ON s.commit_extra_info = v.write_id WHERE v.stage = ? AND v.spec_name = ? "
+                    "GROUP BY v.run_id) "
+                    "SELECT held.run_id, written, n, snapshot_id "
+                    "FROM held LEFT JOIN committed USING (run_id) ORDER BY written",
+                    [spec_name, str(stage), spec_name],
+                ).fetchall()
+            except duckdb.CatalogException:  # an older or empty catalog
+                return []
+        return [
+            VersionInfo(str(run), pd.Timestamp(at), int(n), None if snap is None else int(snap))
+            for run, at, n, snap in found
+        ]
 
     # --- snapshots ---------------------------------------------------------------------------------
 
