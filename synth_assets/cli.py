@@ -38,7 +38,7 @@ def _plan(args: argparse.Namespace, spec: GenerationSpec, seed_rows: pd.DataFram
     store = _warehouse(args)
     print(f"dry run of spec '{spec.name}' ({spec.source_path}): nothing is written", flush=True)
     backend = build_backend(spec.generation)
-    plan = plan_run(spec, prompts, backend, store if store.path.is_file() else None)
+    plan = plan_run(spec, prompts, backend, store)  # reads the cache (or the old file) without writing
     for line in plan.lines():
         print(line)
     if spec.generation.runs_in_process:
@@ -263,24 +263,18 @@ def _spec_fingerprints(spec_name: str, run_ids: list[str]) -> dict[str, str]:
 
 
 def command_diff(args: argparse.Namespace) -> int:
-    from synth_assets.lineage.diff import (
-        DiffError,
-        curated_versions,
-        format_diff,
-        latest_spec,
-        load_diff,
-        pick_runs,
-        spec_of_run,
-    )
+    from synth_assets.lineage.diff import format_diff, latest_spec, load_diff, pick_versions
+    from synth_assets.lineage.versions import spec_of
 
     store = _warehouse(args)
     try:
-        spec_name = args.spec or (spec_of_run(store, args.runs[0]) if args.runs else latest_spec(store))
-        run_a, run_b = pick_runs(curated_versions(store, spec_name), spec_name, list(args.runs))
-    except DiffError as exc:
+        spec_name = args.spec or spec_of(store, args.runs) or latest_spec(store)
+        version_a, version_b = pick_versions(store, spec_name, list(args.runs))
+    except LookupError as exc:  # DiffError, VersionError: one line naming what exists
         raise CliError(str(exc)) from exc
-    fingerprints = {} if args.no_dagster else _spec_fingerprints(spec_name, [run_a, run_b])
-    result, before, after = load_diff(store, spec_name, run_a, run_b, fingerprints)
+    runs = [version_a.run_id, version_b.run_id]
+    fingerprints = {} if args.no_dagster else _spec_fingerprints(spec_name, runs)
+    result, before, after = load_diff(store, spec_name, version_a, version_b, fingerprints)
     if args.json:
         print(json.dumps(result.as_dict(), indent=2, default=str))
     else:
@@ -289,12 +283,12 @@ def command_diff(args: argparse.Namespace) -> int:
 
 
 def _export_spec(
-    store: Warehouse, spec_name: str, spec_file: str | None
+    store: Warehouse, spec_name: str, spec_file: str | None, snapshot: int | None = None
 ) -> tuple[GenerationSpec | None, str | None]:
     """The spec to describe in the card (`SpecCatalog.find`: the file given, else `specs/<name>.yaml`,
-    else the path Dagster recorded), and the spec fingerprint the exported version was curated with
-    (from Dagster, when known). A file given that is not that spec is an error; otherwise a spec
-    found nowhere leaves the card without it."""
+    else the path Dagster recorded), and the spec fingerprint the exported version (the one published
+    at `snapshot`) was curated with (from Dagster, when known). A file given that is not that spec is
+    an error; otherwise a spec found nowhere leaves the card without it."""
     from synth_assets.defs.resources import SpecCatalog
     from synth_assets.lineage.dagster_runs import open_run_directory
 
@@ -306,7 +300,9 @@ def _export_spec(
             if spec_file:
                 raise
         if runs is not None:
-            published = store.published_run(Stage.CURATED_SET, spec_name, read_only=True)
+            published = store.promoted_version(
+                Stage.CURATED_SET, spec_name, read_only=True, snapshot=snapshot
+            )
             if published:
                 info = runs.describe(published, spec_name) or {}
                 curated = (info.get("materializations") or {}).get(Stage.CURATED_SET) or {}
@@ -316,19 +312,48 @@ def _export_spec(
 
 def command_export(args: argparse.Namespace) -> int:
     from synth_assets.export import ExportError, load_export_data, write_export
+    from synth_assets.lineage.versions import VersionError, resolve_published
 
     store = _warehouse(args)
-    spec, fingerprint = _export_spec(store, args.spec, args.spec_file)
     try:
-        data = load_export_data(store, args.spec, spec, fingerprint)
+        snapshot = resolve_published(store, args.spec, args.at)
+    except VersionError as exc:
+        raise CliError(str(exc)) from exc
+    spec, fingerprint = _export_spec(store, args.spec, args.spec_file, snapshot)
+    try:
+        data = load_export_data(store, args.spec, spec, fingerprint, snapshot=snapshot)
         written = write_export(data, args.format, Path(args.out), overwrite=args.overwrite)
     except ExportError as exc:
         raise CliError(str(exc)) from exc
-    print(f"wrote {len(data.rows)} rows of '{args.spec}' (curated_set run {data.curated_run_id}):")
+    print(
+        f"wrote {len(data.rows)} rows of '{args.spec}' (curated_set run {data.curated_run_id}) "
+        f"as of snapshot @{data.snapshot_id}:"
+    )
     for path in written:
         print(f"  {path}")
     for note in data.notes:
         print(f"note: {note}")
+    return 0
+
+
+def command_versions(args: argparse.Namespace) -> int:
+    """Every version of a stage for a spec, with the DuckLake snapshot that wrote it."""
+    from synth_assets.lineage.diff import DiffError, latest_spec
+    from synth_assets.lineage.versions import format_versions, version_table
+
+    store = _warehouse(args)
+    try:
+        spec_name = args.spec or latest_spec(store)
+    except DiffError as exc:
+        raise CliError(str(exc)) from exc
+    table = version_table(store, spec_name, args.stage)
+    if table.empty and spec_name not in store.specs_with(args.stage, read_only=True):
+        known = ", ".join(store.specs_with(args.stage, read_only=True)) or "none"
+        raise CliError(f"spec '{spec_name}' has no {args.stage} version (specs with one: {known})")
+    if args.json:
+        print(table.to_json(orient="records", date_format="iso", indent=2))
+    else:
+        print(format_versions(table, spec_name, args.stage))
     return 0
 
 
@@ -390,7 +415,12 @@ def build_parser() -> argparse.ArgumentParser:
     diff = commands.add_parser(
         "diff", help="rows added, removed and changed in curated_set between two versions, with causes"
     )
-    diff.add_argument("runs", nargs="*", help="RUN_A RUN_B, ids or unique prefixes (default: the last two)")
+    diff.add_argument(
+        "runs",
+        nargs="*",
+        help="A B: run ids or unique prefixes, or @N for the newest version as of DuckLake snapshot N "
+        "(synth-assets versions lists them); default: the last two versions",
+    )
     diff.add_argument("--spec", help="spec name (default: of the runs given, else the most recently curated)")
     diff.add_argument("--limit", type=int, default=10, help="rows to show per kind of change")
     diff.add_argument("--json", action="store_true", help="every change as JSON")
@@ -414,7 +444,26 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", required=True, help="output folder")
     export.add_argument("--spec-file", help="the spec YAML to describe in the card (default: found by name)")
     export.add_argument("--overwrite", action="store_true", help="replace output files that already exist")
+    export.add_argument(
+        "--at",
+        metavar="VERSION",
+        help="@N: the version published at DuckLake snapshot N; or a run id (prefix): that run's version "
+        "as it was published (default: the version published now)",
+    )
     export.set_defaults(handler=command_export)
+
+    versions = commands.add_parser(
+        "versions", help="every version of a stage for a spec: run id, DuckLake snapshot, rows, gate"
+    )
+    versions.add_argument("--spec", help="spec name (default: the most recently curated)")
+    versions.add_argument(
+        "--stage",
+        default=Stage.CURATED_SET.value,
+        choices=[str(stage) for stage in Stage],
+        help="which stage (default: curated_set)",
+    )
+    versions.add_argument("--json", action="store_true", help="machine-readable output")
+    versions.set_defaults(handler=command_versions)
 
     report = commands.add_parser(
         "report", help="print the latest evaluation report (Markdown; metrics, deltas, gate verdict)"

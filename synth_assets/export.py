@@ -8,6 +8,10 @@ is staged but not yet evaluated, is only in `curated_set_history` and is never e
 (model, parameters, conditions), so `synth-assets lineage <sample_id>` still answers "where did this
 row come from" after the export.
 
+Everything is read at one DuckLake snapshot (time travel): by default the latest when the export
+starts, so a run writing meanwhile cannot mix two versions into one export; `snapshot=` (CLI `--at`)
+exports what was published then.
+
 Pure with respect to Dagster: DuckDB in, files out. `datasets` is imported only for the `hf` format.
 """
 
@@ -56,6 +60,7 @@ class ExportData:
     spec_fingerprint_at_curation: str | None = None
     notes: list[str] = field(default_factory=list)
     publication: str | None = None  # why this version is the published one (publications.reason)
+    snapshot_id: int | None = None  # the DuckLake snapshot everything was read at
 
 
 def _first(frame: pd.DataFrame, column: str) -> Any:
@@ -76,14 +81,20 @@ def load_export_data(
     spec_name: str,
     spec: GenerationSpec | None = None,
     spec_fingerprint_at_curation: str | None = None,
+    *,
+    snapshot: int | None = None,
 ) -> ExportData:
-    """The published curated set of a spec with its lineage columns, and what the card reports.
+    """The published curated set of a spec with its lineage columns, and what the card reports, all
+    read at DuckLake snapshot `snapshot` (default: the latest, pinned when the read starts).
 
     Raises ExportError (one line, saying why when a version was held back) when none is published."""
+    if snapshot is None:
+        snapshot = store.snapshot_id(read_only=True)
+    at = {"read_only": True, "snapshot": snapshot}
     # the files keep JSON columns as the JSON text they are stored as (one string type per column
     # for every Parquet/JSONL/HF reader), so these rows are read undecoded
-    curated = store.read_current(Stage.CURATED_SET, spec_name, read_only=True)
-    decisions = store.publications(spec_name, read_only=True)
+    curated = store.read_current(Stage.CURATED_SET, spec_name, **at)
+    decisions = store.publications(spec_name, **at)
     if curated.empty:
         why = ""
         if len(decisions):
@@ -97,7 +108,7 @@ def load_export_data(
         raise ExportError(f"spec '{spec_name}' has no published curated_set to export{why}")
     run_id = str(curated["run_id"].iloc[0])
     generated, prompts = (
-        store.rows_by_ids(stage, curated[key], spec_name, newest_only=True, decoded=False, read_only=True)
+        store.rows_by_ids(stage, curated[key], spec_name, newest_only=True, decoded=False, **at)
         for stage, key in ((Stage.GENERATED_SAMPLES, "sample_id"), (Stage.EXPANDED_PROMPTS, "prompt_id"))
     )
     # text and label first: what a user of the dataset reads; then every curated column by name
@@ -114,8 +125,8 @@ def load_export_data(
     rows = rows.rename(columns={"run_id": "curated_run_id"})
     rows["materialized_at"] = rows["materialized_at"].astype(str)
 
-    counts = {stage: store.row_count(stage, spec_name, read_only=True) for stage in ROW_STAGES}
-    rejected = store.read_version(Stage.REJECTED_SAMPLES, spec_name, run_id, read_only=True, decoded=True)
+    counts = {stage: store.row_count(stage, spec_name, **at) for stage in ROW_STAGES}
+    rejected = store.read_version(Stage.REJECTED_SAMPLES, spec_name, run_id, decoded=True, **at)
     generation = (
         generated[
             [c for c in ("model", "backend", "model_fingerprint", "generation_params") if c in generated]
@@ -128,20 +139,21 @@ def load_export_data(
         rows=rows,
         curated_run_id=run_id,
         curated_at=str(curated["materialized_at"].max())[:19],
-        versions=len(store.versions(Stage.CURATED_SET, spec_name, read_only=True)),
+        versions=len(store.versions(Stage.CURATED_SET, spec_name, **at)),
         counts=counts,
-        seed_splits=store.value_counts(Stage.SEED_DATA, spec_name, "split", read_only=True),
+        seed_splits=store.value_counts(Stage.SEED_DATA, spec_name, "split", **at),
         labels={str(k): int(v) for k, v in curated["label"].value_counts().items()},
         rejections=_reason_counts(rejected),
         generation=generation,
-        gates=store.gate_records(spec_name, run_id, read_only=True),
-        evaluation=_evaluation(store, spec_name, run_id),
+        gates=store.gate_records(spec_name, run_id, **at),
+        evaluation=_evaluation(store, spec_name, run_id, snapshot),
         spec=spec,
         spec_text=spec.source_path.read_text(encoding="utf-8")
         if spec is not None and spec.source_path is not None and spec.source_path.is_file()
         else None,
         spec_fingerprint_at_curation=spec_fingerprint_at_curation,
         publication=_publication(decisions, run_id),
+        snapshot_id=snapshot,
     )
     # held back after this version was published (or at all, if it was published before decisions
     # were recorded): the user should know the newest data exists and why it is not in the export
@@ -186,22 +198,23 @@ def _publication(decisions: pd.DataFrame, run_id: str) -> str | None:
     )
 
 
-def _evaluation(store: Warehouse, spec_name: str, run_id: str) -> dict[str, Any] | None:
+def _evaluation(store: Warehouse, spec_name: str, run_id: str, snapshot: int | None) -> dict[str, Any] | None:
     """The report of this curated version if one was made (a good one first: that is the one that
-    published it), else the promoted one."""
-    history = store.history(Stage.EVALUATION_REPORT, spec_name, read_only=True)
+    published it), else the promoted one; as the warehouse held them at `snapshot`."""
+    at = {"read_only": True, "snapshot": snapshot}
+    history = store.history(Stage.EVALUATION_REPORT, spec_name, **at)
     if history.empty:
         return None
     if "curated_run_id" in history:
         same = history[history["curated_run_id"] == run_id]
     else:  # older reports: the report of the same run evaluated the curated set of that run
         same = history[history["run_id"] == run_id]
-    good = set(store.good_versions(Stage.EVALUATION_REPORT, spec_name, read_only=True))
+    good = set(store.good_versions(Stage.EVALUATION_REPORT, spec_name, **at))
     # stable sort: good reports first, newest first within each group
     same = same.assign(_good=same["run_id"].isin(good)).sort_values("_good", ascending=False, kind="stable")
     chosen = same.head(1)
     if chosen.empty:
-        chosen = store.read_current(Stage.EVALUATION_REPORT, spec_name, read_only=True, decoded=True).head(1)
+        chosen = store.read_current(Stage.EVALUATION_REPORT, spec_name, decoded=True, **at).head(1)
     if chosen.empty:
         return None
     row = chosen.iloc[0].to_dict()
@@ -405,7 +418,13 @@ def dataset_card(data: ExportData, file_names: list[str]) -> str:
         "## Lineage",
         "",
         f"- curated_set version: run `{data.curated_run_id}` ({data.curated_at} UTC), one of "
-        f"{data.versions} version(s) kept in `curated_set_history`; gates in that run: {gates or 'n/a'}.",
+        f"{data.versions} version(s) kept in `curated_set_history`; gates in that run: {gates or 'n/a'}."
+        + (
+            f" Read at DuckLake snapshot `@{data.snapshot_id}` "
+            f"(`synth-assets export --at @{data.snapshot_id}` writes the same rows again)."
+            if data.snapshot_id is not None
+            else ""
+        ),
         "- Every id is a content hash: `prompt_id` = spec task/template + label + attributes + "
         "few-shot demos; `sample_id` = prompt + model fingerprint + parameters + seed. `demo_ids` are "
         "the seed rows each prompt showed the model.",

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pytest
+from conftest import run_cli
 
 from synth_assets import cli
 from synth_assets.lineage.diff import (
@@ -19,6 +21,7 @@ from synth_assets.lineage.diff import (
     PROMPT_DROPPED,
     TEXT_CHANGED,
     RunVersion,
+    curated_versions,
     diff_versions,
     format_diff,
     load_diff,
@@ -261,3 +264,94 @@ def test_cli_diff_defaults_to_last_two_versions(store: Warehouse, capsys: pytest
     assert "run 'r9' has no curated_set version" in capsys.readouterr().err
     assert cli.main(["--db", str(store.path), "diff", "r", "r1", "--spec", "demo", "--no-dagster"]) == 2
     assert "ambiguous" in capsys.readouterr().err
+
+
+# ---- versions as DuckLake snapshots ---------------------------------------------------------------
+
+
+def snapshots_of(store: Warehouse) -> dict[str, int]:
+    """{run_id: the snapshot that wrote its curated_set version}, as `synth-assets versions` lists them."""
+    return {v.run_id: v.snapshot_id for v in store.versions("curated_set", "demo", read_only=True)}
+
+
+def test_versions_list_the_snapshot_next_to_the_run(
+    store: Warehouse, capsys: pytest.CaptureFixture[str]
+) -> None:
+    written = snapshots_of(store)
+    assert set(written) == {"r1-aaaa", "r2-bbbb"} and written["r1-aaaa"] < written["r2-bbbb"]
+    table = curated_versions(store, "demo")
+    assert table["snapshot_id"].tolist() == [written["r1-aaaa"], written["r2-bbbb"]]
+    assert table["promoted"].tolist() == [False, True]
+    assert cli.main(["--db", str(store.path), "versions", "--spec", "demo"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "r1-aaaa  @" + str(written["r1-aaaa"]) in lines[1] and "gate passed" in lines[1]
+    assert "r2-bbbb  @" + str(written["r2-bbbb"]) in lines[2] and lines[2].endswith("published")
+    # any stage: its prompts were written in the same transaction (snapshot) as the curated set
+    assert cli.main(["--db", str(store.path), "versions", "--stage", "expanded_prompts", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert {v["run_id"]: v["snapshot_id"] for v in listed} == written
+    assert cli.main(["--db", str(store.path), "versions", "--stage", "seed_data"]) == 2
+    assert "spec 'demo' has no seed_data version (specs with one: none)" in capsys.readouterr().err
+    assert cli.main(["--db", str(store.path), "versions", "--spec", "nope"]) == 2
+    assert "spec 'nope' has no curated_set version (specs with one: demo)" in capsys.readouterr().err
+
+
+def test_diff_between_snapshots_reads_each_version_as_it_was_then(
+    store: Warehouse, capsys: pytest.CaptureFixture[str]
+) -> None:
+    first = snapshots_of(store)
+    # run r2 writes its version again (a retried step): only p-3's sample is left
+    again = rows(
+        "curated_set",
+        [{"sample_id": "s-p-3-1.0", "prompt_id": "p-3", "label": "positive", "text": "p-3 at 1.0"}],
+    )
+    rewritten = store.write_version("curated_set", "demo", "r2-bbbb", again, promote=True)
+    assert snapshots_of(store)["r2-bbbb"] == rewritten > first["r2-bbbb"]
+
+    # by run id: each version at the snapshot of its newest write (the rewrite)
+    now, before, after = load_diff(store, "demo", "r1-aaaa", "r2-bbbb")
+    assert (before.snapshot_id, after.snapshot_id) == (first["r1-aaaa"], rewritten)
+    assert (now.rows_a, now.rows_b) == (2, 1)
+    # by snapshot: r2 as it was when first written, read with time travel
+    argv = ["--db", str(store.path), "diff", f"@{first['r1-aaaa']}", f"@{first['r2-bbbb']}", "--json"]
+    assert cli.main([*argv, "--no-dagster"]) == 0
+    then = json.loads(capsys.readouterr().out)
+    assert (then["run_a"], then["run_b"]) == ("r1-aaaa", "r2-bbbb")
+    assert (then["snapshot_a"], then["snapshot_b"]) == (first["r1-aaaa"], first["r2-bbbb"])
+    assert (then["rows_a"], then["rows_b"], then["added"], then["removed"], then["changed"]) == (
+        2,
+        2,
+        1,
+        1,
+        1,
+    )
+    # a snapshot between two writes names the version newest then; a run and a snapshot mix
+    assert cli.main(["--db", str(store.path), "diff", "r1", f"@{rewritten - 1}", "--no-dagster"]) == 0
+    printed = capsys.readouterr().out
+    assert f"B: r2-bbbb (snapshot @{rewritten - 1}," in printed and "rows 2 -> 2" in printed
+
+
+def test_bad_snapshot_references_are_one_line_naming_what_exists(
+    store: Warehouse, capsys: pytest.CaptureFixture[str]
+) -> None:
+    written = snapshots_of(store)
+    latest = store.snapshot_id()
+    db = ["--db", str(store.path)]
+    # the real CLI process: exit code 2, one line, no traceback
+    result = run_cli(*db, "diff", "@999", "r1", "--no-dagster", env=dict(os.environ))
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.strip() == (
+        f"error: snapshot @999 does not exist in {store.path}: its snapshots run from @0 to @{latest} "
+        "(the latest)"
+    )
+    before_any = written["r1-aaaa"] - 1  # the catalog existed, the spec had no curated_set yet
+    assert cli.main([*db, "diff", f"@{before_any}", "r2", "--no-dagster"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error == (
+        f"error: snapshot @{before_any} holds no curated_set version of spec 'demo' (its versions, "
+        f"newest first: r2-bbbb @{written['r2-bbbb']}, r1-aaaa @{written['r1-aaaa']})"
+    )
+    assert cli.main([*db, "diff", "@latest", "r2", "--spec", "demo", "--no-dagster"]) == 2
+    assert "'@latest' is not a snapshot: use @N" in capsys.readouterr().err
+    assert cli.main([*db, "diff", "r9", "--spec", "demo", "--no-dagster"]) == 2
+    assert "diff takes two versions" in capsys.readouterr().err

@@ -309,3 +309,44 @@ def test_card_task_category_and_language_follow_the_spec(store: Warehouse, tmp_p
     )
     data.spec = german
     assert yaml.safe_load(dataset_card(data, ["x.jsonl"]).split("---\n")[1])["language"] == ["de"]
+
+
+def test_export_at_a_snapshot_writes_what_was_published_then(
+    store: Warehouse, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "no_instance"))
+    first = store.promotion_snapshot("curated_set", SPEC, "good-1")
+    newer = samples("new", 2)
+    published = store.write_versions(
+        {"curated_set": rows("curated_set", newer), "rejected_samples": rows("rejected_samples", [])},
+        SPEC,
+        "good-3",
+        promote=True,
+    )
+    now = load_export_data(store, SPEC)
+    assert (now.curated_run_id, len(now.rows), now.snapshot_id) == ("good-3", 2, published)
+    then = load_export_data(store, SPEC, snapshot=first)  # time travel: every figure as it was then
+    assert (then.curated_run_id, len(then.rows), then.counts["curated_set"]) == ("good-1", 3, 3)
+    assert then.versions == 1 and then.rejections == {"too_short": 1}
+    assert f"Read at DuckLake snapshot `@{first}`" in dataset_card(then, ["x.jsonl"])
+
+    db = ["--db", str(store.path), "export", "--spec", SPEC, "--format", "jsonl"]
+    assert cli.main([*db, "--out", str(tmp_path / "a"), "--at", "good-1"]) == 0
+    assert f"(curated_set run good-1) as of snapshot @{first}:" in capsys.readouterr().out
+    assert len((tmp_path / "a" / f"{SPEC}.jsonl").read_text().splitlines()) == 3
+    assert cli.main([*db, "--out", str(tmp_path / "b"), "--at", f"@{published}"]) == 0
+    assert "(curated_set run good-3)" in capsys.readouterr().out
+    # a version never published, a snapshot before any, one that does not exist: one line each
+    for at, message in (
+        (
+            "bad",
+            f"curated_set run bad-2 of spec '{SPEC}' was never published, and export writes published "
+            f"versions only (published versions: good-3 @{published}, good-1 @{first})",
+        ),
+        (f"@{first - 1}", f"snapshot @{first - 1}: spec '{SPEC}' had no published curated_set then"),
+        ("@12345", f"snapshot @12345 does not exist in {store.path}: its snapshots run from @0 to"),
+    ):
+        assert cli.main([*db, "--out", str(tmp_path / "c"), "--at", at]) == 2
+        error = capsys.readouterr().err
+        assert message in error and len(error.strip().splitlines()) == 1, error
+    assert not (tmp_path / "c").exists()

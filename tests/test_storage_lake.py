@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import json
+import os
 import subprocess
 import sys
 import time
@@ -18,7 +19,16 @@ from pathlib import Path
 import duckdb
 import pandas as pd
 import pytest
+from conftest import run_cli, write_openai_spec
 
+from synth_assets.export import load_export_data
+from synth_assets.generation.backends import build_backend
+from synth_assets.generation.plan import first_step_requests
+from synth_assets.generation.prompts import expand_prompts
+from synth_assets.lineage.diff import load_diff
+from synth_assets.lineage.versions import PinnedVersion, resolve_published, resolve_version
+from synth_assets.seed import load_seed_data
+from synth_assets.spec import load_spec
 from synth_assets.storage import (
     HISTORY_TABLE,
     STAGE_COLUMNS,
@@ -360,15 +370,17 @@ def test_postgres_catalog_with_local_data(postgres: dict[str, str], tmp_path: Pa
     lake.close()
 
 
-def old_layout_file(path: Path) -> dict[str, pd.DataFrame]:
+def old_layout_file(path: Path, *, earlier_curated: bool = False) -> dict[str, pd.DataFrame]:
     """A small warehouse of the earlier layout, written with plain SQL as that layout stored it (every
     stage twice: `<stage>` current, `<stage>_history` every version; rows copied per run): two seed
-    versions, a staged curated set published by an evaluation, a gate row, a publication, an LLM call.
-    Returns the history rows written, per history table."""
+    versions, a staged curated set published by an evaluation, a gate row, a publication, an LLM call;
+    `earlier_curated`: a curated set of run-1 before it (3 rows, tag b). Returns the history rows
+    written, per history table."""
     stamp = pd.Timestamp("2026-11-01 10:00:00")
+    earlier = [("run-1", curated(3, "b"))] if earlier_curated else []
     versions = {
         "seed_data": [("run-1", seeds(4)), ("run-2", seeds(4, {3: "later"}))],
-        "curated_set": [("run-2", curated(2, "c"))],
+        "curated_set": [*earlier, ("run-2", curated(2, "c"))],
         "rejected_samples": [("run-2", rejected(1, "c"))],
         "evaluation_report": [
             (
@@ -537,3 +549,49 @@ def test_a_duckdb_file_without_the_layout_is_refused_in_one_line(tmp_path: Path,
         Warehouse(other).check_usable()
     with pytest.raises(MigrationRefused, match=r"missing\.duckdb: no such file to import"):
         import_warehouse(tmp_path / "missing.duckdb", lake)
+
+
+def test_imported_versions_share_one_snapshot_and_still_diff_and_export_by_run(tmp_path: Path) -> None:
+    written = old_layout_file(tmp_path / "synth_assets.duckdb", earlier_curated=True)
+    store = Warehouse(tmp_path / "synth_assets.ducklake")
+    assert_imported(written, store)
+    imported = {v.run_id: v.snapshot_id for v in store.versions("curated_set", "demo", read_only=True)}
+    assert list(imported) == ["run-1", "run-2"] and len(set(imported.values())) == 1
+    store.write_version("curated_set", "demo", "run-3", curated(1, "d"), promote=False)
+    # a run reference reads that run's rows at the import snapshot, not the other run's
+    result, before, after = load_diff(store, "demo", "run-1", "run-2")
+    assert before.snapshot_id == after.snapshot_id == imported["run-1"]
+    assert before.curated["sample_id"].tolist() == ["b0", "b1", "b2"]
+    assert after.curated["sample_id"].tolist() == ["c0", "c1"] and (result.rows_a, result.rows_b) == (3, 2)
+    # @import snapshot: the newest of the versions it brought in
+    assert resolve_version(store, "demo", f"@{imported['run-1']}") == PinnedVersion(
+        "run-2", imported["run-1"]
+    )
+    assert resolve_version(store, "demo", "run-1").snapshot_id == imported["run-1"]
+    # export: the imported publication of run-2, read at the import snapshot
+    snapshot = resolve_published(store, "demo", "run-2")
+    assert snapshot == imported["run-2"]
+    data = load_export_data(store, "demo", snapshot=snapshot)
+    assert data.curated_run_id == "run-2" and data.rows["sample_id"].tolist() == ["c0", "c1"]
+
+
+def test_a_dry_run_counts_the_llm_cache_of_the_old_file_it_will_import(tmp_path: Path) -> None:
+    spec_path = write_openai_spec(tmp_path / "specs", "http://127.0.0.1:9/v1", num_samples=3)
+    spec = load_spec(spec_path)
+    prompts = expand_prompts(spec, load_seed_data(spec))
+    backend = build_backend(spec.generation)
+    keys = [r.key for r in first_step_requests(spec, prompts, backend.fingerprint)]
+    old = tmp_path / "data" / "synth_assets.duckdb"
+    old.parent.mkdir()
+    old_layout_file(old)
+    with duckdb.connect(str(old)) as connection:  # two of the three calls answered in the old cache
+        for key in keys[:2]:
+            connection.execute("INSERT INTO llm_cache VALUES (?, 'old answer', 1.0, 'run-1')", [key])
+    before = old.read_bytes()
+    catalog = old.with_suffix(".ducklake")
+    env = {**os.environ, "SYNTH_ASSETS_DB": str(catalog), "DAGSTER_HOME": str(tmp_path / "home")}
+    dry = run_cli("run", "--spec", str(spec_path), "--dry-run", env=env)
+    assert dry.returncode == 0, dry.stderr[-2000:]
+    assert f"LLM calls: {len(keys)} for the first step, 2 already in llm_cache" in dry.stdout
+    assert f"warehouse: {old} (the old layout) is imported into {catalog} by the first run" in dry.stdout
+    assert not catalog.exists() and old.read_bytes() == before  # nothing imported, nothing written

@@ -118,6 +118,28 @@ def _warmup(backend: Backend, spec: GenerationSpec, requests: list[ChatRequest])
     return seconds / steps * spec.generation.max_new_tokens
 
 
+def answered_calls(store: Warehouse | None, cache_keys: list[str]) -> tuple[set[str], str]:
+    """(the keys among `cache_keys` that llm_cache already answers, a note for the plan), read without
+    writing: from the catalog when it exists; from the old-layout DuckDB file the first run will
+    import (`Warehouse.pending_import`, the migration's own detection), with a note saying so, when
+    the catalog is not made yet; none for a new warehouse (or `store` None). Raises StorageError (one
+    line) when the warehouse or the old file cannot be read, as the run would."""
+    if store is None or not cache_keys:
+        return set(), ""
+    pending = store.pending_import()
+    if pending is not None:
+        from synth_assets.storage.migrate import legacy_cached_keys
+
+        return legacy_cached_keys(pending, cache_keys), (
+            f"warehouse: {pending} (the old layout) is imported into {store.path} by the first run, "
+            "not by this dry run; its llm_cache is counted above"
+        )
+    catalog = store.config.catalog_file
+    if catalog is not None and not catalog.exists():
+        return set(), ""  # a new warehouse: nothing answered yet
+    return set(store.cached_calls(cache_keys, read_only=True)["cache_key"]), ""
+
+
 def plan_run(
     spec: GenerationSpec,
     prompts: pd.DataFrame,
@@ -129,18 +151,17 @@ def plan_run(
     as answered (None: a new database). A warm-up needs the local backend; other backends get counts
     only."""
     requests = list({r.key: r for r in first_step_requests(spec, prompts, backend.fingerprint)}.values())
-    cached: set[str] = set()
-    if store is not None and store.path.exists() and requests:
-        cached = set(store.cached_calls([r.key for r in requests])["cache_key"])
+    cached, note = answered_calls(store, [r.key for r in requests])
     to_make = [r for r in requests if r.key not in cached]
     structured = spec.structured_output
     per_prompt = 1 + len(spec.steps) + ((structured.max_attempts - 1) if structured else 0)
     max_calls = len(requests) * per_prompt
     max_new = spec.generation.max_new_tokens
     per_batch = estimate = None
-    note = ""
     if spec.per_cell is not None:
-        note = "per_cell: prompts are a budget; the run stops a cell once it has its accepted rows"
+        note = (note + "; " if note else "") + (
+            "per_cell: prompts are a budget; the run stops a cell once it has its accepted rows"
+        )
     if warmup and to_make and isinstance(backend, LocalBackend):
         per_batch = _warmup(backend, spec, to_make)
         calls_to_make = len(to_make) * per_prompt

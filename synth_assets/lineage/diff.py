@@ -2,7 +2,8 @@
 
 Pure: DataFrames in (the rows of each version, the rejections of each version, the prompts and the
 generation facts by sample id, JSON columns decoded), a `CuratedDiff` out. `load_diff` reads them
-through the storage vocabulary.
+through the storage vocabulary, each version at its DuckLake snapshot (time travel; a version is
+named by a run or by a snapshot `@N`, see `versions.py`).
 
 Rows are matched by sample id first. A sample id is a content hash of prompt + model fingerprint +
 parameters + seed, so a prompt that was answered differently keeps its prompt id but gets a new
@@ -24,6 +25,7 @@ from typing import Any
 
 import pandas as pd
 
+from synth_assets.lineage.versions import PinnedVersion, resolve_version, version_table
 from synth_assets.storage import Stage, Warehouse
 
 NEW_PROMPT = "new prompt"
@@ -55,6 +57,7 @@ class RunVersion:
     spec_fingerprint: str | None = None
     materialized_at: str | None = None
     promoted_gate_passed: bool | None = None
+    snapshot_id: int | None = None  # the DuckLake snapshot its rows were read at
 
     def prompt_ids(self) -> set[str]:
         """Every prompt this run's curation saw, or that the run expanded."""
@@ -90,6 +93,8 @@ class CuratedDiff:
     changes: list[RowChange] = field(default_factory=list)
     spec_changed: bool | None = None
     notes: list[str] = field(default_factory=list)
+    snapshot_a: int | None = None  # the DuckLake snapshots the two versions were read at
+    snapshot_b: int | None = None
 
     def of(self, change: str) -> list[RowChange]:
         return [c for c in self.changes if c.change == change]
@@ -107,6 +112,8 @@ class CuratedDiff:
             "spec_name": self.spec_name,
             "run_a": self.run_a,
             "run_b": self.run_b,
+            "snapshot_a": self.snapshot_a,
+            "snapshot_b": self.snapshot_b,
             "rows_a": self.rows_a,
             "rows_b": self.rows_b,
             "added": len(self.of("added")),
@@ -269,7 +276,15 @@ def diff_versions(
     if before.spec_fingerprint and after.spec_fingerprint:
         spec_changed = before.spec_fingerprint != after.spec_fingerprint
     return CuratedDiff(
-        spec_name, before.run_id, after.run_id, len(curated_a), len(curated_b), changes, spec_changed
+        spec_name,
+        before.run_id,
+        after.run_id,
+        len(curated_a),
+        len(curated_b),
+        changes,
+        spec_changed,
+        snapshot_a=before.snapshot_id,
+        snapshot_b=after.snapshot_id,
     )
 
 
@@ -281,21 +296,10 @@ class DiffError(LookupError):
 
 
 def curated_versions(store: Warehouse, spec_name: str) -> pd.DataFrame:
-    """curated_set versions of a spec, oldest first: run_id, materialized_at, rows, gate_passed
-    (the newest GX verdict on the version, None when it was never judged)."""
-    verdicts = store.gate_verdicts(Stage.CURATED_SET, spec_name, read_only=True)
-    return pd.DataFrame(
-        [
-            {
-                "run_id": version.run_id,
-                "materialized_at": version.materialized_at,
-                "rows": version.rows,
-                "gate_passed": verdicts[version.run_id].passed if version.run_id in verdicts else None,
-            }
-            for version in store.versions(Stage.CURATED_SET, spec_name, read_only=True)
-        ],
-        columns=["run_id", "materialized_at", "rows", "gate_passed"],
-    )
+    """curated_set versions of a spec, oldest first: run_id, snapshot_id (the DuckLake snapshot that
+    wrote it), materialized_at, rows, gate_passed (the newest GX verdict on the version, None when it
+    was never judged), promoted (the published one); see `versions.version_table`."""
+    return version_table(store, spec_name, Stage.CURATED_SET)
 
 
 def latest_spec(store: Warehouse) -> str:
@@ -306,45 +310,45 @@ def latest_spec(store: Warehouse) -> str:
     return name
 
 
-def spec_of_run(store: Warehouse, run_prefix: str) -> str:
-    """The spec of the curated_set version whose run id starts with `run_prefix` (DiffError when
-    none or several runs match)."""
-    matches = store.resolve_prefix(run_prefix, [Stage.CURATED_SET], column="run_id", read_only=True)
-    if not matches:
-        raise DiffError(f"run '{run_prefix}' has no curated_set version")
-    runs = {run for _, run in matches}
-    if len(runs) > 1:
-        raise DiffError(f"run id '{run_prefix}' is ambiguous: {len(runs)} runs start with it")
-    return matches[0][0]
-
-
-def pick_runs(versions: pd.DataFrame, spec_name: str, runs: list[str]) -> tuple[str, str]:
-    """Two run ids from prefixes, or the last two versions when none are given."""
-    known = [str(r) for r in versions["run_id"]]
-    if not runs:
-        if len(known) < 2:
-            raise DiffError(f"spec '{spec_name}' has {len(known)} curated_set version(s); diff needs two")
-        return known[-2], known[-1]
-    if len(runs) != 2:
-        raise DiffError("diff takes two run ids (or none for the last two versions)")
-    picked = []
-    for prefix in runs:
-        matches = [r for r in known if r.startswith(prefix)]
-        if not matches:
-            raise DiffError(f"run '{prefix}' has no curated_set version for spec '{spec_name}'")
-        if len(matches) > 1:
-            raise DiffError(f"run id '{prefix}' is ambiguous: {len(matches)} runs start with it")
-        picked.append(matches[0])
-    return picked[0], picked[1]
+def pick_versions(
+    store: Warehouse, spec_name: str, references: list[str]
+) -> tuple[PinnedVersion, PinnedVersion]:
+    """Two versions from references (run ids or prefixes, or snapshots `@N`), or the last two versions
+    when none are given, each pinned to the snapshot it is read at. Raises DiffError (or its
+    versions.VersionError) with a one-line reason."""
+    table = curated_versions(store, spec_name)
+    if not references:
+        if len(table) < 2:
+            raise DiffError(f"spec '{spec_name}' has {len(table)} curated_set version(s); diff needs two")
+        return tuple(  # type: ignore[return-value]
+            resolve_version(store, spec_name, str(run), Stage.CURATED_SET, table)
+            for run in table["run_id"].iloc[-2:]
+        )
+    if len(references) != 2:
+        raise DiffError("diff takes two versions, run ids or @snapshots (or none for the last two)")
+    first, second = (resolve_version(store, spec_name, ref, Stage.CURATED_SET, table) for ref in references)
+    return first, second
 
 
 def load_version(
-    store: Warehouse, spec_name: str, run_id: str, spec_fingerprint: str | None = None
+    store: Warehouse,
+    spec_name: str,
+    run_id: str,
+    spec_fingerprint: str | None = None,
+    snapshot: int | None = None,
 ) -> RunVersion:
-    """One curated_set version with its rejections and prompts (JSON decoded), and its gate verdict."""
-    prompts = store.read_version(Stage.EXPANDED_PROMPTS, spec_name, run_id, read_only=True, decoded=True)
-    curated = store.read_version(Stage.CURATED_SET, spec_name, run_id, read_only=True, decoded=True)
-    rejected = store.read_version(Stage.REJECTED_SAMPLES, spec_name, run_id, read_only=True, decoded=True)
+    """One curated_set version with its rejections and prompts (JSON decoded), and its gate verdict;
+    the rows as the warehouse held them at `snapshot` (default: the snapshot that wrote the version),
+    the verdict the newest one (a check may judge a version after it was written)."""
+    if snapshot is None:
+        snapshot = store.version_snapshot(Stage.CURATED_SET, run_id, spec_name, read_only=True)
+
+    def read(stage: Stage) -> pd.DataFrame:
+        return store.read_version(stage, spec_name, run_id, read_only=True, decoded=True, snapshot=snapshot)
+
+    prompts, curated, rejected = (
+        read(stage) for stage in (Stage.EXPANDED_PROMPTS, Stage.CURATED_SET, Stage.REJECTED_SAMPLES)
+    )
     verdict = store.gate_verdict(Stage.CURATED_SET, spec_name, run_id, read_only=True)
     return RunVersion(
         run_id=run_id,
@@ -354,6 +358,7 @@ def load_version(
         spec_fingerprint=spec_fingerprint,
         materialized_at=str(curated["materialized_at"].max()) if len(curated) else None,
         promoted_gate_passed=None if verdict is None else verdict.passed,
+        snapshot_id=snapshot,
     )
 
 
@@ -364,23 +369,32 @@ def _empty_rows() -> pd.DataFrame:
 def load_diff(
     store: Warehouse,
     spec_name: str,
-    run_a: str,
-    run_b: str,
+    run_a: str | PinnedVersion,
+    run_b: str | PinnedVersion,
     spec_fingerprints: dict[str, str] | None = None,
 ) -> tuple[CuratedDiff, RunVersion, RunVersion]:
-    """Read both versions and what the causes need from DuckDB, then diff them."""
+    """Read both versions, each at its snapshot (a run id: the snapshot that wrote its version), and
+    what the causes need, then diff them. The generation facts and the earlier versions are read at
+    the later of the two snapshots."""
     fingerprints = spec_fingerprints or {}
-    before = load_version(store, spec_name, run_a, fingerprints.get(run_a))
-    after = load_version(store, spec_name, run_b, fingerprints.get(run_b))
+    pinned = [
+        (ref.run_id, ref.snapshot_id) if isinstance(ref, PinnedVersion) else (ref, None)
+        for ref in (run_a, run_b)
+    ]
+    before, after = (
+        load_version(store, spec_name, run, fingerprints.get(run), snapshot) for run, snapshot in pinned
+    )
     ids = {
         str(s)
         for frame in (before.curated, before.rejected, after.curated, after.rejected)
         for s in frame["sample_id"]
     }
+    known = [s for s in (before.snapshot_id, after.snapshot_id) if s is not None]
+    latest = max(known) if known else None
     generations = store.rows_by_ids(
-        Stage.GENERATED_SAMPLES, sorted(ids), spec_name, newest_only=True, read_only=True
+        Stage.GENERATED_SAMPLES, sorted(ids), spec_name, newest_only=True, read_only=True, snapshot=latest
     )
-    earlier = store.ids_before(Stage.CURATED_SET, spec_name, run_b, read_only=True)
+    earlier = store.ids_before(Stage.CURATED_SET, spec_name, after.run_id, read_only=True, snapshot=latest)
     result = diff_versions(spec_name, before, after, generations if len(generations) else None, earlier)
     return result, before, after
 
@@ -395,7 +409,8 @@ def format_diff(diff: CuratedDiff, before: RunVersion, after: RunVersion, limit:
         gate = {None: "gate n/a", True: "gate passed", False: "gate FAILED, not promoted"}[
             version.promoted_gate_passed
         ]
-        return f"{version.run_id} ({str(version.materialized_at or '?')[:19]}, {gate})"
+        at = "" if version.snapshot_id is None else f"snapshot @{version.snapshot_id}, "
+        return f"{version.run_id} ({at}{str(version.materialized_at or '?')[:19]}, {gate})"
 
     lines = [f"curated_set of '{diff.spec_name}'", f"  A: {describe(before)}", f"  B: {describe(after)}"]
     if diff.spec_changed is not None:

@@ -203,3 +203,21 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+def legacy_cached_keys(source: Path, cache_keys: list[str]) -> set[str]:
+    """The keys among `cache_keys` that the `llm_cache` of the old-layout file `source` answers, read
+    without importing or changing anything: what a dry run counts as answered before the first real
+    open imports the file (`Warehouse.pending_import`). Raises MigrationRefused (one line) when the
+    file cannot be read, as that open would."""
+    connection, tables = source_tables(source)
+    try:
+        if "llm_cache" not in tables or not cache_keys:
+            return set()
+        found = connection.execute(
+            "SELECT DISTINCT cache_key FROM llm_cache WHERE list_contains(?, cache_key)",
+            [list(dict.fromkeys(cache_keys))],
+        ).fetchall()
+        return {str(key) for (key,) in found}
+    finally:
+        connection.close()

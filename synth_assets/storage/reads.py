@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import duckdb
 import pandas as pd
 
-from synth_assets.storage.lake import stage_sql
+from synth_assets.storage.lake import at_clause, stage_sql
 from synth_assets.storage.stages import (
     GATED_STAGES,
     GENERATION_RUN_COLUMNS,
@@ -53,6 +53,12 @@ def _source(stage: str, current: bool, snapshot: int | None) -> str:
     if snapshot is None:
         return f'"{stage}"' if current else f'"{HISTORY_TABLE[stage]}"'
     return f"({stage_sql(stage, current=current, snapshot=snapshot)})"
+
+
+def _table(name: str, snapshot: int | None, alias: str = "") -> str:
+    """A plain table of the catalog (named `alias` in the query), at a snapshot when one is given
+    (DuckLake time travel; the alias goes before `AT`)."""
+    return f'"{name}"{" " + alias if alias else ""}{at_clause(snapshot)}'
 
 
 if TYPE_CHECKING:
@@ -111,11 +117,14 @@ def is_good(stage: str, verdict: VersionVerdict | None) -> bool:
 
 @dataclass(frozen=True)
 class VersionInfo:
-    """One version of a stage: the run that wrote it, when (newest row, UTC) and how many rows."""
+    """One version of a stage: the run that wrote it, when (newest row, UTC), how many rows, and the
+    DuckLake snapshot that committed it (its newest write; None where the catalog cannot say).
+    Versions imported from an old-layout file share the import's snapshot."""
 
     run_id: str
     materialized_at: pd.Timestamp
     rows: int
+    snapshot_id: int | None = None
 
 
 class WarehouseReads:
@@ -204,10 +213,13 @@ class WarehouseReads:
             read_only,
         )
 
-    def history(self, stage: str, spec_name: str, *, read_only: bool = False) -> pd.DataFrame:
-        """Every row of every version of a stage for a spec, newest version first, JSON decoded."""
+    def history(
+        self, stage: str, spec_name: str, *, read_only: bool = False, snapshot: int | None = None
+    ) -> pd.DataFrame:
+        """Every row of every version of a stage for a spec, newest version first, JSON decoded;
+        `snapshot`: the versions the warehouse held then."""
         frame = self._select(
-            f'SELECT {_ROW} FROM "{HISTORY_TABLE[stage]}" WHERE spec_name = ? '
+            f"SELECT {_ROW} FROM {_source(stage, False, snapshot)} WHERE spec_name = ? "
             f"ORDER BY materialized_at DESC, {POSITION_COLUMN}",
             [spec_name],
             read_only,
@@ -241,12 +253,14 @@ class WarehouseReads:
         written_by: str | None = None,
         decoded: bool = True,
         read_only: bool = False,
+        snapshot: int | None = None,
     ) -> pd.DataFrame:
         """History rows of a row stage whose id (`ID_COLUMN`: seed_id, prompt_id or sample_id) is in
         `ids`, of one spec or of all, oldest first. `newest_only`: one row per id, from the newest
         version that has it; `written_by`: only versions written up to the end of that run's
-        version of curated_set (what that run read). An id is a content hash, so any version that
-        has it holds the same content (only the run columns differ)."""
+        version of curated_set (what that run read); `snapshot`: the versions the warehouse held
+        at that DuckLake snapshot. An id is a content hash, so any version that has it holds the
+        same content (only the run columns differ)."""
         wanted = list(dict.fromkeys(str(i) for i in ids))
         key = ID_COLUMN[Stage(stage)]
         if not wanted:
@@ -256,12 +270,13 @@ class WarehouseReads:
         if spec_name is not None:
             conditions.append("spec_name = ?")
             parameters.append(spec_name)
-        source, snapshot = f'"{HISTORY_TABLE[stage]}"', None
+        source = _source(stage, False, snapshot)
         if written_by is not None:
             # what that run read: the warehouse at the snapshot of its curated_set version (time
             # travel: a version rewritten later reads as it was), and of it the versions written up to
             # then (an imported warehouse came in as one snapshot, so the time stamps still decide)
-            snapshot = self.version_snapshot(Stage.CURATED_SET, written_by, read_only=read_only)
+            if snapshot is None:
+                snapshot = self.version_snapshot(Stage.CURATED_SET, written_by, read_only=read_only)
             source = _source(stage, False, snapshot)
             curated = _source(Stage.CURATED_SET, False, snapshot)
             conditions.append(
@@ -318,12 +333,21 @@ class WarehouseReads:
             [(str(spec), str(value)) for spec, value in frame.itertuples(index=False)] if len(frame) else []
         )
 
-    def ids_before(self, stage: str, spec_name: str, run_id: str, *, read_only: bool = False) -> set[str]:
-        """Ids of the rows of every version of a stage written before `run_id`'s version."""
-        table, key = HISTORY_TABLE[stage], ID_COLUMN[Stage(stage)]
+    def ids_before(
+        self,
+        stage: str,
+        spec_name: str,
+        run_id: str,
+        *,
+        read_only: bool = False,
+        snapshot: int | None = None,
+    ) -> set[str]:
+        """Ids of the rows of every version of a stage written before `run_id`'s version (`snapshot`:
+        among the versions the warehouse held then)."""
+        table, key = _source(stage, False, snapshot), ID_COLUMN[Stage(stage)]
         frame = self._select(
-            f'SELECT DISTINCT {key} FROM "{table}" WHERE spec_name = ? AND materialized_at < '
-            f'(SELECT min(materialized_at) FROM "{table}" WHERE spec_name = ? AND run_id = ?)',
+            f"SELECT DISTINCT {key} FROM {table} WHERE spec_name = ? AND materialized_at < "
+            f"(SELECT min(materialized_at) FROM {table} WHERE spec_name = ? AND run_id = ?)",
             [spec_name, spec_name, run_id],
             read_only,
         )
@@ -361,17 +385,69 @@ class WarehouseReads:
 
     # --- versions and counts -----------------------------------------------------------------------
 
-    def versions(self, stage: str, spec_name: str, *, read_only: bool = False) -> list[VersionInfo]:
-        """Every version of a stage for a spec, oldest first."""
-        frame = self._select(
-            f'SELECT run_id, max(materialized_at) AS written, count(*) AS n FROM "{HISTORY_TABLE[stage]}" '
-            "WHERE spec_name = ? GROUP BY run_id ORDER BY written",
-            [spec_name],
-            read_only,
-        )
-        if frame.empty:
-            return []
-        return [VersionInfo(str(run), at, int(n)) for run, at, n in frame.itertuples(index=False)]
+    def versions(
+        self, stage: str, spec_name: str, *, read_only: bool = False, snapshot: int | None = None
+    ) -> list[VersionInfo]:
+        """Every version of a stage for a spec, oldest first, each with the DuckLake snapshot that
+        committed it (one query); `snapshot`: the versions the warehouse held then (as they were)."""
+        with self.connect(read_only=read_only) as connection:
+            try:
+                found = connection.execute(
+                    "WITH held AS (SELECT run_id, max(materialized_at) AS written, count(*) AS n "
+                    f"FROM {_source(stage, False, snapshot)} WHERE spec_name = ? GROUP BY run_id), "
+                    "committed AS (SELECT v.run_id, max(s.snapshot_id) AS snapshot_id "
+                    f"FROM {_table('versions', snapshot, 'v')} JOIN {self._alias}.snapshots() s "
+                    "ON s.commit_extra_info = v.write_id WHERE v.stage = ? AND v.spec_name = ? "
+                    "GROUP BY v.run_id) "
+                    "SELECT held.run_id, written, n, snapshot_id "
+                    "FROM held LEFT JOIN committed USING (run_id) ORDER BY written",
+                    [spec_name, str(stage), spec_name],
+                ).fetchall()
+            except duckdb.CatalogException:  # an older or empty catalog
+                return []
+        return [
+            VersionInfo(str(run), pd.Timestamp(at), int(n), None if snap is None else int(snap))
+            for run, at, n, snap in found
+        ]
+
+    # --- snapshots ---------------------------------------------------------------------------------
+
+    def snapshot_ids(self, *, read_only: bool = False) -> tuple[int, int]:
+        """(first, latest) snapshot id of the catalog: every id between them exists (DuckLake numbers
+        its commits without gaps)."""
+        with self.connect(read_only=read_only) as connection:
+            first, latest = connection.execute(
+                f"SELECT min(snapshot_id), max(snapshot_id) FROM {self._alias}.snapshots()"
+            ).fetchone()
+        return int(first), int(latest)
+
+    def version_at(self, stage: str, spec_name: str, snapshot: int, *, read_only: bool = False) -> str | None:
+        """The run whose version of `stage` was the newest written for the spec as of `snapshot`
+        (time travel on the `versions` list: the newest commit, then the newest materialized_at, so
+        of the versions one import brought in as one snapshot the newest one); None when the spec
+        had none yet. The caller checks that the snapshot exists (`snapshot_ids`)."""
+        with self.connect(read_only=read_only) as connection:
+            found = connection.execute(
+                f"SELECT v.run_id FROM {_table('versions', snapshot, 'v')} "
+                f"JOIN {self._alias}.snapshots() s ON s.commit_extra_info = v.write_id "
+                "WHERE v.stage = ? AND v.spec_name = ? "
+                "ORDER BY s.snapshot_id DESC, v.materialized_at DESC, v.rowid DESC LIMIT 1",
+                [str(stage), spec_name],
+            ).fetchone()
+        return None if found is None else str(found[0])
+
+    def promotion_snapshot(
+        self, stage: str, spec_name: str, run_id: str, *, read_only: bool = False
+    ) -> int | None:
+        """The newest snapshot that made `run_id`'s version of `stage` current for the spec (for
+        curated_set: published it), None when it never was."""
+        with self.connect(read_only=read_only) as connection:
+            found = connection.execute(
+                f"SELECT max(s.snapshot_id) FROM promotions p JOIN {self._alias}.snapshots() s "
+                "ON s.commit_extra_info = p.write_id WHERE p.stage = ? AND p.spec_name = ? AND p.run_id = ?",
+                [str(stage), spec_name, run_id],
+            ).fetchone()
+        return None if not found or found[0] is None else int(found[0])
 
     def stage_exists(self, stage: str, *, read_only: bool = False) -> bool:
         """Whether any version of the stage was ever written (False for a warehouse no run wrote to)."""
@@ -395,23 +471,42 @@ class WarehouseReads:
         return [str(name) for name in frame["spec_name"]] if len(frame) else []
 
     def row_count(
-        self, stage: str, spec_name: str, run_id: str | None = None, *, read_only: bool = False
+        self,
+        stage: str,
+        spec_name: str,
+        run_id: str | None = None,
+        *,
+        read_only: bool = False,
+        snapshot: int | None = None,
     ) -> int:
-        """Rows of the promoted version of a stage for the spec, or of the version `run_id` wrote."""
+        """Rows of the promoted version of a stage for the spec, or of the version `run_id` wrote
+        (`snapshot`: as the warehouse held them then)."""
         if run_id is None:
-            sql, parameters = f'SELECT count(*) AS n FROM "{stage}" WHERE spec_name = ?', [spec_name]
+            sql = f"SELECT count(*) AS n FROM {_source(stage, True, snapshot)} WHERE spec_name = ?"
+            parameters = [spec_name]
         else:
-            sql = f'SELECT count(*) AS n FROM "{HISTORY_TABLE[stage]}" WHERE spec_name = ? AND run_id = ?'
+            sql = (
+                f"SELECT count(*) AS n FROM {_source(stage, False, snapshot)} "
+                "WHERE spec_name = ? AND run_id = ?"
+            )
             parameters = [spec_name, run_id]
         frame = self._select(sql, parameters, read_only)
         return int(frame["n"].iloc[0]) if len(frame) else 0
 
     def value_counts(
-        self, stage: str, spec_name: str, column: str, *, read_only: bool = False
+        self,
+        stage: str,
+        spec_name: str,
+        column: str,
+        *,
+        read_only: bool = False,
+        snapshot: int | None = None,
     ) -> dict[str, int]:
-        """{value: rows} of one column of the promoted version of a stage, sorted by value."""
+        """{value: rows} of one column of the promoted version of a stage, sorted by value
+        (`snapshot`: of the version promoted then)."""
         frame = self._select(
-            f'SELECT "{column}" AS value, count(*) AS n FROM "{stage}" WHERE spec_name = ? '
+            f'SELECT "{column}" AS value, count(*) AS n FROM {_source(stage, True, snapshot)} '
+            "WHERE spec_name = ? "
             "GROUP BY ALL ORDER BY value",
             [spec_name],
             read_only,
@@ -420,11 +515,15 @@ class WarehouseReads:
 
     # --- promotion and verdicts --------------------------------------------------------------------
 
-    def promoted_version(self, stage: str, spec_name: str, *, read_only: bool = False) -> str | None:
+    def promoted_version(
+        self, stage: str, spec_name: str, *, read_only: bool = False, snapshot: int | None = None
+    ) -> str | None:
         """The run whose version of `stage` is current (promoted; for curated_set: published) for the
-        spec, None if none is."""
+        spec, None if none is; `snapshot`: the one current then."""
         frame = self._select(
-            f'SELECT any_value(run_id) AS run_id FROM "{stage}" WHERE spec_name = ?', [spec_name], read_only
+            f"SELECT any_value(run_id) AS run_id FROM {_source(stage, True, snapshot)} WHERE spec_name = ?",
+            [spec_name],
+            read_only,
         )
         value = frame["run_id"].iloc[0] if len(frame) else None
         return None if value is None or pd.isna(value) else str(value)
@@ -434,21 +533,22 @@ class WarehouseReads:
         return self.promoted_version(stage, spec_name, read_only=read_only)
 
     def gate_verdicts(
-        self, stage: str, spec_name: str, *, read_only: bool = False
+        self, stage: str, spec_name: str, *, read_only: bool = False, snapshot: int | None = None
     ) -> dict[str, VersionVerdict]:
         """{run_id: the newest verdict} of every judged version of a stage for the spec (see
-        VersionVerdict for where each stage's verdicts live); a version never judged is absent."""
+        VersionVerdict for where each stage's verdicts live); a version never judged is absent;
+        `snapshot`: the verdicts recorded up to then."""
         if Stage(stage) is Stage.EVALUATION_REPORT:
             frame = self._select(
                 f"SELECT run_id, coalesce(passed, true) AS passed, coalesce(gate_summary, '') AS summary, "
-                f"'usefulness' AS check_name FROM \"{HISTORY_TABLE[stage]}\" WHERE spec_name = ? "
+                f"'usefulness' AS check_name FROM {_source(stage, False, snapshot)} WHERE spec_name = ? "
                 "QUALIFY row_number() OVER (PARTITION BY run_id ORDER BY materialized_at DESC) = 1",
                 [spec_name],
                 read_only,
             )
         else:
             frame = self._select(
-                "SELECT run_id, passed, summary, check_name FROM gate_results "
+                f"SELECT run_id, passed, summary, check_name FROM {_table('gate_results', snapshot)} "
                 "WHERE spec_name = ? AND asset = ? "
                 "QUALIFY row_number() OVER (PARTITION BY run_id ORDER BY evaluated_at DESC, rowid DESC) = 1",
                 [spec_name, str(stage)],
@@ -467,20 +567,26 @@ class WarehouseReads:
         """The newest verdict on one version, None when it was never judged."""
         return self.gate_verdicts(stage, spec_name, read_only=read_only).get(run_id)
 
-    def gate_records(self, spec_name: str, run_id: str, *, read_only: bool = False) -> list[dict[str, Any]]:
-        """Every `gate_results` row of one run (asset, check_name, passed, summary), oldest first."""
+    def gate_records(
+        self, spec_name: str, run_id: str, *, read_only: bool = False, snapshot: int | None = None
+    ) -> list[dict[str, Any]]:
+        """Every `gate_results` row of one run (asset, check_name, passed, summary), oldest first
+        (`snapshot`: recorded up to then)."""
         frame = self._select(
-            "SELECT asset, check_name, passed, summary FROM gate_results WHERE spec_name = ? AND run_id = ? "
-            "ORDER BY evaluated_at",
+            f"SELECT asset, check_name, passed, summary FROM {_table('gate_results', snapshot)} "
+            "WHERE spec_name = ? AND run_id = ? ORDER BY evaluated_at",
             [spec_name, run_id],
             read_only,
         )
         return frame.to_dict("records") if len(frame) else []
 
-    def good_versions(self, stage: str, spec_name: str, *, read_only: bool = False) -> list[str]:
-        """Runs whose version of `stage` is good (`is_good`), newest version first."""
-        verdicts = self.gate_verdicts(stage, spec_name, read_only=read_only)
-        versions = self.versions(stage, spec_name, read_only=read_only)
+    def good_versions(
+        self, stage: str, spec_name: str, *, read_only: bool = False, snapshot: int | None = None
+    ) -> list[str]:
+        """Runs whose version of `stage` is good (`is_good`), newest version first (`snapshot`: of
+        the versions and verdicts the warehouse held then)."""
+        verdicts = self.gate_verdicts(stage, spec_name, read_only=read_only, snapshot=snapshot)
+        versions = self.versions(stage, spec_name, read_only=read_only, snapshot=snapshot)
         return [v.run_id for v in reversed(versions) if is_good(stage, verdicts.get(v.run_id))]
 
     def last_good(
@@ -503,12 +609,18 @@ class WarehouseReads:
         return self.good_versions(stage, spec_name, read_only=read_only)
 
     def publications(
-        self, spec_name: str, stage: str = Stage.CURATED_SET, *, read_only: bool = False
+        self,
+        spec_name: str,
+        stage: str = Stage.CURATED_SET,
+        *,
+        read_only: bool = False,
+        snapshot: int | None = None,
     ) -> pd.DataFrame:
         """Every publication decision for the spec's `stage`, newest first (PUBLICATION_COLUMNS); empty
-        for a database from before publication existed, even read-only (no table to read)."""
+        for a database from before publication existed, even read-only (no table to read);
+        `snapshot`: the decisions made up to then."""
         frame = self._select(
-            "SELECT * FROM publications WHERE spec_name = ? AND stage = ? "
+            f"SELECT * FROM {_table('publications', snapshot)} WHERE spec_name = ? AND stage = ? "
             "ORDER BY decided_at DESC, rowid DESC",
             [spec_name, str(stage)],
             read_only,

@@ -238,6 +238,15 @@ class Warehouse(WarehouseReads):
                     raise
             yield connection
 
+    def pending_import(self) -> Path | None:
+        """The old-layout DuckDB file (see `locate`) that the first open of this warehouse will import,
+        while its catalog does not exist yet; None when there is nothing to import or the catalog
+        exists (its first open imported the file). Opens nothing, writes nothing: a dry run asks it."""
+        catalog = self.config.catalog_file
+        if self.legacy is None or catalog is None or catalog.exists():
+            return None
+        return self.legacy
+
     def close(self) -> None:
         """Detach this process's connection to the catalog (the next call attaches again)."""
         Engine.close(self.config)
@@ -615,9 +624,9 @@ class Warehouse(WarehouseReads):
         return self._write("storing LLM calls in llm_cache", work)
 
     # -- the lake itself -----------------------------------------------------------------------------
-    def snapshot_id(self) -> int:
-        """The newest snapshot of the catalog."""
-        with self.connect() as connection:
+    def snapshot_id(self, *, read_only: bool = False) -> int:
+        """The newest snapshot of the catalog (`read_only`: as the CLI reads, never creating one)."""
+        with self.connect(read_only=read_only) as connection:
             return int(connection.execute(f"SELECT id FROM {self._alias}.current_snapshot()").fetchone()[0])
 
     def version_log(self, stage: str, spec_name: str, *, read_only: bool = False) -> pd.DataFrame:
