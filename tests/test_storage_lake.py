@@ -574,3 +574,14 @@ def test_two_processes_importing_one_old_file_into_a_postgres_catalog_import_it_
     assert store.query("SELECT count(*) AS n FROM versions WHERE stage = 'seed_data'")["n"].iloc[0] == 2
     assert store.query("SELECT count(*) AS n FROM llm_cache")["n"].iloc[0] == 1
     store.close()
+
+
+def test_an_import_into_an_unreachable_postgres_catalog_stops_in_one_line(tmp_path: Path) -> None:
+    old = tmp_path / "synth_assets.duckdb"
+    old_layout_file(old)
+    unreachable = "postgres:dbname=lake host=127.0.0.1 port=1 user=u password=secret"
+    store = Warehouse(config=LakeConfig(unreachable, f"{tmp_path / 'parquet'}/"), lock_timeout_s=5)
+    with pytest.raises(StorageError, match=r"cannot take the import lock of synth_assets\.duckdb") as refused:
+        import_warehouse(old, store)
+    message = str(refused.value)
+    assert "\n" not in message and "secret" not in message and "password=***" in message
