@@ -240,7 +240,12 @@ def two_writers(
         sequential_config, [(spec,) for spec in specs], runs, source
     )
     concurrent_s, reads, failed = _write_while_reading(concurrent_config, [specs], runs, source)
-    same = rows_per_spec(sequential_config, specs) == rows_per_spec(concurrent_config, specs)
+    one_by_one, at_once = rows_per_spec(sequential_config, specs), rows_per_spec(concurrent_config, specs)
+    same = one_by_one == at_once
+    for spec in specs if not same else ():
+        print(f"{spec} one after the other only: {sorted(set(one_by_one[spec]) - set(at_once[spec]))}")
+        print(f"{spec} at once only: {sorted(set(at_once[spec]) - set(one_by_one[spec]))}")
+        print(f"{spec} versions rows: {len(one_by_one[spec])} vs {len(at_once[spec])}", flush=True)
     return {
         "sequential_s": round(sequential_s, 1),
         "concurrent_s": round(concurrent_s, 1),
