@@ -10,8 +10,9 @@ staged with their gate row, the evaluation report publishing them):
 1. bytes on disk after 10 unchanged materializations / after 1, and ms per write and per read;
 2. two processes materializing two specs at once vs one after the other (wall, rows per spec equal);
 3. reads of the current version in a bounded loop while (2) writes: how many failed;
-4. (2) again with the catalog on a real PostgreSQL and the data on moto's S3 server, both on loopback
-   (started with tests/conftest.py's `postgres_server` / `moto_s3_server`; `--no-pg-s3` skips it).
+4. (2) and (3) again through `Warehouse` with the catalog on a real PostgreSQL and the data on moto's
+   S3 server, both on loopback (started with tests/conftest.py's `postgres_server` / `moto_s3_server`;
+   `--no-pg-s3` skips it); (2) and (4) also give the bytes left each way (catalog, data files).
 
     PYTHONPATH=.lake-site:$PWD MOTO_PYTHONPATH=.moto-site python benchmarks/storage.py --source data/export
 
@@ -218,15 +219,33 @@ def _write_while_reading(
     return wall, reads + failed, failed
 
 
-def two_writers(make_config: Callable[[str], LakeConfig], runs: int, source: Path) -> dict[str, object]:
-    """Two specs one after the other vs at once (fresh catalogs), a reader polling during both."""
+def embedded_bytes(config: LakeConfig) -> dict[str, int]:
+    """Bytes of an embedded catalog: the SQLite file (with its WAL) and the Parquet folder."""
+    catalog, data = Path(str(config.catalog_file)), Path(str(config.local_data))
+    files = [path for path in catalog.parent.glob(catalog.name + "*") if path.is_file()]
+    return {"catalog_bytes": folder_bytes(*files), "data_bytes": folder_bytes(data)}
+
+
+def two_writers(
+    make_config: Callable[[str], LakeConfig],
+    runs: int,
+    source: Path,
+    measure: Callable[[LakeConfig], dict[str, int]] = embedded_bytes,
+) -> dict[str, object]:
+    """Two specs one after the other vs at once (fresh catalogs), a reader polling during both; the
+    bytes each way left (`measure`: catalog and data bytes of a configuration)."""
     specs = ("alpha", "beta")
     sequential_config, concurrent_config = make_config("sequential"), make_config("concurrent")
     sequential_s, sequential_reads, sequential_failed = _write_while_reading(
         sequential_config, [(spec,) for spec in specs], runs, source
     )
     concurrent_s, reads, failed = _write_while_reading(concurrent_config, [specs], runs, source)
-    same = rows_per_spec(sequential_config, specs) == rows_per_spec(concurrent_config, specs)
+    one_by_one, at_once = rows_per_spec(sequential_config, specs), rows_per_spec(concurrent_config, specs)
+    same = one_by_one == at_once
+    for spec in specs if not same else ():
+        print(f"{spec} one after the other only: {sorted(set(one_by_one[spec]) - set(at_once[spec]))}")
+        print(f"{spec} at once only: {sorted(set(at_once[spec]) - set(one_by_one[spec]))}")
+        print(f"{spec} versions rows: {len(one_by_one[spec])} vs {len(at_once[spec])}", flush=True)
     return {
         "sequential_s": round(sequential_s, 1),
         "concurrent_s": round(concurrent_s, 1),
@@ -234,6 +253,8 @@ def two_writers(make_config: Callable[[str], LakeConfig], runs: int, source: Pat
         "rows_equal": same,
         "reads": reads + sequential_reads,
         "failed_reads": failed + sequential_failed,
+        **{f"sequential_{k}": v for k, v in measure(sequential_config).items()},
+        **{f"concurrent_{k}": v for k, v in measure(concurrent_config).items()},
     }
 
 
@@ -320,7 +341,33 @@ def main() -> None:
                     f"postgres:dbname={database} {base}", f"s3://{s3['bucket']}/{name}/", settings
                 )
 
-            remote = two_writers(pg_s3, args.writer_runs, source)
+            def remote_bytes(config: LakeConfig) -> dict[str, int]:
+                # the catalog's tables in PostgreSQL (not the empty database's own ~7 MB) and the
+                # objects under the configuration's prefix in the bucket
+                import boto3  # moto's own dependency (dev extra)
+
+                admin = psycopg2.connect(config.catalog.removeprefix("postgres:"))
+                with admin.cursor() as cursor:
+                    cursor.execute(
+                        "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0) FROM pg_class c "
+                        "JOIN pg_namespace n ON n.oid = c.relnamespace "
+                        "WHERE n.nspname = 'public' AND c.relkind = 'r'"
+                    )
+                    catalog_bytes = int(cursor.fetchone()[0])
+                admin.close()
+                client = boto3.client(
+                    "s3",
+                    endpoint_url=f"http://{s3['endpoint']}",
+                    aws_access_key_id=s3["key_id"],
+                    aws_secret_access_key=s3["secret"],
+                    region_name="us-east-1",
+                )
+                prefix = config.data_path.removeprefix(f"s3://{s3['bucket']}/")
+                pages = client.get_paginator("list_objects_v2").paginate(Bucket=s3["bucket"], Prefix=prefix)
+                data_bytes = sum(item["Size"] for page in pages for item in page.get("Contents", []))
+                return {"catalog_bytes": catalog_bytes, "data_bytes": data_bytes}
+
+            remote = two_writers(pg_s3, args.writer_runs, source, remote_bytes)
             print("postgres catalog + s3 data two writers:", json.dumps(remote))
             results |= {f"pg_s3_{key}": value for key, value in remote.items()}
     print("RESULT " + " ".join(f"{key}={value}" for key, value in results.items()))

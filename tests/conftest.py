@@ -490,6 +490,58 @@ def s3_server() -> Iterator[dict[str, str]]:
         pytest.skip(str(exc))
 
 
+@pytest.fixture(scope="session")
+def postgres_session() -> Iterator[dict[str, str]]:
+    """One real PostgreSQL server for the session (per xdist worker): starting one costs 1.5-4 s, so the
+    scale-out tests share it, each in a database of its own (`postgres_database`)."""
+    try:
+        with postgres_server() as settings:
+            yield settings
+    except ServerUnavailable as exc:
+        pytest.skip(str(exc))
+
+
+@pytest.fixture
+def postgres_database(postgres_session: dict[str, str]) -> dict[str, str]:
+    """A fresh, empty database on the session's PostgreSQL server (settings as `postgres` gives them)."""
+    import uuid
+
+    import psycopg2  # dagster-postgres's driver (dev extra)
+
+    name = f"t_{uuid.uuid4().hex}"
+    admin = psycopg2.connect(
+        dbname=postgres_session["DAGSTER_PG_DB"],
+        host=postgres_session["DAGSTER_PG_HOST"],
+        port=postgres_session["DAGSTER_PG_PORT"],
+        user=postgres_session["DAGSTER_PG_USERNAME"],
+        password=postgres_session["DAGSTER_PG_PASSWORD"],
+    )
+    admin.autocommit = True  # CREATE DATABASE refuses to run in a transaction
+    with admin.cursor() as cursor:
+        cursor.execute(f"CREATE DATABASE {name}")
+    admin.close()
+    return {**postgres_session, "DAGSTER_PG_DB": name}
+
+
+def lake_catalog(postgres_settings: dict[str, str]) -> str:
+    """The `postgres:` DuckLake catalog (SYNTH_ASSETS_LAKE_CATALOG) of a `postgres*` fixture's database."""
+    return (
+        f"postgres:dbname={postgres_settings['DAGSTER_PG_DB']} host={postgres_settings['DAGSTER_PG_HOST']} "
+        f"port={postgres_settings['DAGSTER_PG_PORT']} user={postgres_settings['DAGSTER_PG_USERNAME']} "
+        f"password={postgres_settings['DAGSTER_PG_PASSWORD']}"
+    )
+
+
+@pytest.fixture(scope="session")
+def s3_session() -> Iterator[dict[str, str]]:
+    """moto's S3 server for the session (per xdist worker); a test keeps to a prefix of its own."""
+    try:
+        with moto_s3_server() as settings:
+            yield settings
+    except ServerUnavailable as exc:
+        pytest.skip(str(exc))
+
+
 def rejection_reasons(outcome: Any) -> dict[str, list[str]]:
     """sample_id -> reason codes of every rejected row of a `CurationOutcome`."""
     rejected = outcome.rejected

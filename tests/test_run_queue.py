@@ -22,7 +22,14 @@ from pathlib import Path
 import dagster as dg
 import pytest
 import yaml
-from conftest import LoopbackHandler, LoopbackServer, completion_payload, start_cli_run, write_openai_spec
+from conftest import (
+    LoopbackHandler,
+    LoopbackServer,
+    completion_payload,
+    start_cli_run,
+    write_openai_spec,
+    write_tiny_spec,
+)
 
 from synth_assets.run_queue import (
     QUEUE_TAG,
@@ -386,3 +393,61 @@ def test_two_specs_run_at_once_a_second_run_of_one_spec_waits_and_readers_never_
     ]
     assert len(texts[0]) == 8 and texts[0] == texts[1] == texts[2]  # nothing lost, nothing mixed in
     assert reader.failures == [] and reader.reads >= 20, (reader.reads, reader.failures[:3])
+
+
+def test_a_backfill_of_the_specs_makes_one_run_per_spec_each_carrying_its_spec_tag() -> None:
+    # what Dagster's asset backfill daemon (and declarative automation) requests for the five stages
+    # over two specs: one run per spec with `dagster/partition`, which the per-spec limit counts; any
+    # backfill_policy (single_run, even multi_run(1)) would make range runs without that tag instead
+    from dagster._core.definitions.automation_tick_evaluation_context import (
+        build_run_requests_with_backfill_policies,
+    )
+    from dagster._core.definitions.events import AssetKeyPartitionKey
+    from dagster._core.storage.tags import ASSET_PARTITION_RANGE_START_TAG
+
+    from synth_assets.definitions import defs
+
+    graph = defs.resolve_asset_graph()
+    stages = [key for key in graph.materializable_asset_keys if graph.get(key).partitions_def is not None]
+    five = ("seed_data", "expanded_prompts", "generated_samples", "curated_set", "evaluation_report")
+    assert {dg.AssetKey(stage) for stage in five} <= set(stages)
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions("spec", ["alpha", "beta"])
+        wanted = [AssetKeyPartitionKey(key, spec) for key in stages for spec in ("alpha", "beta")]
+        requests = build_run_requests_with_backfill_policies(wanted, graph, instance)
+    assert sorted(request.partition_key for request in requests) == ["alpha", "beta"]
+    for request in requests:
+        assert ASSET_PARTITION_RANGE_START_TAG not in request.tags
+        assert set(request.asset_selection or []) == set(stages)
+
+
+@pytest.mark.parametrize("specs", [["tiny_reviews"], ["tiny_reviews", "tiny_b"]])
+def test_a_run_over_a_range_of_specs_is_refused_before_it_writes(tmp_path: Path, specs: list[str]) -> None:
+    # a run tagged with a partition range (single-run backfill, `dagster asset materialize
+    # --partition-range`) has no dagster/partition, so the one-run-per-spec limit cannot hold it back:
+    # the first stage refuses it in one line and nothing reaches the warehouse
+    from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
+
+    from synth_assets.definitions import build_definitions
+
+    spec_dir = tmp_path / "specs"
+    write_tiny_spec(spec_dir)
+    database = tmp_path / "w.ducklake"
+    definitions = build_definitions(database=str(database), specs_dir=str(spec_dir))
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions("spec", ["tiny_reviews", "tiny_b"])
+        result = definitions.resolve_job_def("synth_refresh_job").execute_in_process(
+            instance=instance,
+            tags={ASSET_PARTITION_RANGE_START_TAG: specs[0], ASSET_PARTITION_RANGE_END_TAG: specs[-1]},
+            asset_selection=[dg.AssetKey("seed_data")],
+            raise_on_error=False,
+        )
+        assert not result.success
+        (failure,) = [event for event in result.all_events if event.is_step_failure]
+        message = failure.step_failure_data.error.message.strip()
+        assert message == (
+            f"dagster._core.definitions.events.Failure: run {result.run_id} covers the spec range "
+            f"{specs[0]}...{specs[-1]}: each spec materializes in a run of its own (dagster/partition), so "
+            "that one run per spec holds; launch one run per spec (a backfill of these assets does)"
+        )
+    assert not database.exists() or Warehouse(database).versions(Stage.SEED_DATA, "tiny_reviews") == []

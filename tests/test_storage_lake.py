@@ -19,7 +19,7 @@ from pathlib import Path
 import duckdb
 import pandas as pd
 import pytest
-from conftest import run_cli, write_openai_spec
+from conftest import lake_catalog, run_cli, write_openai_spec
 
 from synth_assets.export import load_export_data
 from synth_assets.generation.backends import build_backend
@@ -39,7 +39,7 @@ from synth_assets.storage import (
     Warehouse,
     stage_columns,
 )
-from synth_assets.storage.lake import LakeConfig, LakeUnavailable, S3Settings, extension_dir
+from synth_assets.storage.lake import LakeConfig, LakeUnavailable, S3Settings, extension_dir, hide_password
 from synth_assets.storage.migrate import MigrationRefused, import_warehouse
 
 try:
@@ -280,17 +280,19 @@ def test_an_unusable_catalog_is_one_line_naming_it(tmp_path: Path) -> None:
 
 # one writer process: SPEC versions of ROWS rows each, its own spec, started at the same time as another
 WRITER = """
-import json, sys
+import json, sys, time
 import pandas as pd
 from synth_assets.storage import LakeConfig, S3Settings, Warehouse
 config, spec, versions, rows = json.loads(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 s3 = S3Settings(**config["s3"]) if config.get("s3") else None
 lake = Warehouse(config=LakeConfig(config["catalog"], config["data_path"], s3))
+lake.check_usable()  # attached: what follows is the writes alone
+started = time.time()
 for version in range(versions):
     frame = pd.DataFrame([{"seed_id": f"{spec}-{version}-{i}", "split": "train", "text": f"{spec} {i}",
         "label": "a", "source_file": "f.csv", "source_row": i} for i in range(rows)])
     lake.write_version("seed_data", spec, f"run-{version}", frame, promote=True)
-print("done", spec)
+print(json.dumps({"spec": spec, "writing": [started, time.time()]}))
 """
 
 
@@ -320,9 +322,13 @@ def run_two_writers(config: LakeConfig, versions: int = 4, rows: int = 300) -> N
         except WAREHOUSE_ERRORS as exc:
             failed.append(str(exc).splitlines()[0])
         time.sleep(0.05)
+    spans = []
     for writer in writers:
-        _out, err = writer.communicate(timeout=300)
+        out, err = writer.communicate(timeout=300)
         assert writer.returncode == 0, err[-2000:]
+        spans.append(json.loads(out.strip().splitlines()[-1])["writing"])
+    # the two processes really wrote at the same time: each started writing before the other finished
+    assert max(start for start, _ in spans) < min(end for _, end in spans), spans
     assert failed == [], f"{len(failed)} of {reads + len(failed)} reads failed during the writes"
     for spec in ("alpha", "beta"):
         history = reader.version_log("seed_data", spec)
@@ -341,28 +347,20 @@ def test_two_writer_processes_on_the_embedded_catalog_lose_nothing(tmp_path: Pat
 
 
 def test_postgres_catalog_with_s3_data_two_writer_processes(
-    postgres: dict[str, str], s3_server: dict[str, str]
+    postgres_database: dict[str, str], s3_session: dict[str, str]
 ) -> None:
-    catalog = (
-        f"postgres:dbname={postgres['DAGSTER_PG_DB']} host={postgres['DAGSTER_PG_HOST']} "
-        f"port={postgres['DAGSTER_PG_PORT']} user={postgres['DAGSTER_PG_USERNAME']} "
-        f"password={postgres['DAGSTER_PG_PASSWORD']}"
-    )
-    settings = S3Settings(s3_server["endpoint"], s3_server["key_id"], s3_server["secret"])
-    config = LakeConfig(catalog, f"s3://{s3_server['bucket']}/synth/", settings)
+    # the scale-out configuration (issue 11): catalog on a real PostgreSQL, Parquet on moto's S3 server
+    settings = S3Settings(s3_session["endpoint"], s3_session["key_id"], s3_session["secret"])
+    prefix = postgres_database["DAGSTER_PG_DB"]  # a fresh database per test: its name is unique
+    config = LakeConfig(lake_catalog(postgres_database), f"s3://{s3_session['bucket']}/{prefix}/", settings)
     run_two_writers(config, versions=3, rows=200)
     lake = Warehouse(config=config)
     assert all(not path.startswith("/") for path in lake.data_files())  # in the bucket, not on disk
     lake.close()
 
 
-def test_postgres_catalog_with_local_data(postgres: dict[str, str], tmp_path: Path) -> None:
-    catalog = (
-        f"postgres:dbname={postgres['DAGSTER_PG_DB']} host={postgres['DAGSTER_PG_HOST']} "
-        f"port={postgres['DAGSTER_PG_PORT']} user={postgres['DAGSTER_PG_USERNAME']} "
-        f"password={postgres['DAGSTER_PG_PASSWORD']}"
-    )
-    lake = Warehouse(config=LakeConfig(catalog, f"{tmp_path / 'parquet'}/"))
+def test_postgres_catalog_with_local_data(postgres_database: dict[str, str], tmp_path: Path) -> None:
+    lake = Warehouse(config=LakeConfig(lake_catalog(postgres_database), f"{tmp_path / 'parquet'}/"))
     snapshot = lake.write_version("seed_data", "demo", "run-1", seeds(300), promote=True)
     lake.write_version("seed_data", "demo", "run-2", seeds(300, {1: "x"}), promote=True)
     assert lake.read_current("seed_data", "demo", snapshot=snapshot)["text"].iloc[1] == "review number 1"
@@ -595,3 +593,51 @@ def test_a_dry_run_counts_the_llm_cache_of_the_old_file_it_will_import(tmp_path:
     assert f"LLM calls: {len(keys)} for the first step, 2 already in llm_cache" in dry.stdout
     assert f"warehouse: {old} (the old layout) is imported into {catalog} by the first run" in dry.stdout
     assert not catalog.exists() and old.read_bytes() == before  # nothing imported, nothing written
+
+
+def test_two_processes_importing_one_old_file_into_a_postgres_catalog_import_it_once(
+    postgres_database: dict[str, str], tmp_path: Path
+) -> None:
+    # a PostgreSQL catalog has no writer's turn: without the import's advisory lock both would import
+    old = tmp_path / "synth_assets.duckdb"
+    old_layout_file(old)
+    catalog = lake_catalog(postgres_database)
+    env = {
+        **os.environ,
+        "SYNTH_ASSETS_LAKE_CATALOG": catalog,
+        "SYNTH_ASSETS_LAKE_DATA": f"{tmp_path / 'parquet'}/",
+    }
+    Warehouse(config=LakeConfig(catalog, f"{tmp_path / 'parquet'}/")).check_usable()  # tables exist
+    importers = [
+        subprocess.Popen(
+            [sys.executable, "-m", "synth_assets.storage.migrate", str(old)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for _ in range(3)
+    ]
+    answers = [(importer.communicate(timeout=120), importer.returncode) for importer in importers]
+    codes = sorted(code for _answer, code in answers)
+    assert codes == [0, 2, 2], answers
+    refusals = [err.strip() for (_out, err), code in answers if code == 2]
+    assert all(r == f"error: {old}: already imported into {hide_password(catalog)}" for r in refusals), (
+        refusals
+    )
+    store = Warehouse(config=LakeConfig(catalog, f"{tmp_path / 'parquet'}/"))
+    assert store.query("SELECT count(*) AS n FROM imports")["n"].iloc[0] == 1
+    assert store.query("SELECT count(*) AS n FROM versions WHERE stage = 'seed_data'")["n"].iloc[0] == 2
+    assert store.query("SELECT count(*) AS n FROM llm_cache")["n"].iloc[0] == 1
+    store.close()
+
+
+def test_an_import_into_an_unreachable_postgres_catalog_stops_in_one_line(tmp_path: Path) -> None:
+    old = tmp_path / "synth_assets.duckdb"
+    old_layout_file(old)
+    unreachable = "postgres:dbname=lake host=127.0.0.1 port=1 user=u password=secret"
+    store = Warehouse(config=LakeConfig(unreachable, f"{tmp_path / 'parquet'}/"), lock_timeout_s=5)
+    with pytest.raises(StorageError, match=r"cannot take the import lock of synth_assets\.duckdb") as refused:
+        import_warehouse(old, store)
+    message = str(refused.value)
+    assert "\n" not in message and "secret" not in message and "password=***" in message

@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import dagster as dg
+from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
 from synth_assets.generation.local_llm import LocalChatModel, get_local_model
 from synth_assets.paths import default_specs_dir
@@ -63,6 +64,29 @@ def scan_specs(directory: Path) -> tuple[dict[str, tuple[str, Path, GenerationSp
     return found, problems
 
 
+def run_spec_name(context: dg.AssetExecutionContext) -> str:
+    """The one spec a run materializes: its partition key (the run's `dagster/partition` tag).
+
+    A run over a range of partitions (tags `dagster/asset_partition_range_start` / `_end`: a
+    single-run backfill, `dagster asset materialize --partition-range`, an asset given a
+    `backfill_policy`, even `multi_run(1)`) carries no `dagster/partition`, so the instance's limit of
+    one run per spec (dagster.yaml) cannot hold it back from another run of the same spec, and two
+    writers of one spec's versions could interleave. Such a run is refused here, before the first
+    stage reads or writes anything: raises dg.Failure (one line naming the range). The assets declare
+    no backfill_policy, so Dagster's backfills of them make one run per spec, each tagged."""
+    if context.has_partition_key:
+        return context.partition_key
+    tags = context.run.tags
+    start, end = tags.get(ASSET_PARTITION_RANGE_START_TAG), tags.get(ASSET_PARTITION_RANGE_END_TAG)
+    if start is not None:
+        raise dg.Failure(
+            f"run {context.run_id} covers the spec range {start}...{end}: each spec materializes in a run "
+            "of its own (dagster/partition), so that one run per spec holds; launch one run per spec "
+            "(a backfill of these assets does)"
+        )
+    return context.partition_key  # Dagster's own error for a run without any partition
+
+
 class SpecCatalog(dg.ConfigurableResource):
     """Where the specs are: `specs_dir` (default: `SYNTH_ASSETS_SPECS_DIR`, else the repo's `specs/`).
 
@@ -109,8 +133,9 @@ class SpecCatalog(dg.ConfigurableResource):
 
     def spec_for(self, context: dg.AssetExecutionContext) -> GenerationSpec:
         """The spec of the partition a stage materializes (`find`, with the run's spec-path tag);
-        also applies its `generation.threads` before the local model is built in this process."""
-        spec = self.find(context.partition_key, context.run.tags.get(SPEC_PATH_TAG), context.instance)
+        also applies its `generation.threads` before the local model is built in this process.
+        Raises dg.Failure for a run over a range of specs (`run_spec_name`)."""
+        spec = self.find(run_spec_name(context), context.run.tags.get(SPEC_PATH_TAG), context.instance)
         request_threads(spec.generation.threads)
         return spec
 

@@ -5,18 +5,35 @@ every stage twice (`<stage>` current, `<stage>_history` every version, copies of
 `Warehouse` imports such a file the first time it opens its catalog (`import_on_first_open`), in one
 snapshot, and records it in `imports` so it is never imported twice; the file itself is only read. A
 file it cannot import stops the open with a one-line `MigrationRefused` that says what to do.
+
+"Never twice" must hold with two processes importing at once. On the embedded (SQLite) catalog the
+writers of one machine take turns per transaction (`Warehouse._writer_turn`), so the check inside the
+import's transaction is enough. A PostgreSQL catalog has no such turn and DuckLake lets two
+transactions append to `imports` at once (append-only tables never conflict), so both would import:
+there the whole import runs under a PostgreSQL advisory lock keyed by the source (`_import_turn`),
+taken in a transaction of the catalog's own server, released when it ends (or its session dies).
 """
 
 from __future__ import annotations
 
-from contextlib import suppress
+import hashlib
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import duckdb
 import pandas as pd
 
-from synth_assets.storage.lake import StorageError, content_ids, membership_id, now, sql_text
+from synth_assets.storage.lake import (
+    StorageError,
+    content_ids,
+    extension_dir,
+    hide_password,
+    membership_id,
+    now,
+    sql_text,
+)
 from synth_assets.storage.stages import HISTORY_TABLE, STAGE_COLUMNS, stage_columns
 
 if TYPE_CHECKING:
@@ -112,6 +129,48 @@ class AlreadyImported(MigrationRefused):
     """The source was imported into this catalog before (by this or another process)."""
 
 
+def advisory_key(source: Path) -> int:
+    """The PostgreSQL advisory lock key (a signed 64-bit integer) of importing `source`."""
+    digest = hashlib.sha256(f"synth_assets import {source}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+@contextmanager
+def _import_turn(warehouse: Warehouse, source: Path) -> Iterator[None]:
+    """Hold the import of `source` into `warehouse` for this process: on a PostgreSQL catalog a
+    transaction-level advisory lock (`pg_advisory_xact_lock`) on the catalog's server, through DuckDB's
+    postgres extension on a connection of its own, waited for up to `warehouse.lock_timeout_s`
+    (`lock_timeout`), released when the block ends; on any other catalog nothing (see the module
+    docstring). Raises StorageError (one line, password masked) when the lock cannot be had."""
+    catalog = warehouse.config.catalog
+    if not catalog.startswith("postgres:"):
+        yield
+        return
+    connection = duckdb.connect()
+    try:
+        try:
+            connection.execute(f"LOAD '{extension_dir() / 'postgres_scanner'}.duckdb_extension'")
+            connection.execute(
+                f"ATTACH {sql_text(catalog.removeprefix('postgres:'))} AS lock_db (TYPE postgres)"
+            )
+            connection.execute("BEGIN TRANSACTION")
+            wait_ms = max(1, int(warehouse.lock_timeout_s * 1000))
+            connection.execute(
+                "CALL postgres_execute('lock_db', "
+                f"'SET LOCAL lock_timeout = {wait_ms}; SELECT pg_advisory_xact_lock({advisory_key(source)})')"
+            )
+        except duckdb.Error as exc:
+            first = hide_password(" ".join(str(exc).split()))
+            raise StorageError(
+                f"{warehouse.config.describe()}: cannot take the import lock of {source.name}: {first}"
+            ) from None
+        yield
+    finally:
+        with suppress(duckdb.Error):
+            connection.execute("ROLLBACK")  # ends the transaction: PostgreSQL releases the lock
+        connection.close()
+
+
 def import_warehouse(source: str | Path, warehouse: Warehouse) -> dict[str, int]:
     """Import a warehouse of the earlier layout (a DuckDB file, or the folder EXPORT DATABASE wrote from
     one) into `warehouse`, in one snapshot: every history version (with its run id and
@@ -124,6 +183,11 @@ def import_warehouse(source: str | Path, warehouse: Warehouse) -> dict[str, int]
     path = Path(source).resolve()
     if not path.exists():
         raise MigrationRefused(f"{path}: no such file to import")
+    with _import_turn(warehouse, path):
+        return _import(path, warehouse)
+
+
+def _import(path: Path, warehouse: Warehouse) -> dict[str, int]:
     done = warehouse.query("SELECT count(*) AS n FROM imports WHERE source = ?", [str(path)])["n"].iloc[0]
     if done:
         raise AlreadyImported(f"{path}: already imported into {warehouse.config.describe()}")
@@ -179,8 +243,10 @@ def import_on_first_open(warehouse: Warehouse, legacy: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m synth_assets.storage.migrate SOURCE CATALOG`: import an old-layout DuckDB file or its
-    EXPORT DATABASE folder into the catalog file CATALOG (created if new)."""
+    """`python -m synth_assets.storage.migrate SOURCE [CATALOG]`: import an old-layout DuckDB file or its
+    EXPORT DATABASE folder into the catalog file CATALOG (created if new); without CATALOG, into the
+    warehouse `synth-assets` uses (`SYNTH_ASSETS_LAKE_CATALOG` / `SYNTH_ASSETS_LAKE_DATA`, e.g. a
+    PostgreSQL catalog, else `SYNTH_ASSETS_DB` or the default catalog)."""
     import argparse
     import sys
 
@@ -189,12 +255,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m synth_assets.storage.migrate", description=main.__doc__)
     parser.add_argument("source", help="old-layout DuckDB file, or the folder EXPORT DATABASE wrote")
     parser.add_argument(
-        "catalog", help="DuckLake catalog file to import into (e.g. data/synth_assets.ducklake)"
+        "catalog",
+        nargs="?",
+        help="DuckLake catalog file to import into (e.g. data/synth_assets.ducklake); default: the "
+        "warehouse of SYNTH_ASSETS_LAKE_CATALOG / SYNTH_ASSETS_DB",
     )
     args = parser.parse_args(argv)
     try:
         counts = import_warehouse(args.source, Warehouse(args.catalog))
-    except StorageError as exc:
+    except (StorageError, ValueError) as exc:  # ValueError: incomplete S3 settings (LakeConfig.from_env)
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(", ".join(f"{table}: {rows}" for table, rows in sorted(counts.items())))
