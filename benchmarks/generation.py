@@ -459,6 +459,45 @@ def warm_server(warm: Workload, params: GenerationParams) -> None:
     direct_client(warm, params, "warm-up")
 
 
+def server_counters(base_url: str) -> dict[str, float]:
+    """llama-server's own counters (`GET /metrics`, served with `--metrics`; Prometheus text), e.g.
+    `prompt_tokens_total`: prompt tokens it evaluated, cached ones excluded. {} when it does not answer."""
+    try:
+        with urllib.request.urlopen(f"{base_url.removesuffix('/v1')}/metrics", timeout=5) as response:
+            return prometheus_counters(response.read().decode())
+    except OSError:
+        return {}
+
+
+def prometheus_counters(text: str) -> dict[str, float]:
+    """Prometheus text exposition (`name value` lines, `#` comments) as {name: value}, llama.cpp's
+    `llamacpp:` prefix dropped; lines that are not a number are skipped."""
+    counters: dict[str, float] = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if line and not line.startswith("#"):
+            try:
+                counters[name.removeprefix("llamacpp:")] = float(value)
+            except ValueError:
+                continue
+    return counters
+
+
+def server_work(before: dict[str, float], after: dict[str, float]) -> str:
+    """What the server did between two `server_counters` readings, as a note: the same prompts must
+    cost every row the same prefill, else the rows are not comparable."""
+    if not before or not after:
+        return ""
+    done = {name: after.get(name, 0.0) - before.get(name, 0.0) for name in after}
+    return (
+        f"server: {done.get('prompt_tokens_total', 0):.0f} prompt tokens evaluated "
+        f"({done.get('prompt_seconds_total', 0):.1f}s), "
+        f"{done.get('prompt_tokens_cached_total', 0):.0f} from its cache, "
+        f"{done.get('tokens_predicted_total', 0):.0f} generated, "
+        f"{done.get('n_decode_total', 0):.0f} decode calls"
+    )
+
+
 def load_average() -> str:
     """The 1-minute load average (other jobs on a shared box move these figures)."""
     return f"{os.getloadavg()[0]:.2f}"
@@ -470,11 +509,12 @@ def server_rounds(
     concurrency: int,
     rows: dict[str, Any],
     rounds: int,
-    start: Callable[[], AbstractContextManager[str]],
+    start: Callable[[str], AbstractContextManager[str]],
 ) -> dict[str, list[Measurement]]:
     """Each row of `rows` (name -> function(workload, params, name) -> Measurement) once per round,
-    each on a server of its own (`start()` yields its base URL) after the same `warm_server`, the
-    order turned round each round; prints each round's figures and returns the rounds per row.
+    each on a server of its own (`start(label)` yields its base URL; the label names its log) after
+    the same `warm_server`, the order turned round each round; prints each round's figures and returns
+    the rounds per row, each note ending with what the server did for it (`server_work`).
 
     A fresh server per row because llama-server keeps prompts it has seen (slot and host-memory
     prompt cache): on one server the row that ran first evaluated 12,307 prompt tokens, the next
@@ -485,10 +525,14 @@ def server_rounds(
     for number in range(rounds):
         order = list(rows) if number % 2 == 0 else list(reversed(rows))
         for name in order:
-            with start() as base_url:
+            with start(f"round{number + 1}_row{list(rows).index(name) + 1}") as base_url:
                 params = server_params(workload, base_url, concurrency)
                 warm_server(warm, params)
-                measured[name].append(rows[name](workload, params, name))
+                before = server_counters(base_url)
+                measurement = rows[name](workload, params, name)
+                work = server_work(before, server_counters(base_url))
+                measurement.note = "; ".join(part for part in (measurement.note, work) if part)
+                measured[name].append(measurement)
         figures = ", ".join(f"{name} {measured[name][-1].tok_s:.1f} tok/s" for name in order)
         print(f"  round {number + 1}, in this order: {figures}; load average {load_average()}",
               flush=True)  # fmt: skip
@@ -732,7 +776,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             # 1024 tokens of context per slot: the longest realistic prompt plus 128 new tokens fit.
             command = [
                 binary, "-m", gguf, "--host", "127.0.0.1", "--port", "{port}", "-np", str(args.parallel),
-                "-c", str(1024 * args.parallel), "-t", str(args.threads), "--no-webui",
+                "-c", str(1024 * args.parallel), "-t", str(args.threads), "--no-webui", "--metrics",
             ]  # fmt: skip
             if amx_cpu():
                 # --no-repack is llama-server's use_extra_bufts=False (common.cpp): the AMX buffer type
@@ -747,10 +791,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             server_rows = {ours_row: through_backend} if "llama-server" in rows else {}
             if "direct-client" in rows:
                 server_rows[direct_row] = direct_client
-            log = args.log_dir / "synth_llama_server.log"
 
-            def start() -> AbstractContextManager[str]:
+            def start(label: str) -> AbstractContextManager[str]:
                 port = free_port()
+                log = args.log_dir / f"synth_llama_server_{label}.log"
                 return serve([str(port) if part == "{port}" else part for part in command], port, log)
 
             measured = server_rounds(workload, warm, args.parallel, server_rows, args.server_rounds, start)
