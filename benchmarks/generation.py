@@ -17,8 +17,10 @@ max_new_tokens 128, natural stopping (a row ends at its stop string or end of se
 - direct client: the same server and request bodies, sent by a minimal stdlib HTTP client with the
   same number of requests in flight (the bar for our backend's overhead). The two llama-server rows
   run in `--server-rounds` rounds, each row on a fresh server after the same warm-up (`warm_server`,
-  prompts not measured), the order turned round each round; `http_overhead_pct` is over the matched
-  rounds, `http_overhead_rounds_pct` per round;
+  prompts not measured), the order turned round each round; `http_overhead_pct` is over all the
+  rounds run (tokens and seconds added up), `http_overhead_rounds_pct` per round (`--first-round`
+  splits rounds over invocations where one would run too long: `--server-rounds 1 --first-round 2`
+  is round 2, the direct client first);
 - concurrency: 1, 2 and 4 generation processes at once (each runs the engine on the first
   `--concurrency-prompts` prompts); aggregate tok/s = all their tokens / the wall time they span;
 - profile (not in the table): where the engine's seconds go (prefill, decode, sampling, dropping
@@ -43,6 +45,7 @@ import itertools
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -510,11 +513,14 @@ def server_rounds(
     rows: dict[str, Any],
     rounds: int,
     start: Callable[[str], AbstractContextManager[str]],
+    first_round: int = 1,
 ) -> dict[str, list[Measurement]]:
     """Each row of `rows` (name -> function(workload, params, name) -> Measurement) once per round,
     each on a server of its own (`start(label)` yields its base URL; the label names its log) after
-    the same `warm_server`, the order turned round each round; prints each round's figures and returns
-    the rounds per row, each note ending with what the server did for it (`server_work`).
+    the same `warm_server`, the order turned round each round (odd rounds in `rows`' order, even ones
+    reversed; rounds are numbered from `first_round`, so rounds split over invocations keep turning);
+    prints each row's figure as it is measured and returns the rounds per row, each note ending with
+    what the server did for it (`server_work`).
 
     A fresh server per row because llama-server keeps prompts it has seen (slot and host-memory
     prompt cache): on one server the row that ran first evaluated 12,307 prompt tokens, the next
@@ -522,10 +528,10 @@ def server_rounds(
     real run sends each prompt once, which is what every row now meets. The order still turns
     round: on a shared box the load of other jobs changes by the minute."""
     measured: dict[str, list[Measurement]] = {name: [] for name in rows}
-    for number in range(rounds):
-        order = list(rows) if number % 2 == 0 else list(reversed(rows))
+    for number in range(first_round, first_round + rounds):
+        order = list(rows) if number % 2 == 1 else list(reversed(rows))
         for name in order:
-            with start(f"round{number + 1}_row{list(rows).index(name) + 1}") as base_url:
+            with start(f"round{number}_row{list(rows).index(name) + 1}") as base_url:
                 params = server_params(workload, base_url, concurrency)
                 warm_server(warm, params)
                 before = server_counters(base_url)
@@ -533,9 +539,9 @@ def server_rounds(
                 work = server_work(before, server_counters(base_url))
                 measurement.note = "; ".join(part for part in (measurement.note, work) if part)
                 measured[name].append(measurement)
-        figures = ", ".join(f"{name} {measured[name][-1].tok_s:.1f} tok/s" for name in order)
-        print(f"  round {number + 1}, in this order: {figures}; load average {load_average()}",
-              flush=True)  # fmt: skip
+            print(f"  round {number}, {name}: {measurement.tokens} tokens in {measurement.seconds:.1f}s = "
+                  f"{measurement.tok_s:.1f} tok/s; {measurement.note}; load average {load_average()}",
+                  flush=True)  # fmt: skip
     return measured
 
 
@@ -648,6 +654,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--server-rounds", type=int, default=2, help="llama-server: alternating rounds per row"
     )
+    parser.add_argument(
+        "--first-round",
+        type=int,
+        default=1,
+        help="llama-server: number of the first round (odd: our backend first), to split rounds over runs",
+    )
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])
     parser.add_argument("--llama-server", default=None, help="path of llama-server (default: see docs)")
@@ -672,6 +684,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "batch_size",
         "parallel",
         "server_rounds",
+        "first_round",
     ):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
@@ -707,6 +720,8 @@ def ratio(numerator: Measurement | None, denominator: Measurement | None) -> flo
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    # a SIGTERM (`timeout`, a CI limit) unwinds like Ctrl-C, so `serve` stops the servers it started
+    signal.signal(signal.SIGTERM, lambda number, frame: sys.exit(128 + number))
     prepare_process()  # OMP_WAIT_POLICY=PASSIVE and thread counts before torch, as `synth-assets run` does
     args = parse_args(argv)
     if args.worker:
@@ -797,7 +812,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                 log = args.log_dir / f"synth_llama_server_{label}.log"
                 return serve([str(port) if part == "{port}" else part for part in command], port, log)
 
-            measured = server_rounds(workload, warm, args.parallel, server_rows, args.server_rounds, start)
+            measured = server_rounds(
+                workload, warm, args.parallel, server_rows, args.server_rounds, start, args.first_round
+            )
             # every round ran both rows: the overhead is on matched rounds, added up
             llama_np = record(combined(measured.get(ours_row, [])))
             direct = record(combined(measured.get(direct_row, [])))

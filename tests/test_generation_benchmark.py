@@ -137,6 +137,11 @@ def test_every_server_row_meets_a_fresh_server_after_the_same_warm_up_and_the_or
     assert all(sorted(before) == ["warm-1", "warm-2", "warm-3"] for _, _, before in seen)
     assert sorted(servers) == [f"round{r}_row{i}" for r in (1, 2, 3) for i in (1, 2)]
     assert [m.note for m in measured["ours"]] == ["ours note"] * 3  # a server without /metrics adds nothing
+    # rounds split over invocations keep turning: a lone round 2 starts with the other row
+    seen.clear()
+    bench.server_rounds(workload, warm, 2, {"ours": row, "direct": row}, 1, start, first_round=2)
+    assert [name for name, _, _ in seen] == ["direct", "ours"]
+    assert bench.parse_args(["--first-round", "2"]).first_round == 2
 
 
 def test_what_llama_server_did_for_a_row_comes_from_its_metrics() -> None:
