@@ -20,7 +20,8 @@ max_new_tokens 128, natural stopping (a row ends at its stop string or end of se
   prompts not measured), the order turned round each round; `http_overhead_pct` is over all the
   rounds run (tokens and seconds added up), `http_overhead_rounds_pct` per round (`--first-round`
   splits rounds over invocations where one would run too long: `--server-rounds 1 --first-round 2`
-  is round 2, the direct client first);
+  is round 2, the direct client first); `http_overhead_wall_pct`: our backend's wall seconds over
+  the direct client's for the same requests (answer lengths vary between runs; seconds vary less);
 - concurrency: 1, 2 and 4 generation processes at once (each runs the engine on the first
   `--concurrency-prompts` prompts); aggregate tok/s = all their tokens / the wall time they span;
 - profile (not in the table): where the engine's seconds go (prefill, decode, sampling, dropping
@@ -29,7 +30,7 @@ max_new_tokens 128, natural stopping (a row ends at its stop string or end of se
 Only real tokens count (up to and including the stop token), never padding. Ends with one line:
 
 RESULT engine_vs_llama_server=<x> f32_vs_naive=<y> http_overhead_pct=<z> http_overhead_rounds_pct=<z1,z2>
-       two_proc_vs_one=<w> ...
+       http_overhead_wall_pct=<z'> two_proc_vs_one=<w> ...
 
 (targets: >= 1.5, >= 10, <= 10 %, >= 0.8; a row not run gives `nan`).
 
@@ -836,11 +837,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(f"\nCPU: {cpu_model()}, {args.threads} threads, engine dtype {dtype}, "
           f"batch size {args.batch_size}, load average at the end {load_average()}")  # fmt: skip
     overhead = (ratio(direct, llama_np) - 1) * 100
+    # the same 128 requests in both rows, but sampled answers differ in length from run to run (the
+    # server's batched arithmetic varies with what shares the batch: 2,582 and 2,703 tokens for the
+    # same prompts and seeds), and on 2 cores prefill is ~80 % of the time: tok/s moves with the
+    # length of the answers, wall seconds for the same requests much less
+    wall_overhead = float("nan")
+    if llama_np and direct and direct.seconds:
+        wall_overhead = (llama_np.seconds / direct.seconds - 1) * 100
     print(
         f"RESULT engine_vs_llama_server={ratio(engine, llama_np):.2f} "
         f"f32_vs_naive={ratio(engine_f32, naive):.2f} "
         f"http_overhead_pct={overhead:.1f} "
         f"http_overhead_rounds_pct={','.join(f'{o:.1f}' for o in overhead_rounds) or 'nan'} "
+        f"http_overhead_wall_pct={wall_overhead:.1f} "
         f"two_proc_vs_one={ratio(by_processes.get(2), by_processes.get(1)):.2f} "
         f"four_proc_vs_one={ratio(by_processes.get(4), by_processes.get(1)):.2f} "
         f"engine_tok_s={engine.tok_s if engine else float('nan'):.1f} "
