@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import email.utils
 import importlib.abc
+import itertools
 import random
 import sys
 import time
@@ -397,6 +398,30 @@ def test_the_slots_a_server_reports_are_where_the_limit_starts_and_its_ceiling_u
     # a server that reports no slot count (vLLM, hosted APIs), or a nonsense one: the default 8, from 4
     for props in (None, {"total_slots": 0}, {"total_slots": "8"}):
         assert run(loopback(counting, props=props))[0] == 4
+
+
+def test_slower_replies_within_the_slots_a_server_reports_do_not_cut_the_limit(
+    loopback: Callable[..., LoopbackServer],
+) -> None:
+    # Replies turn 10x slower a third of the way in (other work on the box, a prefill-heavy stretch),
+    # whatever the load. A server that does not say how many requests it decodes at once may be
+    # queueing them: the limit falls. llama-server says (GET /props, total_slots 8): at 8 in flight
+    # none of ours waits, fewer would only shrink its batch, and the limit stays at 8. (Measured on a
+    # fresh llama-server: rows cut 8 -> 4 took 113.7 and 143.8 s, the direct client 104.7 and 108.1.)
+    def slower_later(handler: LoopbackHandler, body: dict, number: int) -> None:
+        time.sleep(0.01 if number <= 24 else 0.1)
+        handler.send(200, completion_payload())
+
+    def history(props: dict[str, Any] | None) -> list[int]:
+        server = loopback(slower_later, props=props)
+        backend = OpenAICompatibleBackend(_params(server.url, max_concurrency=8, max_retries=0))
+        answers, errors = _run(backend, [_ask(f"q{i}") for i in range(64)])
+        assert len(answers) == 64 and not errors
+        return backend.concurrency_history
+
+    assert history({"total_slots": 8}) == [8]
+    unknown = history(None)
+    assert any(later < earlier for earlier, later in itertools.pairwise(unknown)), unknown
 
 
 def test_a_5xx_halves_the_concurrency(loopback: Callable[..., LoopbackServer]) -> None:
