@@ -17,8 +17,11 @@ max_new_tokens 128, natural stopping (a row ends at its stop string or end of se
 - direct client: the same server and request bodies, sent by a minimal stdlib HTTP client with the
   same number of requests in flight (the bar for our backend's overhead). The two llama-server rows
   run in `--server-rounds` rounds, each row on a fresh server after the same warm-up (`warm_server`,
-  prompts not measured), the order turned round each round; `http_overhead_pct` is over the matched
-  rounds, `http_overhead_rounds_pct` per round;
+  prompts not measured), the order turned round each round; `http_overhead_pct` is over all the
+  rounds run (tokens and seconds added up), `http_overhead_rounds_pct` per round (`--first-round`
+  splits rounds over invocations where one would run too long: `--server-rounds 1 --first-round 2`
+  is round 2, the direct client first); `http_overhead_wall_pct`: our backend's wall seconds over
+  the direct client's for the same requests (answer lengths vary between runs; seconds vary less);
 - concurrency: 1, 2 and 4 generation processes at once (each runs the engine on the first
   `--concurrency-prompts` prompts); aggregate tok/s = all their tokens / the wall time they span;
 - profile (not in the table): where the engine's seconds go (prefill, decode, sampling, dropping
@@ -27,7 +30,7 @@ max_new_tokens 128, natural stopping (a row ends at its stop string or end of se
 Only real tokens count (up to and including the stop token), never padding. Ends with one line:
 
 RESULT engine_vs_llama_server=<x> f32_vs_naive=<y> http_overhead_pct=<z> http_overhead_rounds_pct=<z1,z2>
-       two_proc_vs_one=<w> ...
+       http_overhead_wall_pct=<z'> two_proc_vs_one=<w> ...
 
 (targets: >= 1.5, >= 10, <= 10 %, >= 0.8; a row not run gives `nan`).
 
@@ -43,6 +46,7 @@ import itertools
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -459,6 +463,45 @@ def warm_server(warm: Workload, params: GenerationParams) -> None:
     direct_client(warm, params, "warm-up")
 
 
+def server_counters(base_url: str) -> dict[str, float]:
+    """llama-server's own counters (`GET /metrics`, served with `--metrics`; Prometheus text), e.g.
+    `prompt_tokens_total`: prompt tokens it evaluated, cached ones excluded. {} when it does not answer."""
+    try:
+        with urllib.request.urlopen(f"{base_url.removesuffix('/v1')}/metrics", timeout=5) as response:
+            return prometheus_counters(response.read().decode())
+    except OSError:
+        return {}
+
+
+def prometheus_counters(text: str) -> dict[str, float]:
+    """Prometheus text exposition (`name value` lines, `#` comments) as {name: value}, llama.cpp's
+    `llamacpp:` prefix dropped; lines that are not a number are skipped."""
+    counters: dict[str, float] = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if line and not line.startswith("#"):
+            try:
+                counters[name.removeprefix("llamacpp:")] = float(value)
+            except ValueError:
+                continue
+    return counters
+
+
+def server_work(before: dict[str, float], after: dict[str, float]) -> str:
+    """What the server did between two `server_counters` readings, as a note: the same prompts must
+    cost every row the same prefill, else the rows are not comparable."""
+    if not before or not after:
+        return ""
+    done = {name: after.get(name, 0.0) - before.get(name, 0.0) for name in after}
+    return (
+        f"server: {done.get('prompt_tokens_total', 0):.0f} prompt tokens evaluated "
+        f"({done.get('prompt_seconds_total', 0):.1f}s), "
+        f"{done.get('prompt_tokens_cached_total', 0):.0f} from its cache, "
+        f"{done.get('tokens_predicted_total', 0):.0f} generated, "
+        f"{done.get('n_decode_total', 0):.0f} decode calls"
+    )
+
+
 def load_average() -> str:
     """The 1-minute load average (other jobs on a shared box move these figures)."""
     return f"{os.getloadavg()[0]:.2f}"
@@ -470,11 +513,15 @@ def server_rounds(
     concurrency: int,
     rows: dict[str, Any],
     rounds: int,
-    start: Callable[[], AbstractContextManager[str]],
+    start: Callable[[str], AbstractContextManager[str]],
+    first_round: int = 1,
 ) -> dict[str, list[Measurement]]:
     """Each row of `rows` (name -> function(workload, params, name) -> Measurement) once per round,
-    each on a server of its own (`start()` yields its base URL) after the same `warm_server`, the
-    order turned round each round; prints each round's figures and returns the rounds per row.
+    each on a server of its own (`start(label)` yields its base URL; the label names its log) after
+    the same `warm_server`, the order turned round each round (odd rounds in `rows`' order, even ones
+    reversed; rounds are numbered from `first_round`, so rounds split over invocations keep turning);
+    prints each row's figure as it is measured and returns the rounds per row, each note ending with
+    what the server did for it (`server_work`).
 
     A fresh server per row because llama-server keeps prompts it has seen (slot and host-memory
     prompt cache): on one server the row that ran first evaluated 12,307 prompt tokens, the next
@@ -482,16 +529,20 @@ def server_rounds(
     real run sends each prompt once, which is what every row now meets. The order still turns
     round: on a shared box the load of other jobs changes by the minute."""
     measured: dict[str, list[Measurement]] = {name: [] for name in rows}
-    for number in range(rounds):
-        order = list(rows) if number % 2 == 0 else list(reversed(rows))
+    for number in range(first_round, first_round + rounds):
+        order = list(rows) if number % 2 == 1 else list(reversed(rows))
         for name in order:
-            with start() as base_url:
+            with start(f"round{number}_row{list(rows).index(name) + 1}") as base_url:
                 params = server_params(workload, base_url, concurrency)
                 warm_server(warm, params)
-                measured[name].append(rows[name](workload, params, name))
-        figures = ", ".join(f"{name} {measured[name][-1].tok_s:.1f} tok/s" for name in order)
-        print(f"  round {number + 1}, in this order: {figures}; load average {load_average()}",
-              flush=True)  # fmt: skip
+                before = server_counters(base_url)
+                measurement = rows[name](workload, params, name)
+                work = server_work(before, server_counters(base_url))
+                measurement.note = "; ".join(part for part in (measurement.note, work) if part)
+                measured[name].append(measurement)
+            print(f"  round {number}, {name}: {measurement.tokens} tokens in {measurement.seconds:.1f}s = "
+                  f"{measurement.tok_s:.1f} tok/s; {measurement.note}; load average {load_average()}",
+                  flush=True)  # fmt: skip
     return measured
 
 
@@ -604,6 +655,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--server-rounds", type=int, default=2, help="llama-server: alternating rounds per row"
     )
+    parser.add_argument(
+        "--first-round",
+        type=int,
+        default=1,
+        help="llama-server: number of the first round (odd: our backend first), to split rounds over runs",
+    )
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])
     parser.add_argument("--llama-server", default=None, help="path of llama-server (default: see docs)")
@@ -628,6 +685,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "batch_size",
         "parallel",
         "server_rounds",
+        "first_round",
     ):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
@@ -663,6 +721,8 @@ def ratio(numerator: Measurement | None, denominator: Measurement | None) -> flo
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    # a SIGTERM (`timeout`, a CI limit) unwinds like Ctrl-C, so `serve` stops the servers it started
+    signal.signal(signal.SIGTERM, lambda number, frame: sys.exit(128 + number))
     prepare_process()  # OMP_WAIT_POLICY=PASSIVE and thread counts before torch, as `synth-assets run` does
     args = parse_args(argv)
     if args.worker:
@@ -732,7 +792,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             # 1024 tokens of context per slot: the longest realistic prompt plus 128 new tokens fit.
             command = [
                 binary, "-m", gguf, "--host", "127.0.0.1", "--port", "{port}", "-np", str(args.parallel),
-                "-c", str(1024 * args.parallel), "-t", str(args.threads), "--no-webui",
+                "-c", str(1024 * args.parallel), "-t", str(args.threads), "--no-webui", "--metrics",
             ]  # fmt: skip
             if amx_cpu():
                 # --no-repack is llama-server's use_extra_bufts=False (common.cpp): the AMX buffer type
@@ -747,13 +807,15 @@ def main(argv: Sequence[str] | None = None) -> None:
             server_rows = {ours_row: through_backend} if "llama-server" in rows else {}
             if "direct-client" in rows:
                 server_rows[direct_row] = direct_client
-            log = args.log_dir / "synth_llama_server.log"
 
-            def start() -> AbstractContextManager[str]:
+            def start(label: str) -> AbstractContextManager[str]:
                 port = free_port()
+                log = args.log_dir / f"synth_llama_server_{label}.log"
                 return serve([str(port) if part == "{port}" else part for part in command], port, log)
 
-            measured = server_rounds(workload, warm, args.parallel, server_rows, args.server_rounds, start)
+            measured = server_rounds(
+                workload, warm, args.parallel, server_rows, args.server_rounds, start, args.first_round
+            )
             # every round ran both rows: the overhead is on matched rounds, added up
             llama_np = record(combined(measured.get(ours_row, [])))
             direct = record(combined(measured.get(direct_row, [])))
@@ -775,11 +837,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(f"\nCPU: {cpu_model()}, {args.threads} threads, engine dtype {dtype}, "
           f"batch size {args.batch_size}, load average at the end {load_average()}")  # fmt: skip
     overhead = (ratio(direct, llama_np) - 1) * 100
+    # the same 128 requests in both rows, but sampled answers differ in length from run to run (the
+    # server's batched arithmetic varies with what shares the batch: 2,582 and 2,703 tokens for the
+    # same prompts and seeds), and on 2 cores prefill is ~80 % of the time: tok/s moves with the
+    # length of the answers, wall seconds for the same requests much less
+    wall_overhead = float("nan")
+    if llama_np and direct and direct.seconds:
+        wall_overhead = (llama_np.seconds / direct.seconds - 1) * 100
     print(
         f"RESULT engine_vs_llama_server={ratio(engine, llama_np):.2f} "
         f"f32_vs_naive={ratio(engine_f32, naive):.2f} "
         f"http_overhead_pct={overhead:.1f} "
         f"http_overhead_rounds_pct={','.join(f'{o:.1f}' for o in overhead_rounds) or 'nan'} "
+        f"http_overhead_wall_pct={wall_overhead:.1f} "
         f"two_proc_vs_one={ratio(by_processes.get(2), by_processes.get(1)):.2f} "
         f"four_proc_vs_one={ratio(by_processes.get(4), by_processes.get(1)):.2f} "
         f"engine_tok_s={engine.tok_s if engine else float('nan'):.1f} "

@@ -1,17 +1,22 @@
-"""benchmarks/generation.py: its command line and its workloads (no model, no server)."""
+"""benchmarks/generation.py: its command line, its workloads and how its server rows are run (no model,
+no llama-server: loopback servers stand in)."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from conftest import LoopbackHandler, LoopbackServer, completion_payload
 
+from synth_assets.generation.local_llm import ChatRequest
 from synth_assets.generation.prompts import expand_prompts
 from synth_assets.seed import load_seed_data
-from synth_assets.spec import load_spec
+from synth_assets.spec import GenerationParams, load_spec
 
 BENCHMARK = Path(__file__).resolve().parent.parent / "benchmarks" / "generation.py"
 _spec = importlib.util.spec_from_file_location("generation_benchmark", BENCHMARK)
@@ -98,3 +103,61 @@ def test_alternating_rounds_of_a_row_add_up() -> None:
     assert total.note == "round 1: 10.0 tok/s limit 8; round 2: 25.0 tok/s"
     assert bench.combined([]) is None
     assert bench.parse_args([]).server_rounds == 2
+
+
+def test_every_server_row_meets_a_fresh_server_after_the_same_warm_up_and_the_order_turns_round(
+    loopback: Callable[..., LoopbackServer],
+) -> None:
+    # llama-server keeps prompts it has seen: a row that shared a server with an earlier row found its
+    # prompts cached and measured 2.6x the speed of the first. Every row gets a server of its own, sees
+    # only the warm-up's prompts there before its own, and the first row changes every round.
+    def answer(handler: LoopbackHandler, body: dict, number: int) -> None:
+        handler.send(200, completion_payload())
+
+    params = GenerationParams(backend="openai", model="m", base_url="http://x/v1", max_new_tokens=4)
+    ask = lambda name: ChatRequest(key=name, messages=[{"role": "user", "content": name}], seed=1)  # noqa: E731
+    workload = bench.Workload("w", [ask("measured-1"), ask("measured-2")], params)
+    warm = bench.Workload("warm-up", [ask("warm-1"), ask("warm-2"), ask("warm-3")], params)
+    servers: dict[str, LoopbackServer] = {}
+    seen: list[tuple[str, str, list[str]]] = []
+
+    @contextmanager
+    def start(label: str) -> Iterator[str]:
+        servers[label] = loopback(answer)
+        yield servers[label].url
+
+    def row(load: bench.Workload, row_params: GenerationParams, name: str) -> bench.Measurement:
+        server = next(s for s in servers.values() if s.url == row_params.base_url)
+        seen.append((name, server.url, [b["messages"][0]["content"] for b in server.handler.bodies]))
+        return bench.Measurement(load.name, name, tokens=10, seconds=1.0, note=f"{name} note")
+
+    measured = bench.server_rounds(workload, warm, 2, {"ours": row, "direct": row}, 3, start)
+    assert [name for name, _, _ in seen] == ["ours", "direct", "direct", "ours", "ours", "direct"]
+    assert len({url for _, url, _ in seen}) == 6 and len(servers) == 6
+    assert all(sorted(before) == ["warm-1", "warm-2", "warm-3"] for _, _, before in seen)
+    assert sorted(servers) == [f"round{r}_row{i}" for r in (1, 2, 3) for i in (1, 2)]
+    assert [m.note for m in measured["ours"]] == ["ours note"] * 3  # a server without /metrics adds nothing
+    # rounds split over invocations keep turning: a lone round 2 starts with the other row
+    seen.clear()
+    bench.server_rounds(workload, warm, 2, {"ours": row, "direct": row}, 1, start, first_round=2)
+    assert [name for name, _, _ in seen] == ["direct", "ours"]
+    assert bench.parse_args(["--first-round", "2"]).first_round == 2
+
+
+def test_what_llama_server_did_for_a_row_comes_from_its_metrics() -> None:
+    text = """# HELP llamacpp:prompt_tokens_total Number of prompt tokens processed.
+# TYPE llamacpp:prompt_tokens_total counter
+llamacpp:prompt_tokens_total 1200
+llamacpp:prompt_tokens_cached_total 40
+llamacpp:prompt_seconds_total 6.25
+llamacpp:tokens_predicted_total 300
+llamacpp:n_decode_total 90
+llamacpp:requests_processing not-a-number
+"""
+    before = bench.prometheus_counters(text)
+    assert before["prompt_tokens_total"] == 1200 and "requests_processing" not in before
+    after = {**before, "prompt_tokens_total": 13507.0, "prompt_seconds_total": 66.25, "n_decode_total": 600.0}
+    assert bench.server_work(before, after) == (
+        "server: 12307 prompt tokens evaluated (60.0s), 0 from its cache, 0 generated, 510 decode calls"
+    )
+    assert bench.server_work({}, after) == ""

@@ -8,8 +8,12 @@ latency are reproducible. No model is loaded here.
 from __future__ import annotations
 
 import email.utils
+import importlib.abc
+import itertools
 import random
+import sys
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -396,6 +400,30 @@ def test_the_slots_a_server_reports_are_where_the_limit_starts_and_its_ceiling_u
         assert run(loopback(counting, props=props))[0] == 4
 
 
+def test_slower_replies_within_the_slots_a_server_reports_do_not_cut_the_limit(
+    loopback: Callable[..., LoopbackServer],
+) -> None:
+    # Replies turn 10x slower a third of the way in (other work on the box, a prefill-heavy stretch),
+    # whatever the load. A server that does not say how many requests it decodes at once may be
+    # queueing them: the limit falls. llama-server says (GET /props, total_slots 8): at 8 in flight
+    # none of ours waits, fewer would only shrink its batch, and the limit stays at 8. (Measured on a
+    # fresh llama-server: rows cut 8 -> 4 took 113.7 and 143.8 s, the direct client 104.7 and 108.1.)
+    def slower_later(handler: LoopbackHandler, body: dict, number: int) -> None:
+        time.sleep(0.01 if number <= 24 else 0.1)
+        handler.send(200, completion_payload())
+
+    def history(props: dict[str, Any] | None) -> list[int]:
+        server = loopback(slower_later, props=props)
+        backend = OpenAICompatibleBackend(_params(server.url, max_concurrency=8, max_retries=0))
+        answers, errors = _run(backend, [_ask(f"q{i}") for i in range(64)])
+        assert len(answers) == 64 and not errors
+        return backend.concurrency_history
+
+    assert history({"total_slots": 8}) == [8]
+    unknown = history(None)
+    assert any(later < earlier for earlier, later in itertools.pairwise(unknown)), unknown
+
+
 def test_a_5xx_halves_the_concurrency(loopback: Callable[..., LoopbackServer]) -> None:
     def flaky(handler: LoopbackHandler, body: dict, number: int) -> None:
         if number <= 4:
@@ -407,6 +435,36 @@ def test_a_5xx_halves_the_concurrency(loopback: Callable[..., LoopbackServer]) -
     backend = OpenAICompatibleBackend(_params(server.url, max_concurrency=8, max_retries=3))
     answers, _ = _run(backend, [_ask(f"q{i}") for i in range(4)])
     assert len(answers) == 4 and min(backend.concurrency_history) <= 2
+
+
+# ---- what each request costs the client -----------------------------------------------------------
+
+
+def test_a_run_does_not_search_for_a_missing_module_on_every_request(
+    loopback: Callable[..., LoopbackServer],
+) -> None:
+    # httpcore 1.0.9 imports sniffio on every lock it sets up; since anyio 4.11 stopped bringing
+    # sniffio, each of those imports failed and searched sys.path again (Python caches no failed
+    # import): 2.7 ms of CPU per request, ~40 % of our client's own cost (encode/httpcore#1103). On a
+    # 2-core box that CPU is taken from the server. sniffio is a dependency of ours for that.
+    looked_up: Counter[str] = Counter()
+
+    class Recorder(importlib.abc.MetaPathFinder):
+        def find_spec(self, name: str, path: Any = None, target: Any = None) -> None:
+            looked_up[name] += 1
+            return None  # the real finders after this one do the finding
+
+    server = loopback(lambda handler, body, number: handler.send(200, completion_payload()))
+    backend = OpenAICompatibleBackend(_params(server.url, max_concurrency=4))
+    _run(backend, [_ask("warm")])  # lazy imports of the first request are looked up once, fairly
+    recorder = Recorder()
+    sys.meta_path.insert(0, recorder)
+    try:
+        answers, errors = _run(backend, [_ask(f"q{i}") for i in range(30)])
+    finally:
+        sys.meta_path.remove(recorder)
+    assert len(answers) == 30 and not errors
+    assert not looked_up, f"imports searched for during 30 requests: {looked_up.most_common(3)}"
 
 
 # ---- which server's answers are reused -----------------------------------------------------------
