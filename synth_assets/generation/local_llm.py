@@ -30,6 +30,7 @@ from synth_assets.generation.continuous_batching import (
     sample_next,
     supports_continuous_batching,
 )
+from synth_assets.generation.output_layer import use_chunked_output_layer
 
 # the request/result types live in types.py (no torch there); re-exported here for older callers
 from synth_assets.generation.types import ChatRequest as ChatRequest
@@ -256,6 +257,10 @@ class LocalChatModel:
         self._model.to(device=self._device, dtype=self._compute_dtype)
         if self._compute_dtype == torch.bfloat16:
             self._fingerprint += "-bf16"
+        elif self._device.type == "cpu":
+            # same logits bit for bit, the output layer ~1.5x faster at 2-32 rows (output_layer.py);
+            # measured for MKL's float32 products only, so bfloat16 and GPUs keep transformers' layer
+            use_chunked_output_layer(self._model)
         self._model.eval()
         # Decoder-only batching needs left padding so every row's last prompt token sits at the end.
         self._tokenizer.padding_side = "left"
