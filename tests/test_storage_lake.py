@@ -346,6 +346,43 @@ def test_two_writer_processes_on_the_embedded_catalog_lose_nothing(tmp_path: Pat
     run_two_writers(LakeConfig.embedded(tmp_path / "data"))
 
 
+# run in another process: whether some process holds a read lock on SQLite's SHARED byte range of the
+# database file (PENDING_BYTE + 2, 510 bytes: os_unix.c), i.e. whether a connection of it is protected
+SHARED_LOCK_PROBE = """
+import fcntl, os, struct, sys
+descriptor = os.open(sys.argv[1], os.O_RDONLY)
+probe = struct.pack("hhqqi4x", fcntl.F_WRLCK, os.SEEK_SET, 0x40000000 + 2, 510, 0)
+print(struct.unpack("hhqqi4x", fcntl.fcntl(descriptor, fcntl.F_GETLK, probe))[0] != fcntl.F_UNLCK)
+"""
+
+
+def test_opening_the_catalog_again_keeps_the_sqlite_locks_of_an_open_transaction(tmp_path: Path) -> None:
+    # issue 11: a header read of the catalog file (Warehouse(path), connect()) closed a descriptor of
+    # it, which drops all of the process's POSIX locks on it, also the SHARED lock DuckDB's SQLite held
+    # for an open transaction; another process then deleted the WAL under it and a commit was lost
+    config = LakeConfig.embedded(tmp_path / "data")
+    lake = Warehouse(config=config)
+    lake.write_version("seed_data", "alpha", "run-1", seeds(3), promote=True)
+    catalog = config.catalog_file
+    assert catalog is not None
+
+    def locked() -> bool:
+        probe = [sys.executable, "-c", SHARED_LOCK_PROBE, str(catalog)]
+        done = subprocess.run(probe, capture_output=True, text=True, timeout=60, check=True)
+        return done.stdout.strip() == "True"
+
+    with lake.connect() as connection:
+        connection.execute("BEGIN TRANSACTION")
+        connection.execute("SELECT count(*) FROM versions").fetchall()  # SQLite reads: SHARED lock taken
+        assert locked()
+        assert Warehouse(catalog).pending_import() is None  # locate(): an old-layout DuckDB file?
+        Warehouse(config=config).check_usable()  # connect(): a SQLite file?
+        assert locked()
+        connection.execute("COMMIT")
+    assert lake.version_log("seed_data", "alpha")["run_id"].tolist() == ["run-1"]
+    lake.close()
+
+
 def test_postgres_catalog_with_s3_data_two_writer_processes(
     postgres_database: dict[str, str], s3_session: dict[str, str]
 ) -> None:

@@ -41,6 +41,7 @@ import pandas as pd
 from synth_assets.paths import project_root
 from synth_assets.storage.lake import (
     CATALOG_SUFFIX,
+    SQLITE_MAGIC,
     Engine,
     LakeConfig,
     StorageError,
@@ -50,6 +51,7 @@ from synth_assets.storage.lake import (
     membership_id,
     now,
     prepare_sqlite,
+    read_header,
     sql_text,
     stage_sql,
     storage_error,
@@ -84,7 +86,6 @@ _RETRYABLE = (
     "already exists",  # two processes creating the tables of a new catalog at once
 )
 _DUCKDB_MAGIC = b"DUCK"  # bytes 8-11 of a DuckDB database file
-_SQLITE_MAGIC = b"SQLite format 3\x00"
 
 T = TypeVar("T")
 # the version of the views' SQL (lake.stage_sql): a catalog with an older one gets them replaced
@@ -93,17 +94,9 @@ LAYOUT_VERSION = 1
 _LEGACY_CHECKED: set[tuple[int, LakeConfig, Path]] = set()
 
 
-def _header(path: Path) -> bytes:
-    try:
-        with open(path, "rb") as handle:
-            return handle.read(16)
-    except OSError:
-        return b""
-
-
 def is_duckdb_file(path: Path) -> bool:
     """Whether `path` is a DuckDB database file (of any DuckDB version): the old single-file layout."""
-    return _header(path)[8:12] == _DUCKDB_MAGIC
+    return read_header(path)[8:12] == _DUCKDB_MAGIC
 
 
 def default_database_path() -> Path:
@@ -220,7 +213,7 @@ class Warehouse(WarehouseReads):
             if not catalog.exists():
                 if read_only and self.legacy is None:
                     raise FileNotFoundError(f"{catalog}: no DuckDB file yet (run `synth-assets run` first)")
-            elif catalog.stat().st_size and not _header(catalog).startswith(_SQLITE_MAGIC):
+            elif catalog.stat().st_size and not read_header(catalog).startswith(SQLITE_MAGIC):
                 raise StorageError(
                     f"{catalog}: not a DuckDB database file nor a DuckLake catalog (--db / SYNTH_ASSETS_DB)"
                 )
