@@ -432,16 +432,6 @@ def postgres_server() -> Iterator[dict[str, str]]:
         shutil.rmtree(root, ignore_errors=True)
 
 
-@pytest.fixture
-def postgres() -> Iterator[dict[str, str]]:
-    """A real PostgreSQL server for one test (skips, saying why, where none can start)."""
-    try:
-        with postgres_server() as settings:
-            yield settings
-    except ServerUnavailable as exc:
-        pytest.skip(str(exc))
-
-
 @contextmanager
 def moto_s3_server() -> Iterator[dict[str, str]]:
     """moto's S3-compatible server (`moto[server]`) on a free loopback port, with a bucket `lake`;
@@ -478,16 +468,6 @@ def moto_s3_server() -> Iterator[dict[str, str]]:
     finally:
         server.terminate()
         server.wait(timeout=30)
-
-
-@pytest.fixture
-def s3_server() -> Iterator[dict[str, str]]:
-    """moto's S3 server for one test (skips, saying why, where moto is not installed)."""
-    try:
-        with moto_s3_server() as settings:
-            yield settings
-    except ServerUnavailable as exc:
-        pytest.skip(str(exc))
 
 
 @pytest.fixture(scope="session")
