@@ -18,6 +18,7 @@ sampled texts and invalidate every cached answer; `hidden @ weight.T.contiguous(
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -56,13 +57,9 @@ def use_chunked_output_layer(model: PreTrainedModel, chunk: int = VOCABULARY_CHU
     return True
 
 
-_CLASS: list[type] = []
-
-
+@functools.cache
 def _module_class() -> type:
     """`ChunkedLinear`, built on first use so importing this module stays free of torch."""
-    if _CLASS:
-        return _CLASS[0]
     import torch
 
     class ChunkedLinear(torch.nn.Linear):
@@ -78,5 +75,4 @@ def _module_class() -> type:
         def forward(self, hidden: torch.Tensor) -> torch.Tensor:
             return chunked_linear(hidden, self.weight, self.chunk)
 
-    _CLASS.append(ChunkedLinear)
     return ChunkedLinear
