@@ -193,3 +193,49 @@ def test_a_stop_while_calls_are_in_flight_stores_every_answer_already_received(
     answered = {json.loads(messages)[0]["content"] for at, messages in ANSWERED if at < stopped - 0.3}
     kept = {f"question {key[1:]}" for key in stored}
     assert answered and answered <= kept, (answered, kept)
+
+
+@pytest.mark.parametrize("interrupt", ["DagsterExecutionInterruptedError", "KeyboardInterrupt"])
+def test_a_stop_that_lands_inside_the_batch_write_stores_the_batch_and_leaves_no_call_running(
+    loopback: Callable[..., LoopbackServer], caplog: pytest.LogCaptureFixture, interrupt: str
+) -> None:
+    """The stop lands while a full batch is being written (CI caught it so): that batch is still stored,
+    and every call in flight ends before the HTTP client closes, so none of them fails on a closed
+    client and asyncio logs nothing at shutdown (it used to print a traceback after the stop line)."""
+    from dagster._core.errors import DagsterExecutionInterruptedError
+
+    from synth_assets.generation.backends import OpenAICompatibleBackend
+    from synth_assets.generation.local_llm import ChatRequest
+    from synth_assets.spec import GenerationParams
+
+    ANSWERED.clear()
+    server = loopback(slow_and_deterministic)
+    params = GenerationParams(
+        backend="openai", model="m", base_url=server.url, timeout_s=30, max_concurrency=4, batch_size=4
+    )
+    backend = OpenAICompatibleBackend(params)
+    requests = [
+        ChatRequest(key=f"k{i}", messages=[{"role": "user", "content": f"question {i}"}], seed=1)
+        for i in range(24)
+    ]
+    stored: list[str] = []
+    writes = 0
+    # as Dagster raises a stop inside a step, and as a plain Ctrl-C does outside one
+    stop = {"DagsterExecutionInterruptedError": DagsterExecutionInterruptedError}.get(
+        interrupt, KeyboardInterrupt
+    )
+
+    def store_interrupted_once(results: list, failures: list) -> None:
+        nonlocal writes
+        writes += 1
+        if writes == 1:  # the first full batch: the stop arrives before the write
+            raise stop
+        stored.extend(r.key for r in results)
+
+    with caplog.at_level("DEBUG", logger="asyncio"), pytest.raises(stop):
+        backend.generate(requests, params, store_interrupted_once)
+    assert writes == 2 and len(stored) >= 4, stored  # the interrupted batch was stored after all
+    time.sleep(ANSWER_S + 0.5)  # a call left running would fail on the closed client by now
+    shutdown_errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert not shutdown_errors, shutdown_errors
+    assert len(ANSWERED) < 24  # nothing more was asked after the stop

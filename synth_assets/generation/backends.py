@@ -611,9 +611,15 @@ class OpenAICompatibleBackend:
                 raise GenerationAborted(self.redact(message)) from None
             except BaseException:
                 # A stop (Ctrl-C, SIGTERM, the UI's Terminate) arrives here as the interrupt itself or
-                # as the CancelledError that asyncio.run's clean-up sends. Calls that finished but did
-                # not yet fill a batch would be lost and paid for again on the next run: store them
-                # first (one short DuckDB write), then let the stop go on.
+                # as the CancelledError that asyncio.run's clean-up sends. Calls still running end
+                # first, while the client is open: Dagster's interrupt is not one asyncio re-raises at
+                # once, so a call left pending would start a request on the closed client and fail
+                # with a traceback printed after the stop. Calls that finished but did not yet fill a
+                # batch would be lost and paid for again on the next run: store them (one short
+                # DuckDB write), then let the stop go on.
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
                 late = [
                     task.result()
                     for task in tasks
