@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import pytest
@@ -55,6 +56,25 @@ def _env(home: Path, database: Path) -> dict[str, str]:
     names = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "SYNTH_ASSETS_THREADS")
     env = {k: v for k, v in os.environ.items() if k not in names}
     return {**env, "DAGSTER_HOME": str(home), "SYNTH_ASSETS_DB": str(database), "PYTHONUNBUFFERED": "1"}
+
+
+def _slow_backend(loopback: Callable[..., LoopbackServer]) -> tuple[Any, Any, list[Any]]:
+    """Our HTTP backend on a fresh slow loopback server (4 calls at a time, batches of 4), and 24
+    requests for it; ANSWERED starts empty."""
+    from synth_assets.generation.backends import OpenAICompatibleBackend
+    from synth_assets.generation.local_llm import ChatRequest
+    from synth_assets.spec import GenerationParams
+
+    ANSWERED.clear()
+    server = loopback(slow_and_deterministic)
+    params = GenerationParams(
+        backend="openai", model="m", base_url=server.url, timeout_s=30, max_concurrency=4, batch_size=4
+    )
+    requests = [
+        ChatRequest(key=f"k{i}", messages=[{"role": "user", "content": f"question {i}"}], seed=1)
+        for i in range(24)
+    ]
+    return OpenAICompatibleBackend(params), params, requests
 
 
 def _cache(database: Path) -> list[dict]:
@@ -151,20 +171,7 @@ def test_a_stop_while_calls_are_in_flight_stores_every_answer_already_received(
     """Fast and in-process: Ctrl-C lands inside the backend's event loop while answers that have not
     yet filled a batch are in hand; they are stored before the stop goes on (the next run would
     otherwise pay for them again)."""
-    from synth_assets.generation.backends import OpenAICompatibleBackend
-    from synth_assets.generation.local_llm import ChatRequest
-    from synth_assets.spec import GenerationParams
-
-    ANSWERED.clear()
-    server = loopback(slow_and_deterministic)
-    params = GenerationParams(
-        backend="openai", model="m", base_url=server.url, timeout_s=30, max_concurrency=4, batch_size=4
-    )
-    backend = OpenAICompatibleBackend(params)
-    requests = [
-        ChatRequest(key=f"k{i}", messages=[{"role": "user", "content": f"question {i}"}], seed=1)
-        for i in range(24)
-    ]
+    backend, params, requests = _slow_backend(loopback)
     stored: list[str] = []
 
     def store(results: list, failures: list) -> None:
@@ -204,20 +211,7 @@ def test_a_stop_that_lands_inside_the_batch_write_stores_the_batch_and_leaves_no
     client and asyncio logs nothing at shutdown (it used to print a traceback after the stop line)."""
     from dagster._core.errors import DagsterExecutionInterruptedError
 
-    from synth_assets.generation.backends import OpenAICompatibleBackend
-    from synth_assets.generation.local_llm import ChatRequest
-    from synth_assets.spec import GenerationParams
-
-    ANSWERED.clear()
-    server = loopback(slow_and_deterministic)
-    params = GenerationParams(
-        backend="openai", model="m", base_url=server.url, timeout_s=30, max_concurrency=4, batch_size=4
-    )
-    backend = OpenAICompatibleBackend(params)
-    requests = [
-        ChatRequest(key=f"k{i}", messages=[{"role": "user", "content": f"question {i}"}], seed=1)
-        for i in range(24)
-    ]
+    backend, params, requests = _slow_backend(loopback)
     stored: list[str] = []
     writes = 0
     # as Dagster raises a stop inside a step, and as a plain Ctrl-C does outside one
