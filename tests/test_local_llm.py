@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -346,6 +347,41 @@ def test_a_finished_rows_slot_takes_the_next_prompt(model: LocalChatModel) -> No
     assert [len(chunk) for chunk in reported] == [2, 2, 1]
     assert sorted(key for chunk in reported[:-1] for key in chunk) == sorted(r.key for r in answers)
     assert reported[-1] == ["count"]
+
+
+@pytest.mark.slow
+def test_a_stop_mid_run_reports_the_rows_already_finished(
+    model: LocalChatModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Finished rows are reported `slots` at a time; a stop (here Ctrl-C after the first rows finish,
+    with 8 slots and too few finished to fill a report) still hands them over before it goes on, so the
+    run stores them and the next run does not compute them again."""
+    import synth_assets.generation.local_llm as local_llm
+
+    real = local_llm.generate_continuously
+
+    def stopped_after_the_first_finished_rows(*args: object, on_finished: Callable, **kwargs: object) -> None:
+        def finished_then_stop(rows: list) -> None:
+            on_finished(rows)
+            raise KeyboardInterrupt
+
+        real(*args, on_finished=finished_then_stop, **kwargs)
+
+    monkeypatch.setattr(local_llm, "generate_continuously", stopped_after_the_first_finished_rows)
+    count = _continue("count", "1, 2, 3, 4, 5, 6,", stop=())
+    answer = _continue("q0", "Q: What is the capital of France?\nA: Paris\nQ: What colour is grass?\nA:")
+    reported: list[str] = []
+    with pytest.raises(KeyboardInterrupt):
+        model.generate(
+            [count, answer],
+            max_new_tokens=40,
+            temperature=0.0,
+            top_p=1.0,
+            repetition_penalty=1.0,
+            batch_size=8,
+            on_batch=lambda finished: reported.extend(result.key for result in finished),
+        )
+    assert reported == ["q0"]  # the answer ended long before the count, which the stop cut short
 
 
 @pytest.mark.slow

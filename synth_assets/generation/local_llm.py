@@ -529,7 +529,8 @@ class LocalChatModel:
         settings: dict[str, float],
     ) -> None:
         """`slots` rows decode at once and a finished row's slot takes the next prompt; results are
-        reported `slots` at a time, in the order they finish (a killed run loses fewer than `slots`)."""
+        reported `slots` at a time, in the order they finish, and on a stop whatever finished is reported
+        before the stop goes on (a killed process loses fewer than `slots`)."""
         pending: list[ChatResult] = []
 
         def finished(rows: list[Finished]) -> None:
@@ -541,19 +542,27 @@ class LocalChatModel:
                 report(pending[:slots])
                 del pending[:slots]
 
-        generate_continuously(
-            self._model,
-            encoded,
-            seeds=[request.seed for request in requests],
-            stops=[self._stop_set(request.stop) for request in requests],
-            slots=slots,
-            max_new_tokens=max_new_tokens,
-            pad_id=int(self._tokenizer.pad_token_id),
-            device=self._device,
-            on_finished=finished,
-            share_prefixes=self._share_prefixes,
-            **settings,
-        )
+        try:
+            generate_continuously(
+                self._model,
+                encoded,
+                seeds=[request.seed for request in requests],
+                stops=[self._stop_set(request.stop) for request in requests],
+                slots=slots,
+                max_new_tokens=max_new_tokens,
+                pad_id=int(self._tokenizer.pad_token_id),
+                device=self._device,
+                on_finished=finished,
+                share_prefixes=self._share_prefixes,
+                **settings,
+            )
+        except BaseException:
+            # A stop (Ctrl-C, SIGTERM, the UI's Terminate) lands between decoding steps: rows that
+            # finished but did not yet fill a report (up to slots - 1 of them, each seconds of
+            # compute) are reported first, so the caller stores them and the next run skips them.
+            if pending:
+                report(pending)
+            raise
         if pending:
             report(pending)
 
