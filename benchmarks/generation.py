@@ -650,7 +650,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--naive-prompts", type=int, default=32, help="naive loop: prompts measured")
     parser.add_argument("--concurrency-prompts", type=int, default=64, help="prompts per process")
     parser.add_argument("--processes", default="1,2,4", help="process counts of the concurrency figure")
-    parser.add_argument("--batch-size", type=int, default=32, help="engine: prompts per batch")
+    parser.add_argument("--batch-size", type=int, default=64, help="engine: slots (rows decoded at once)")
     parser.add_argument("--parallel", type=int, default=8, help="llama-server slots (-np)")
     parser.add_argument(
         "--server-rounds", type=int, default=2, help="llama-server: alternating rounds per row"

@@ -151,7 +151,13 @@ class GenerationParams(_Strict):
     temperature: float = Field(default=0.8, ge=0.0, le=2.0)
     top_p: float = Field(default=0.95, gt=0.0, le=1.0)
     repetition_penalty: float = Field(default=1.1, ge=1.0, le=2.0)
-    batch_size: int = Field(default=16, ge=1, le=256)
+    batch_size: int = Field(
+        default=64,
+        ge=1,
+        le=256,
+        description="prompts decoded at once (local: continuous-batching slots, 64 measured 1.18x faster "
+        "than 32 on the demo workload) and answers stored per write; does not change the output in float32",
+    )
     dtype: Literal["auto", "float32", "bfloat16"] = Field(
         default="auto",
         description="local backend: auto = bfloat16 on CPUs with native bf16 (about 2x faster; a prompt's "
