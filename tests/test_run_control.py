@@ -335,3 +335,30 @@ def test_dry_run_counts_calls_and_tokens_exactly_and_writes_nothing(
     assert counted == f"prompt tokens to send: {int(sent):,} (exact)"
     again = run_cli("run", "--spec", str(tiny_cli_run.spec_path), "--dry-run", env=ran_env)
     assert "LLM calls: 6 for the first step, 6 already in llm_cache, 0 to make" in again.stdout
+
+
+@pytest.mark.parametrize(
+    ("calls", "cached", "expected"),
+    [
+        (24, 0, "(3 batches of 8 x 2.0 s"),
+        (48, 0, "(1 batch of 48 x 2.0 s"),
+        (24, 20, "(1 batch of 4 x 2.0 s"),
+    ],
+)
+def test_the_dry_runs_estimate_names_the_batches_it_will_run(calls: int, cached: int, expected: str) -> None:
+    from synth_assets.generation.plan import RunPlan
+
+    batch_size = 8 if calls == 24 else 64
+    plan = RunPlan(
+        prompts=calls,
+        calls=calls,
+        cached_calls=cached,
+        max_calls=calls,
+        prompt_tokens=100,
+        max_completion_tokens=10,
+        batch_size=batch_size,
+        seconds_per_batch=2.0,
+        estimate_s=6.0,
+    )
+    (line,) = [line for line in plan.lines() if line.startswith("estimated generation time")]
+    assert expected in line, line

@@ -57,9 +57,12 @@ class RunPlan:
         ]
         if self.estimate_s is not None and self.seconds_per_batch is not None:
             batches = math.ceil(to_make / self.batch_size) if to_make else 0
+            # fewer calls than batch_size: one batch of them (the warm-up timed that many, not more)
+            size = min(self.batch_size, to_make)
+            counted = f"{batches} batches of {size}" if batches != 1 else f"1 batch of {size}"
             out.append(
-                f"estimated generation time: {format_duration(self.estimate_s)} ({batches} batches of "
-                f"{self.batch_size} x {self.seconds_per_batch:.1f} s, timed by a warm-up batch here)"
+                f"estimated generation time: {format_duration(self.estimate_s)} ({counted} x "
+                f"{self.seconds_per_batch:.1f} s, timed by a warm-up batch here)"
             )
         if self.note:
             out.append(self.note)
