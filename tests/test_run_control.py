@@ -319,7 +319,7 @@ def test_dry_run_counts_calls_and_tokens_exactly_and_writes_nothing(
     ) in lines
     assert "completion tokens: at most 144 (calls x max_new_tokens)" in lines
     estimate = next(line for line in lines if line.startswith("estimated generation time: "))
-    assert "batches of 8" in estimate and "timed by a warm-up batch here" in estimate
+    assert "(1 batch of 6 x " in estimate and "timed by a warm-up batch here" in estimate
     counted = next(line for line in lines if line.startswith("prompt tokens to send: "))
     assert not database.exists()  # nothing written, not even an empty file
     with dg.DagsterInstance.from_config(str(home)) as instance:
