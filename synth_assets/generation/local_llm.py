@@ -556,15 +556,12 @@ class LocalChatModel:
                 share_prefixes=self._share_prefixes,
                 **settings,
             )
-        except BaseException:
-            # A stop (Ctrl-C, SIGTERM, the UI's Terminate) lands between decoding steps: rows that
-            # finished but did not yet fill a report (up to slots - 1 of them, each seconds of
-            # compute) are reported first, so the caller stores them and the next run skips them.
+        finally:
+            # the last rows at the end, and on a stop (Ctrl-C, SIGTERM, the UI's Terminate, landing
+            # between decoding steps) the rows that finished but did not yet fill a report (up to
+            # slots - 1, each seconds of compute): the caller stores them, the next run skips them
             if pending:
                 report(pending)
-            raise
-        if pending:
-            report(pending)
 
     def _stop_set(self, stop_strings: tuple[str, ...]) -> frozenset[int]:
         """Token ids that end a row: end of sequence, plus every token containing one of its stop strings."""
