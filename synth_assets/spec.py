@@ -156,7 +156,8 @@ class GenerationParams(_Strict):
         ge=1,
         le=256,
         description="prompts decoded at once (local: continuous-batching slots, 64 measured 1.18x faster "
-        "than 32 on the demo workload) and answers stored per write; does not change the output in float32",
+        "than 32 on the demo workload) and answers stored per write (openai: also every 10 s); does not "
+        "change the output in float32",
     )
     dtype: Literal["auto", "float32", "bfloat16"] = Field(
         default="auto",

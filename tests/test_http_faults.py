@@ -533,3 +533,32 @@ def test_the_json_schema_goes_to_the_server_in_the_shape_it_takes(
     other = loopback(lambda h, b, n: h.send(200, completion_payload("{}")), [{"id": "m", "owned_by": "vllm"}])
     _run(OpenAICompatibleBackend(_params(other.url)), [request])
     assert other.handler.bodies[0]["response_format"]["json_schema"]["schema"] == SCHEMA
+
+
+# ---- storing what finished ---------------------------------------------------------------------
+
+
+def test_finished_calls_are_stored_within_seconds_even_while_a_batch_is_not_full(
+    loopback: Callable[..., LoopbackServer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A hard kill (no handler runs) loses only what finished since the last store: with 64 calls a
+    batch that could be minutes of paid answers, so a store also happens `persist_every_s` after the
+    oldest unstored answer, while other calls are still running and no new one has finished."""
+
+    def respond(handler: LoopbackHandler, body: dict, number: int) -> None:
+        if body["messages"][0]["content"] == "slow":
+            time.sleep(2.5)
+        handler.send(200, completion_payload(body["messages"][0]["content"]))
+
+    server = loopback(respond)
+    backend = OpenAICompatibleBackend(_params(server.url, max_concurrency=2, batch_size=64))
+    monkeypatch.setattr(backend, "persist_every_s", 0.5)
+    stores: list[tuple[list[str], int]] = []
+
+    def store(batch: list[ChatResult], failed: list) -> None:
+        stores.append(([r.key for r in batch], server.handler.in_flight))
+
+    backend.generate([_ask("fast", "fast"), _ask("slow", "slow")], backend.params, store)
+    # the fast answer was stored while the slow call was still on the server, then the slow one
+    assert [keys for keys, _ in stores] == [["fast"], ["slow"]]
+    assert stores[0][1] == 1

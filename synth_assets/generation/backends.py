@@ -92,6 +92,10 @@ LATENCY_TOLERANCE = 2.0
 MAX_SERVER_SLOTS = 256
 # Two replies are of a similar size when their token counts (plus one) differ by at most this factor.
 SIZE_TOLERANCE = 1.25
+# Finished calls are stored every `batch_size` calls or after this many seconds, whichever comes first:
+# with 64 calls a batch, a hard kill (no handler runs) against a slow or paid API could otherwise lose
+# minutes of answers; a store is one short DuckDB write, so at most one every few seconds costs little.
+PERSIST_EVERY_S = 10.0
 
 
 class GenerationAborted(RuntimeError):
@@ -337,6 +341,7 @@ class OpenAICompatibleBackend:
     """
 
     name = "openai"
+    persist_every_s = PERSIST_EVERY_S
 
     def __init__(self, params: GenerationParams, api_key: str | None = None) -> None:
         self.params = params
@@ -574,26 +579,41 @@ class OpenAICompatibleBackend:
             timeout=httpx.Timeout(self.settings.timeout_s),
         ) as client:
             tasks = [asyncio.create_task(self._call(client, limit, health, r, params)) for r in requests]
+            order = {task: number for number, task in enumerate(tasks)}
+            waiting: set[asyncio.Task[ChatResult | CallFailure]] = set(tasks)
+            oldest_pending: float | None = None  # when the oldest unstored outcome finished
             try:
-                for finished in asyncio.as_completed(tasks):
-                    outcome = await finished
-                    done += 1
-                    consumed.add(outcome.key)
-                    if isinstance(outcome, ChatResult):
-                        pending_results.append(outcome)
-                        tokens += outcome.completion_tokens
-                    else:
-                        pending_failures.append(outcome)
-                        health.last_error = outcome.error
-                    health.finished.append(not isinstance(outcome, ChatResult))
-                    verdict = health.verdict()
-                    if verdict is not None:
-                        raise GenerationAborted(verdict)
-                    if len(pending_results) + len(pending_failures) >= params.batch_size or done == len(
-                        tasks
-                    ):
+                while waiting:
+                    timeout = None
+                    if oldest_pending is not None:
+                        timeout = max(0.0, oldest_pending + self.persist_every_s - time.perf_counter())
+                    finished, waiting = await asyncio.wait(
+                        waiting, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+                    )
+                    # in request order, so a batch's rows are stored in a reproducible order
+                    for task in sorted(finished, key=order.__getitem__):
+                        outcome = task.result()
+                        done += 1
+                        consumed.add(outcome.key)
+                        if isinstance(outcome, ChatResult):
+                            pending_results.append(outcome)
+                            tokens += outcome.completion_tokens
+                        else:
+                            pending_failures.append(outcome)
+                            health.last_error = outcome.error
+                        health.finished.append(not isinstance(outcome, ChatResult))
+                        verdict = health.verdict()
+                        if verdict is not None:
+                            raise GenerationAborted(verdict)
+                        if oldest_pending is None:
+                            oldest_pending = time.perf_counter()
+                    pending = len(pending_results) + len(pending_failures)
+                    overdue = oldest_pending is not None and (
+                        time.perf_counter() - oldest_pending >= self.persist_every_s
+                    )
+                    if pending and (pending >= params.batch_size or not waiting or overdue):
                         on_batch(pending_results, pending_failures)
-                        pending_results, pending_failures = [], []
+                        pending_results, pending_failures, oldest_pending = [], [], None
                         if on_progress is not None:
                             on_progress(
                                 ProgressUpdate(done, len(tasks), tokens, time.perf_counter() - started)
