@@ -67,19 +67,25 @@ def test_the_in_place_cache_gives_the_tokens_of_transformers_own_cache(
         assert tokens == concatenated, f"{slots} slots"
 
 
-def test_a_decode_step_writes_into_the_buffer_without_reallocating_it(tiny_llama: object) -> None:
+def test_a_decode_step_and_a_finished_row_leave_the_buffer_in_place(tiny_llama: object) -> None:
     layer = cb._growing_cache(tiny_llama).layers[0]  # type: ignore[attr-defined]
-    keys, values = torch.randn(2, 2, 5, 8), torch.randn(2, 2, 5, 8)
+    keys, values = torch.randn(4, 2, 5, 8), torch.randn(4, 2, 5, 8)
     layer.update(keys, values)
     buffer = layer.buffers[0]
     for step in range(10):
-        new = torch.full((2, 2, 1, 8), float(step))
-        stored_keys, _ = layer.update(new, new)
-        assert layer.buffers[0] is buffer and stored_keys.shape == (2, 2, 6 + step, 8)
+        new = torch.full((4, 2, 1, 8), float(step))
+        stored_keys, stored_values = layer.update(new, new)
+        assert layer.buffers[0] is buffer and stored_keys.shape == (4, 2, 6 + step, 8)
     assert torch.equal(stored_keys[:, :, :5], keys) and torch.equal(stored_keys[:, :, -1], new[:, :, 0])
-    # finished rows leave with one copy; the kept row's last positions stay as they were
-    layer.keep_rows(torch.tensor([1]), width=7)
-    assert layer.keys.shape == (1, 2, 7, 8) and torch.equal(layer.keys, stored_keys[1:, :, -7:])
+    expected_keys = stored_keys[[3, 1], :, -7:].clone()
+    expected_values = stored_values[[3, 1], :, -7:].clone()
+    # rows 0 and 2 finish: row 3 takes row 0's place within the same buffer, row 1 stays where it is
+    layer.keep_rows(torch.tensor([3, 1]), width=7)
+    assert layer.buffers[0] is buffer and layer.keys.shape == (2, 2, 7, 8)
+    assert torch.equal(layer.keys, expected_keys) and torch.equal(layer.values, expected_values)
+    step_keys, _ = layer.update(torch.full((2, 2, 1, 8), -1.0), torch.full((2, 2, 1, 8), -1.0))
+    assert layer.buffers[0] is buffer and step_keys.shape == (2, 2, 8, 8)
+    assert torch.equal(step_keys[:, :, :7], expected_keys) and bool((step_keys[:, :, -1] == -1).all())
 
 
 def _prefix_tree_prompts(rng: random.Random, count: int) -> list[list[int]]:
@@ -148,3 +154,13 @@ def test_prefill_passes_group_rows_of_similar_length() -> None:
     # padding a 6-token row to 101 costs far more than one more pass; 99-101 share one
     assert split_by_length([5, 100, 101, 99, 6, 50], pass_overhead=8) == [[0, 4], [5], [3, 1, 2]]
     assert split_by_length([40, 41, 42], pass_overhead=8) == [[0, 1, 2]]
+
+
+def test_finished_rows_are_replaced_by_rows_from_the_end_so_few_rows_move() -> None:
+    assert cb._kept_order(6, {1, 3}) == [0, 4, 2, 5]
+    assert cb._kept_order(6, {4, 5}) == [0, 1, 2, 3]  # the last rows left: nothing moves
+    assert cb._kept_order(5, {0, 4}) == [3, 1, 2]
+    assert cb._kept_order(3, {0, 1, 2}) == []
+    order = cb._kept_order(64, {0, 10, 40, 63})
+    assert sorted(order) == sorted(set(range(64)) - {0, 10, 40, 63})
+    assert [(place, row) for place, row in enumerate(order) if row != place] == [(0, 60), (10, 61), (40, 62)]
