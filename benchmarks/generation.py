@@ -569,6 +569,11 @@ def llama_server_binary(explicit: str | None) -> str | None:
 
 def worker(args: argparse.Namespace) -> None:
     """One generation process of the concurrency figure: load, say 'ready', wait for 'go', generate."""
+    from synth_assets.runtime import prepare_process
+
+    # first thing, as `synth-assets run` does: the thread count is chosen from the load before this
+    # process's own imports and model loading add to it
+    prepare_process()
     workload = realistic_workload(Path(args.spec), args.concurrency_prompts, args.new_tokens)
     from synth_assets.generation.local_llm import get_local_model
 
@@ -593,8 +598,22 @@ def worker(args: argparse.Namespace) -> None:
     print(json.dumps({"tokens": tokens, "started": started, "finished": finished}), flush=True)
 
 
+def wait_for_quiet(below: float = 0.3, limit_s: float = 240.0) -> str:
+    """Wait until the 1-minute load average is under `below` (at most `limit_s`); what it waited.
+
+    A run picks its thread count from the load (`runtime.py`), and the rows measured just before leave
+    a load of ~2 that decays over minutes: without waiting, the lone run of the concurrency figure
+    took 1 thread, not the 2 it gets on a quiet machine, and the ratio flattered the pair."""
+    started = time.monotonic()
+    while os.getloadavg()[0] >= below and time.monotonic() - started < limit_s:
+        time.sleep(5)
+    return f"waited {time.monotonic() - started:.0f}s for load average {os.getloadavg()[0]:.2f}"
+
+
 def concurrent_processes(args: argparse.Namespace, count: int, workload_name: str) -> Measurement:
-    """`count` worker processes started together; aggregate tok/s over the span they all ran."""
+    """`count` worker processes started together, on a machine left quiet first (`wait_for_quiet`);
+    aggregate tok/s over the span they all ran."""
+    quiet = wait_for_quiet()
     command = [
         sys.executable, __file__, "--worker", "--spec", str(args.spec), "--dtype", args.dtype,
         "--concurrency-prompts", str(args.concurrency_prompts), "--new-tokens", str(args.new_tokens),
@@ -631,7 +650,7 @@ def concurrent_processes(args: argparse.Namespace, count: int, workload_name: st
         sum(r["tokens"] for r in reports),
         span,
         f"each {args.concurrency_prompts} prompts, threads as a run picks them ({', '.join(threads)}); "
-        f"per process tok/s {per_process}",
+        f"per process tok/s {per_process}; {quiet}",
         {"processes": count},
     )
 
