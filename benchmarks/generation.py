@@ -815,8 +815,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             ]  # fmt: skip
             if amx_cpu():
                 # --no-repack is llama-server's use_extra_bufts=False (common.cpp): the AMX buffer type
-                # that makes llama-cpp-python 0.3.36 segfault on multi-token prompts (README). Not
-                # reproducible on the AVX2 EPYC this was written on, so it is kept off where no AMX.
+                # that makes llama-cpp-python 0.3.36 segfault on multi-token prompts (README). Checked
+                # on a 2-core AMX Xeon: without it this llama-server also died (SIGSEGV, exit 139)
+                # warming up, before any request; kept off where there is no AMX.
                 command.append("--no-repack")
             # the warm-up prompts come after the measured ones: never sent in a measured row
             warm_up = realistic_workload(args.spec, args.prompts + args.parallel, args.new_tokens)
