@@ -287,6 +287,8 @@ config, spec, versions, rows = json.loads(sys.argv[1]), sys.argv[2], int(sys.arg
 s3 = S3Settings(**config["s3"]) if config.get("s3") else None
 lake = Warehouse(config=LakeConfig(config["catalog"], config["data_path"], s3))
 lake.check_usable()  # attached: what follows is the writes alone
+print("ready", flush=True)
+sys.stdin.readline()  # both start together: on a fast machine one finished before the other attached
 started = time.time()
 for version in range(versions):
     frame = pd.DataFrame([{"seed_id": f"{spec}-{version}-{i}", "split": "train", "text": f"{spec} {i}",
@@ -308,12 +310,23 @@ def run_two_writers(config: LakeConfig, versions: int = 4, rows: int = 300) -> N
     writers = [
         subprocess.Popen(
             [sys.executable, "-c", WRITER, payload, spec, str(versions), str(rows)],
+            stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
         )
         for spec in ("alpha", "beta")
     ]
+    for writer in writers:
+        assert writer.stdout is not None
+        said = writer.stdout.readline()
+        if said.strip() != "ready":
+            _, err = writer.communicate(timeout=60)
+            pytest.fail(f"a writer did not start (said {said!r}): {err[-2000:]}")
+    for writer in writers:
+        assert writer.stdin is not None
+        writer.stdin.write("go\n")
+        writer.stdin.flush()
     reader, reads, failed = Warehouse(config=config, lock_timeout_s=5), 0, []
     while any(writer.poll() is None for writer in writers):
         try:
