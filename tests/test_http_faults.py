@@ -542,7 +542,7 @@ def test_finished_calls_are_stored_within_seconds_even_while_a_batch_is_not_full
     loopback: Callable[..., LoopbackServer], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A hard kill (no handler runs) loses only what finished since the last store: with 64 calls a
-    batch that could be minutes of paid answers, so a store also happens `persist_every_s` after the
+    batch that could be minutes of paid answers, so a store also happens `PERSIST_EVERY_S` after the
     oldest unstored answer, while other calls are still running and no new one has finished."""
 
     def respond(handler: LoopbackHandler, body: dict, number: int) -> None:
@@ -551,8 +551,8 @@ def test_finished_calls_are_stored_within_seconds_even_while_a_batch_is_not_full
         handler.send(200, completion_payload(body["messages"][0]["content"]))
 
     server = loopback(respond)
+    monkeypatch.setattr(backends, "PERSIST_EVERY_S", 0.5)
     backend = OpenAICompatibleBackend(_params(server.url, max_concurrency=2, batch_size=64))
-    monkeypatch.setattr(backend, "persist_every_s", 0.5)
     stores: list[tuple[list[str], int]] = []
 
     def store(batch: list[ChatResult], failed: list) -> None:

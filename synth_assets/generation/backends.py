@@ -341,7 +341,6 @@ class OpenAICompatibleBackend:
     """
 
     name = "openai"
-    persist_every_s = PERSIST_EVERY_S
 
     def __init__(self, params: GenerationParams, api_key: str | None = None) -> None:
         self.params = params
@@ -579,19 +578,17 @@ class OpenAICompatibleBackend:
             timeout=httpx.Timeout(self.settings.timeout_s),
         ) as client:
             tasks = [asyncio.create_task(self._call(client, limit, health, r, params)) for r in requests]
-            order = {task: number for number, task in enumerate(tasks)}
             waiting: set[asyncio.Task[ChatResult | CallFailure]] = set(tasks)
             oldest_pending: float | None = None  # when the oldest unstored outcome finished
             try:
                 while waiting:
                     timeout = None
                     if oldest_pending is not None:
-                        timeout = max(0.0, oldest_pending + self.persist_every_s - time.perf_counter())
+                        timeout = max(0.0, oldest_pending + PERSIST_EVERY_S - time.perf_counter())
                     finished, waiting = await asyncio.wait(
                         waiting, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
                     )
-                    # in request order, so a batch's rows are stored in a reproducible order
-                    for task in sorted(finished, key=order.__getitem__):
+                    for task in finished:
                         outcome = task.result()
                         done += 1
                         consumed.add(outcome.key)
@@ -609,7 +606,7 @@ class OpenAICompatibleBackend:
                             oldest_pending = time.perf_counter()
                     pending = len(pending_results) + len(pending_failures)
                     overdue = oldest_pending is not None and (
-                        time.perf_counter() - oldest_pending >= self.persist_every_s
+                        time.perf_counter() - oldest_pending >= PERSIST_EVERY_S
                     )
                     if pending and (pending >= params.batch_size or not waiting or overdue):
                         on_batch(pending_results, pending_failures)
